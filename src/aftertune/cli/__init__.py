@@ -1,0 +1,75 @@
+"""The `aftertune` command.
+
+Each sub-command lives in its own module under `aftertune.cli` and adds itself
+to `app` on import. User errors print one line and exit 2; `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from aftertune.errors import UserError
+
+app = typer.Typer(
+    name="aftertune",
+    help=(
+        "Fine-tune a language model and see, side by side with the base model and with paired "
+        "statistics, what the fine-tune broke.\n\n"
+        "Start with `aftertune run --quick` (a small end-to-end job on packaged models), "
+        "`aftertune models list`, or `aftertune COMMAND --help`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Sub-command modules, imported for their side effect of registering on `app`.
+COMMAND_MODULES = ["models", "generate", "runs"]
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    if debug:
+        os.environ["AFTERTUNE_DEBUG"] = "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    for mod in COMMAND_MODULES:
+        importlib.import_module(f"aftertune.cli.{mod}")
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"aftertune: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("aftertune: interrupted; finished work is saved, run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            print("aftertune: aborted", file=sys.stderr)
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Engines run models: `generate`, `loglikelihood`, `rolling_loglikelihood`.
+
+`load_engine` is the one place that maps a model reference to a backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aftertune.engines.base import (
+    ENGINES,
+    Decoding,
+    Engine,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    Message,
+    RollingRequest,
+    RollingResult,
+)
+from aftertune.sources.base import ModelRef
+
+__all__ = [
+    "ENGINES",
+    "Decoding",
+    "Engine",
+    "GenerateRequest",
+    "GenerateResult",
+    "LoglikelihoodRequest",
+    "LoglikelihoodResult",
+    "Message",
+    "RollingRequest",
+    "RollingResult",
+    "load_engine",
+]
+
+
+def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
+    """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm)."""
+    from aftertune.sources import resolve_model
+
+    model = resolve_model(ref) if isinstance(ref, str) else ref
+    name = engine or ("openai" if model.kind == "openai" else "hf")
+    _import_backends()
+    return ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
+
+
+def _import_backends() -> None:
+    """Import the backend modules so their @ENGINES.register decorators run."""
+    import importlib
+
+    for mod in ("hf", "openai_api", "vllm_engine"):
+        importlib.import_module(f"aftertune.engines.{mod}")

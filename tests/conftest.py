@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own AFTERTUNE_HOME unless it opts into the shared packaged cache."""
+    monkeypatch.setenv("AFTERTUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AFTERTUNE_STORE", str(tmp_path / "home" / "store.sqlite"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight llama with a trained BPE tokenizer and a ChatML template."""
+    from aftertune.testing.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def packaged_home(tmp_path_factory):
+    """A shared AFTERTUNE_HOME for slow end-to-end tests, so packaged models are pulled once per session.
+
+    CI sets AFTERTUNE_TEST_HOME to a persistent folder to reuse downloads across runs.
+    """
+    import os
+
+    return os.environ.get("AFTERTUNE_TEST_HOME") or str(tmp_path_factory.mktemp("packaged-home"))
