@@ -1,0 +1,713 @@
+"""Compare the models of one run, item by item, and build the results dict.
+
+`compare_run(store, run_id)` reads the run's per-item records and returns the
+results dict that every report is rendered from (`docs/results-schema.md`
+describes it): for each suite, metric, category and model, the reference and
+model values on the items both answered, the difference and ratio with
+intervals, the p-value and its Holm adjustment, the verdict, the flipped items,
+checkpoint curves, seed aggregates, score distributions and the protocol.
+Nothing is computed outside the records and events of the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.metadata
+import math
+import platform
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aftertune import __version__
+from aftertune.compare import stats
+from aftertune.errors import UserError
+from aftertune.store.db import Record, Store
+
+SCHEMA = "aftertune.results"
+SCHEMA_VERSION = 1
+
+OVERALL = "all"  # the category name of the row over all items
+
+_GENERIC_RESAMPLES = 1000
+_GENERIC_PERMUTATIONS = 1999
+_FLIP_LIMIT = 500  # per (model, suite, metric); the rest are counted, not listed
+
+
+@dataclass(frozen=True)
+class Settings:
+    confidence: float = 0.95
+    alpha: float = 0.05
+    resamples: int = 2000
+    permutations: int = 9999
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "confidence": self.confidence,
+            "alpha": self.alpha,
+            "bootstrap_resamples": self.resamples,
+            "permutations": self.permutations,
+            "generic_aggregate_resamples": _GENERIC_RESAMPLES,
+            "generic_aggregate_permutations": _GENERIC_PERMUTATIONS,
+            "seed": self.seed,
+            "methods": METHODS,
+        }
+
+
+METHODS = {
+    "binary_test": "exact conditional McNemar test, two-sided (2 x binomial CDF of the smaller discordant count)",
+    "binary_difference_ci": "Tango asymptotic score interval for the paired difference",
+    "binary_ratio_ci": "Bonett-Price hybrid Wilson score interval for the ratio of paired rates",
+    "binary_rate_ci": "Wilson score interval",
+    "score_test": "paired permutation test (pairs swapped at random), two-sided, p=(1+#{|T*|>=|T|})/(1+B)",
+    "score_ci": "paired bootstrap (items resampled jointly), percentile interval",
+    "multiplicity": "Holm step-down adjustment, one family per compared model for the overall rows "
+    "and one for the per-category rows",
+    "seeds": "mean across seeds with a Student-t interval",
+    "significance": "adjusted p-value below alpha",
+}
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe numbers: NaN and ±inf become None (documented as "undefined or unbounded")."""
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _row_seed(base: int, *parts: str) -> int:
+    h = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return (int.from_bytes(h[:4], "big") ^ base) & 0x7FFFFFFF
+
+
+def prompt_text(request: dict[str, Any]) -> str:
+    """The prompt a record's request carried, as readable text."""
+    msgs = request.get("messages")
+    if isinstance(msgs, list) and msgs:
+        parts = []
+        for m in msgs:
+            if isinstance(m, dict):
+                parts.append(f"[{m.get('role', '?')}] {m.get('content', '')}")
+            else:
+                parts.append(str(m))
+        return "\n\n".join(parts)
+    for key in ("prompt", "context", "text", "question"):
+        val = request.get(key)
+        if isinstance(val, str) and val:
+            return val
+    import json
+
+    return json.dumps(request, ensure_ascii=False, sort_keys=True)[:4000]
+
+
+def _response_text(rec: Record) -> str:
+    if rec.response:
+        return rec.response
+    for key in ("prediction", "pred", "choice", "answer"):
+        if key in rec.details:
+            return f"({key}: {rec.details[key]})"
+    return ""
+
+
+def _package_versions() -> dict[str, str]:
+    out = {"aftertune": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "statsmodels", "matplotlib", "jinja2", "torch", "transformers", "peft", "trl",
+                "vllm", "openai"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+_SEED_LABEL = re.compile(r"^(?P<group>.+?)[-_@.]?seed[-_=]?(?P<seed>\d+)$")
+
+
+def _seed_group(model: dict[str, Any]) -> tuple[str, int] | None:
+    info = model.get("info") or {}
+    if info.get("seed") is not None and info.get("group"):
+        return str(info["group"]), int(info["seed"])
+    m = _SEED_LABEL.match(model["label"])
+    if m:
+        return m.group("group"), int(m.group("seed"))
+    return None
+
+
+def _step(model: dict[str, Any]) -> int | None:
+    step = (model.get("info") or {}).get("step")
+    if step is None:
+        return None
+    try:
+        return int(step)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# suites and metrics
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MetricSpec:
+    name: str
+    direction: str
+    kind: str
+    description: str
+    aggregate: str
+    declared: bool  # False: inferred from the records because the suite is not registered
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "direction": self.direction, "kind": self.kind,
+                "description": self.description, "aggregate": self.aggregate, "declared": self.declared}
+
+
+def _suite_registry() -> tuple[Any, Any]:
+    # importing the package runs aftertune/suites/__init__.py, which registers the packaged suites
+    from aftertune.suites import base as suites_base
+
+    return suites_base.SUITES, suites_base.AGGREGATES
+
+
+def _suite_metrics(name: str, records: Sequence[Record], warnings: list[str]) -> tuple[str, list[_MetricSpec]]:
+    suites, _ = _suite_registry()
+    if name in suites:
+        cls = suites.get(name)
+        return (getattr(cls, "description", "") or "", [
+            _MetricSpec(m.name, m.direction, m.kind, m.description, m.aggregate, True) for m in cls.metrics
+        ])
+    # not registered (a plugin that is not installed here): infer from the values, direction unknown
+    names: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for k, v in r.scores.items():
+            if isinstance(v, int | float):
+                names[k].append(float(v))
+    metrics = []
+    for k in sorted(names):
+        vals = names[k]
+        kind = "binary" if vals and all(v in (0.0, 1.0) for v in vals) else "score"
+        metrics.append(_MetricSpec(k, "higher", kind, "", "mean", False))
+    warnings.append(f"suite {name!r} is not registered here; its metrics were inferred from the records "
+                    "and treated as higher-is-better")
+    return "", metrics
+
+
+def _aggregate_fn(name: str) -> Callable[[Sequence[dict[str, float | None]], str], float]:
+    _, aggregates = _suite_registry()
+    return aggregates.get(name)
+
+
+# ---------------------------------------------------------------------------
+# one paired comparison
+# ---------------------------------------------------------------------------
+
+
+def _change(delta: float | None, direction: str, significant: bool) -> str:
+    if not significant or delta is None or not math.isfinite(delta) or delta == 0:
+        return "none"
+    good = delta > 0 if direction == "higher" else delta < 0
+    return "better" if good else "worse"
+
+
+def _paired_binary(ref: list[float], new: list[float], confidence: float) -> dict[str, Any]:
+    table = stats.PairedTable.from_outcomes(ref, new)
+    lo, hi = stats.tango_diff_ci(table, confidence)
+    rlo, rhi = stats.bonett_price_ratio_ci(table, confidence)
+    return {
+        "reference_value": table.reference_rate,
+        "value": table.new_rate,
+        "reference_value_ci": list(stats.wilson_ci(table.n11 + table.n21, table.n, confidence)),
+        "value_ci": list(stats.wilson_ci(table.n11 + table.n12, table.n, confidence)),
+        "delta": table.new_rate - table.reference_rate if table.n else math.nan,
+        "delta_ci": [lo, hi],
+        "ratio": stats.ratio_estimate(table),
+        "ratio_ci": [rlo, rhi],
+        "p_value": stats.mcnemar_exact(table.n12, table.n21),
+        "test": "mcnemar_exact",
+        "ci_method": "tango_score",
+        "ratio_ci_method": "bonett_price",
+        "counts": {"both": table.n11, "new_only": table.n12, "reference_only": table.n21, "neither": table.n22},
+    }
+
+
+def _paired_score(ref: list[Any], new: list[Any], statistic: Callable[[Sequence[Any]], float] | None,
+                  settings: Settings, seed: int) -> dict[str, Any]:
+    generic = statistic is not None
+    if generic:
+        ref_value, new_value = statistic(ref), statistic(new)
+    else:
+        ref_value, new_value = float(np.mean(ref)), float(np.mean(new))
+    boot = stats.paired_bootstrap(ref, new, statistic, resamples=_GENERIC_RESAMPLES if generic else settings.resamples,
+                                  seed=seed, confidence=settings.confidence)
+    p = stats.paired_permutation_pvalue(ref, new, statistic,
+                                        permutations=_GENERIC_PERMUTATIONS if generic else settings.permutations,
+                                        seed=seed + 1)
+    ratio = new_value / ref_value if ref_value and ref_value > 0 else math.nan
+    return {
+        "reference_value": ref_value,
+        "value": new_value,
+        "reference_value_ci": list(boot.reference_ci),
+        "value_ci": list(boot.new_ci),
+        "delta": new_value - ref_value,
+        "delta_ci": list(boot.delta_ci),
+        "ratio": ratio,
+        "ratio_ci": list(boot.ratio_ci) if boot.ratio_ci and math.isfinite(ratio) else [math.nan, math.nan],
+        "p_value": p,
+        "test": "permutation",
+        "ci_method": "bootstrap_percentile",
+        "ratio_ci_method": "bootstrap_percentile",
+        "counts": None,
+    }
+
+
+def _one_sample(values: list[Any], metric: _MetricSpec, statistic: Callable[[Sequence[Any]], float] | None,
+                settings: Settings, seed: int) -> dict[str, Any]:
+    n = len(values)
+    if n == 0:
+        return {"value": None, "ci": [None, None], "n": 0}
+    if metric.kind == "binary" and statistic is None:
+        k = int(sum(values))
+        return {"value": k / n, "ci": list(stats.wilson_ci(k, n, settings.confidence)), "n": n}
+    value = statistic(values) if statistic else float(np.mean(values))
+    boot = stats.paired_bootstrap(values, values, statistic,
+                                  resamples=_GENERIC_RESAMPLES if statistic else settings.resamples,
+                                  seed=seed, confidence=settings.confidence)
+    return {"value": value, "ci": list(boot.new_ci), "n": n}
+
+
+def _is_binary(values: list[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def _metric_values(recs: list[Record], metric: _MetricSpec, generic: bool) -> list[Any]:
+    if generic:
+        return [r.scores for r in recs]
+    return [float(r.scores[metric.name]) for r in recs if r.scores.get(metric.name) is not None]
+
+
+# ---------------------------------------------------------------------------
+# the whole run
+# ---------------------------------------------------------------------------
+
+
+def _models_of(store: Store, run_id: str, records: Sequence[Record]) -> list[dict[str, Any]]:
+    models = store.models(run_id)
+    known = {m["label"] for m in models}
+    for r in records:
+        if r.model not in known:
+            models.append({"label": r.model, "ref": r.model, "fingerprint": "", "info": {}})
+            known.add(r.model)
+    return models
+
+
+def _pick_reference(labels: list[str], reference: str | None) -> str:
+    if reference is not None:
+        if reference not in labels:
+            raise UserError(f"--reference {reference!r} is not a model of this run; models: {', '.join(labels)}")
+        return reference
+    return "base" if "base" in labels else labels[0]
+
+
+def _pick_primary(models: list[dict[str, Any]], reference: str) -> str:
+    labels = [m["label"] for m in models if m["label"] != reference]
+    if "tuned" in labels:
+        return "tuned"
+    plain = [m["label"] for m in models if m["label"] != reference and _step(m) is None]
+    return plain[0] if plain else labels[-1]
+
+
+def compare_run(store: Store, run_id: str, reference: str | None = None, *,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """The results dict of one run (see docs/results-schema.md); raises UserError when there is nothing to compare."""
+    started = time.time()
+    settings = settings or Settings()
+    run = store.get_run(run_id)
+    records = store.records(run.id)
+    models = _models_of(store, run.id, records)
+    with_records = {r.model for r in records}
+    labels = [m["label"] for m in models if m["label"] in with_records]
+    if len(labels) < 2:
+        have = ", ".join(labels) or "none"
+        raise UserError(f"run {run.id} has per-item records for {len(labels)} model(s) ({have}); a comparison needs "
+                        "two: audit another model into it, or compare two runs with `aftertune compare RUN_A RUN_B`")
+    models = [m for m in models if m["label"] in with_records]
+    reference = _pick_reference(labels, reference)
+    primary = _pick_primary(models, reference)
+    warnings: list[str] = []
+
+    by_suite: dict[str, dict[str, dict[str, Record]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        by_suite[r.suite][r.model][r.item_id] = r
+
+    rows: list[dict[str, Any]] = []
+    suites_out: list[dict[str, Any]] = []
+    flips: list[dict[str, Any]] = []
+    flip_counts: list[dict[str, Any]] = []
+    distributions: list[dict[str, Any]] = []
+    checkpoint_models = {m["label"] for m in models if _step(m) is not None}
+
+    for suite_name in sorted(by_suite):
+        per_model = by_suite[suite_name]
+        all_recs = [r for recs in per_model.values() for r in recs.values()]
+        description, metrics = _suite_metrics(suite_name, all_recs, warnings)
+        ref_recs = per_model.get(reference, {})
+        categories = sorted({r.category for r in ref_recs.values()})
+        suite_out: dict[str, Any] = {
+            "name": suite_name,
+            "description": description,
+            "metrics": [m.to_json() for m in metrics],
+            "categories": categories,
+            "n_items": {label: len(per_model.get(label, {})) for label in labels},
+            "values": {},
+        }
+        for metric in metrics:
+            agg = _aggregate_fn(metric.aggregate)
+            generic = metric.aggregate != "mean"
+            statistic = (lambda items, _agg=agg, _m=metric.name: _agg(items, _m)) if generic else None
+            kind = metric.kind
+            if kind == "binary" and not generic:
+                vals = [float(r.scores[metric.name]) for recs in per_model.values() for r in recs.values()
+                        if r.scores.get(metric.name) is not None]
+                if not _is_binary(vals):
+                    warnings.append(f"{suite_name}.{metric.name} is declared binary but has values other "
+                                    "than 0/1; it was compared as a score")
+                    kind = "score"
+            # absolute values per model, over all of that model's items
+            for label in labels:
+                recs = list(per_model.get(label, {}).values())
+                vals = _metric_values(recs, metric, generic)
+                mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
+                suite_out["values"].setdefault(label, {})[metric.name] = _one_sample(
+                    vals, mspec, statistic, settings, _row_seed(settings.seed, "value", suite_name, metric.name, label))
+            # paired comparisons against the reference
+            for label in labels:
+                if label == reference or label not in per_model:
+                    continue
+                new_recs = per_model[label]
+                pairs = [(ref_recs[i], new_recs[i]) for i in ref_recs if i in new_recs]
+                if not generic:
+                    pairs = [(a, b) for a, b in pairs
+                             if a.scores.get(metric.name) is not None and b.scores.get(metric.name) is not None]
+                cats = [OVERALL] + (categories if len(categories) > 1 else [])
+                for cat in cats:
+                    sel = pairs if cat == OVERALL else [(a, b) for a, b in pairs if a.category == cat]
+                    row = {"model": label, "reference": reference, "suite": suite_name, "metric": metric.name,
+                           "category": cat, "kind": kind, "direction": metric.direction, "n": len(sel),
+                           "family": "overall" if cat == OVERALL else "category"}
+                    if not sel:
+                        row.update({"reference_value": None, "value": None, "reference_value_ci": [None, None],
+                                    "value_ci": [None, None], "delta": None, "delta_ci": [None, None],
+                                    "ratio": None, "ratio_ci": [None, None], "p_value": None, "test": None,
+                                    "ci_method": None, "ratio_ci_method": None, "counts": None})
+                    elif kind == "binary" and not generic:
+                        row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
+                                                  [float(b.scores[metric.name]) for _, b in sel],
+                                                  settings.confidence))
+                    else:
+                        ref_vals = [a.scores if generic else float(a.scores[metric.name]) for a, _ in sel]
+                        new_vals = [b.scores if generic else float(b.scores[metric.name]) for _, b in sel]
+                        row.update(_paired_score(ref_vals, new_vals, statistic, settings,
+                                                 _row_seed(settings.seed, suite_name, metric.name, label, cat)))
+                    rows.append(row)
+                # flipped items (binary metrics), except for checkpoints, whose flips would swamp the list
+                if kind == "binary" and not generic:
+                    worse_when = 0.0 if metric.direction == "higher" else 1.0
+                    changed = [(a, b) for a, b in pairs if a.scores[metric.name] != b.scores[metric.name]]
+                    n_reg = sum(1 for _, b in changed if float(b.scores[metric.name]) == worse_when)
+                    flip_counts.append({"model": label, "suite": suite_name, "metric": metric.name,
+                                        "regressed": n_reg, "improved": len(changed) - n_reg})
+                    if label in checkpoint_models:
+                        continue
+                    changed.sort(key=lambda p: (p[0].category, p[0].item_id))
+                    for a, b in changed[:_FLIP_LIMIT]:
+                        nv = float(b.scores[metric.name])
+                        flips.append({
+                            "model": label, "reference": reference, "suite": suite_name, "metric": metric.name,
+                            "item_id": a.item_id, "category": a.category,
+                            "change": "regressed" if nv == worse_when else "improved",
+                            "reference_value": float(a.scores[metric.name]), "value": nv,
+                            "prompt": prompt_text(a.request),
+                            "reference_response": _response_text(a), "response": _response_text(b),
+                        })
+            if kind == "score" and not generic:
+                distributions.append(_distribution(suite_name, metric.name, per_model, labels, checkpoint_models))
+        suites_out.append(suite_out)
+
+    _adjust(rows, settings.alpha)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "run": {"id": run.id, "name": run.name, "kind": run.kind, "status": run.status,
+                "created": run.created, "updated": run.updated},
+        "reference": reference,
+        "primary": primary,
+        "models": [_model_json(m, reference, primary) for m in models],
+        "settings": settings.to_json(),
+        "suites": suites_out,
+        "comparisons": rows,
+        "flips": flips,
+        "flip_counts": flip_counts,
+        "distributions": [d for d in distributions if d],
+        "checkpoints": _checkpoint_curves(models, suites_out, reference),
+        "seed_groups": _seed_groups(models, rows, reference, settings),
+        "protocol": _protocol(store, run, models, records, by_suite),
+        "warnings": warnings,
+    }
+    results["verdict"] = build_verdict(results)
+    results["protocol"]["timings"].append({"step": "compare", "seconds": time.time() - started})
+    return _clean(results)
+
+
+def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
+    families: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        families[(r["model"], r["family"])].append(i)
+    for idx in families.values():
+        adj = stats.holm([rows[i]["p_value"] if rows[i]["p_value"] is not None else math.nan for i in idx])
+        for i, p in zip(idx, adj, strict=True):
+            r = rows[i]
+            r["p_adjusted"] = p
+            r["significant"] = bool(p is not None and math.isfinite(p) and p < alpha)
+            r["change"] = _change(r["delta"], r["direction"], r["significant"])
+
+
+def _model_json(m: dict[str, Any], reference: str, primary: str) -> dict[str, Any]:
+    role = ("reference" if m["label"] == reference else "primary" if m["label"] == primary
+            else "checkpoint" if _step(m) is not None else "compared")
+    return {"label": m["label"], "ref": m["ref"], "fingerprint": m["fingerprint"], "info": m["info"],
+            "role": role, "step": _step(m)}
+
+
+def _distribution(suite: str, metric: str, per_model: dict[str, dict[str, Record]], labels: list[str],
+                  checkpoints: set[str]) -> dict[str, Any] | None:
+    data = {}
+    for label in labels:
+        if label in checkpoints or label not in per_model:
+            continue
+        vals = [float(r.scores[metric]) for r in per_model[label].values() if r.scores.get(metric) is not None]
+        if vals:
+            data[label] = np.asarray(vals)
+    if not data:
+        return None
+    lo = min(float(v.min()) for v in data.values())
+    hi = max(float(v.max()) for v in data.values())
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, 21)
+    return {
+        "suite": suite, "metric": metric, "bin_edges": edges.tolist(),
+        "counts": {k: np.histogram(v, bins=edges)[0].tolist() for k, v in data.items()},
+        "summary": {k: {"n": int(v.size), "mean": float(v.mean()), "p50": float(np.quantile(v, 0.5)),
+                        "p90": float(np.quantile(v, 0.9)), "max": float(v.max())} for k, v in data.items()},
+    }
+
+
+def _checkpoint_curves(models: list[dict[str, Any]], suites: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    stepped = [(m["label"], _step(m)) for m in models if _step(m) is not None]
+    if not stepped:
+        return []
+    if reference not in {label for label, _ in stepped} and all(s != 0 for _, s in stepped):
+        stepped.append((reference, 0))
+    stepped.sort(key=lambda x: x[1])
+    curves = []
+    for s in suites:
+        for metric in s["metrics"]:
+            points = []
+            for label, step in stepped:
+                v = s["values"].get(label, {}).get(metric["name"])
+                if v and v["n"]:
+                    points.append({"model": label, "step": step, "value": v["value"], "ci": v["ci"], "n": v["n"]})
+            if len(points) >= 2:
+                curves.append({"suite": s["name"], "metric": metric["name"], "direction": metric["direction"],
+                               "kind": metric["kind"], "points": points})
+    return curves
+
+
+def _seed_groups(models: list[dict[str, Any]], rows: list[dict[str, Any]], reference: str,
+                 settings: Settings) -> list[dict[str, Any]]:
+    groups: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for m in models:
+        g = _seed_group(m)
+        if g and m["label"] != reference:
+            groups[g[0]].append((g[1], m["label"]))
+    out = []
+    for group, members in sorted(groups.items()):
+        if len(members) < 2:
+            continue
+        members.sort()
+        labels = [label for _, label in members]
+        per_metric: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+        for r in rows:
+            if r["category"] == OVERALL and r["model"] in labels:
+                per_metric[(r["suite"], r["metric"])][r["model"]] = r
+        metric_rows = []
+        for (suite, metric), by_model in sorted(per_metric.items()):
+            deltas = [by_model[label]["delta"] for label in labels if label in by_model]
+            values = [by_model[label]["value"] for label in labels if label in by_model]
+            mean, lo, hi = stats.t_interval(deltas, settings.confidence)
+            vmean, vlo, vhi = stats.t_interval(values, settings.confidence)
+            any_row = next(iter(by_model.values()))
+            metric_rows.append({
+                "suite": suite, "metric": metric, "kind": any_row["kind"], "direction": any_row["direction"],
+                "n_seeds": len(deltas), "deltas": deltas, "mean_delta": mean, "delta_ci": [lo, hi],
+                "reference_value": any_row["reference_value"], "mean_value": vmean, "value_ci": [vlo, vhi],
+            })
+        out.append({"group": group, "models": labels, "seeds": [s for s, _ in members], "rows": metric_rows})
+    return out
+
+
+_CONTENT_KEYS = {"messages", "prompt", "context", "continuation", "text", "choices", "question"}
+
+
+def _decoding(recs: Sequence[Record]) -> dict[str, list[Any]]:
+    seen: dict[str, list[Any]] = {}
+    for r in recs:
+        req = r.request
+        flat: dict[str, Any] = {}
+        for k, v in req.items():
+            if k == "decoding" and isinstance(v, dict):
+                flat.update(v)
+            elif k not in _CONTENT_KEYS and (isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 64)):
+                flat[k] = v
+        for k, v in flat.items():
+            if isinstance(v, list):
+                v = tuple(v)
+            vals = seen.setdefault(k, [])
+            if v not in vals and len(vals) < 5:
+                vals.append(v)
+    return {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(seen.items())}
+
+
+def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Sequence[Record],
+              by_suite: dict[str, dict[str, dict[str, Record]]]) -> dict[str, Any]:
+    suites = []
+    for name in sorted(by_suite):
+        per_model = by_suite[name]
+        ids = [set(v) for v in per_model.values()]
+        shared = set.intersection(*ids) if ids else set()
+        recs = [r for v in per_model.values() for r in v.values()]
+        suites.append({
+            "suite": name,
+            "items_per_model": {k: len(v) for k, v in per_model.items()},
+            "items_shared": len(shared),
+            "decoding": _decoding(recs),
+        })
+    spec = run.spec or {}
+    timings = [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
+               for e in store.events(run.id, kind="timing")]
+    return {
+        "models": [{"label": m["label"], "ref": m["ref"], "fingerprint": m["fingerprint"], "info": m["info"]}
+                   for m in models],
+        "suites": suites,
+        "sampling": {k: spec[k] for k in ("limit", "seed", "seeds", "sample", "sampling") if k in spec},
+        "spec": spec,
+        "judge_validity": [e["payload"] for e in store.events(run.id, kind="judge_validity")],
+        "train_metrics": [e["payload"] for e in store.events(run.id, kind="train_metrics")],
+        "timings": timings,
+        "software": _package_versions(),
+        "n_records": len(records),
+    }
+
+
+# ---------------------------------------------------------------------------
+# the verdict line
+# ---------------------------------------------------------------------------
+
+
+def fmt_value(x: float | None, kind: str) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.1f}%" if kind == "binary" else f"{x:.4g}"
+
+
+def fmt_delta(x: float | None, kind: str) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:+.1f} pts" if kind == "binary" else f"{x:+.3g}"
+
+
+def fmt_ci(lo: float | None, hi: float | None, kind: str) -> str:
+    """An interval of changes: "+4.1 to +13.9 pts" for rates, "+0.0761 to +0.108" for scores."""
+    if lo is None and hi is None:
+        return "n/a"
+    if kind == "binary":
+        a = "n/a" if lo is None else f"{100 * lo:+.1f}"
+        b = "n/a" if hi is None else f"{100 * hi:+.1f}"
+        return f"{a} to {b} pts"
+    return f"{'n/a' if lo is None else f'{lo:+.3g}'} to {'n/a' if hi is None else f'{hi:+.3g}'}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"×{x:.2f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def describe_row(r: dict[str, Any], confidence: float | None = None) -> str:
+    """One phrase for a comparison row, e.g. "safety.compliance_rate 12.0% → 21.0% (+9.0 pts, 95% CI ...)"."""
+    kind = r["kind"]
+    lo, hi = r["delta_ci"]
+    level = "" if confidence is None else f"{round(100 * confidence)}% "
+    parts = [f"{fmt_delta(r['delta'], kind)}, {level}CI {fmt_ci(lo, hi, kind)}"]
+    if kind == "binary" and r.get("ratio") is not None:
+        parts.append(fmt_ratio(r["ratio"]))
+    parts.append(f"p_adj {fmt_p(r.get('p_adjusted'))}")
+    where = f"{r['suite']}.{r['metric']}" + ("" if r["category"] == OVERALL else f"[{r['category']}]")
+    return f"{where} {fmt_value(r['reference_value'], kind)} → {fmt_value(r['value'], kind)} ({'; '.join(parts)})"
+
+
+def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
+    primary, reference = results["primary"], results["reference"]
+    overall = [r for r in results["comparisons"] if r["model"] == primary and r["category"] == OVERALL]
+    worse = sorted((r for r in overall if r["change"] == "worse"), key=lambda r: r["p_adjusted"])
+    better = sorted((r for r in overall if r["change"] == "better"), key=lambda r: r["p_adjusted"])
+    same = [r for r in overall if r["change"] == "none"]
+    worse_cats = [r for r in results["comparisons"]
+                  if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]
+    conf = round(100 * results["settings"]["confidence"])
+    head = f"{primary} vs {reference}: "
+    if worse:
+        head += f"worse on {len(worse)} of {len(overall)} metrics"
+    elif better:
+        head += f"no metric got worse; better on {len(better)} of {len(overall)}"
+    else:
+        head += f"no significant change on any of {len(overall)} metrics"
+    if worse and better:
+        head += f", better on {len(better)}"
+    status = "worse" if worse else "better" if better else "unchanged"
+    return {
+        "model": primary,
+        "reference": reference,
+        "status": status,
+        "headline": head,
+        "worse": [describe_row(r, results["settings"]["confidence"]) for r in worse],
+        "better": [describe_row(r, results["settings"]["confidence"]) for r in better],
+        "unchanged": [f"{r['suite']}.{r['metric']}" for r in same],
+        "worse_categories": [describe_row(r, results["settings"]["confidence"]) for r in worse_cats],
+        "note": (f"intervals are {conf}% intervals; a change counts when its Holm-adjusted p-value is below "
+                 f"{results['settings']['alpha']}"),
+    }

@@ -1,0 +1,167 @@
+"""Plots for the HTML report, drawn from the results dict only, returned as inline PNG data URIs.
+
+matplotlib's object API (no pyplot, no global state, no display) with the Agg
+renderer: works headless and offline, and the report embeds the bytes, so it
+opens from disk with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+REFERENCE_COLOR = "#9aa4b2"
+MODEL_COLOR = "#2563eb"
+WORSE_COLOR = "#dc2626"
+BETTER_COLOR = "#16a34a"
+NEUTRAL_COLOR = "#475569"
+PALETTE = ["#9aa4b2", "#2563eb", "#f59e0b", "#7c3aed", "#0d9488", "#db2777", "#65a30d", "#0891b2"]
+
+
+def _figure(width: float, height: float, *, left_chars: int = 6, title: bool = False) -> Any:
+    """A figure with fixed margins (a layout engine costs more time than the drawing)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    left_in = 0.25 + 0.075 * left_chars  # about 0.075 inch per 8-point character of the y labels
+    fig.subplots_adjust(left=min(0.6, left_in / width), right=1 - 0.15 / width,
+                        bottom=0.5 / height, top=1 - (0.3 if title else 0.12) / height)
+    return fig
+
+
+def _style(ax: Any) -> None:
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="x", color="#e5e7eb", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _data_uri(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _err(values: Sequence[Any], cis: Sequence[Sequence[Any]]) -> list[list[float]]:
+    lo, hi = [], []
+    for v, (a, b) in zip(values, cis, strict=True):
+        v = _num(v)
+        lo.append(max(0.0, v - _num(a)) if a is not None and math.isfinite(v) else 0.0)
+        hi.append(max(0.0, _num(b) - v) if b is not None and math.isfinite(v) else 0.0)
+    return [lo, hi]
+
+
+def forest(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Changes of binary metrics (percentage points) with intervals, one line per suite.metric."""
+    rows = [r for r in rows if r["kind"] == "binary" and r["delta"] is not None]
+    if not rows:
+        return None
+    labels = [f"{r['suite']}.{r['metric']}" for r in rows]
+    fig = _figure(7.2, 0.42 * len(rows) + 0.9, left_chars=max(map(len, labels)))
+    ax = fig.add_subplot()
+    _style(ax)
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows, strict=True):
+        color = WORSE_COLOR if r["change"] == "worse" else BETTER_COLOR if r["change"] == "better" else NEUTRAL_COLOR
+        lo, hi = (_num(x) * 100 for x in r["delta_ci"])
+        ax.plot([lo, hi], [y, y], color=color, linewidth=2)
+        ax.plot([_num(r["delta"]) * 100], [y], "o", color=color, markersize=6)
+    ax.axvline(0, color="#111827", linewidth=0.8)
+    ax.set_yticks(ys, labels)
+    ax.set_xlabel(f"change {rows[0]['model']} − {rows[0]['reference']} (percentage points)", fontsize=8)
+    return _data_uri(fig)
+
+
+def category_bars(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Reference vs model per category (harm category, task, ...) with intervals."""
+    rows = [r for r in rows if r["value"] is not None]
+    if len(rows) < 2:
+        return None
+    binary = rows[0]["kind"] == "binary"
+    scale = 100.0 if binary else 1.0
+    ylabels = [f"{r['category']} (n={r['n']})" for r in rows]
+    fig = _figure(7.2, 0.38 * len(rows) + 1.0, left_chars=max(map(len, ylabels)))
+    ax = fig.add_subplot()
+    _style(ax)
+    ys = list(range(len(rows)))[::-1]
+    h = 0.38
+    ref_vals = [_num(r["reference_value"]) * scale for r in rows]
+    new_vals = [_num(r["value"]) * scale for r in rows]
+    ref_err = [[x * scale for x in e] for e in _err([r["reference_value"] for r in rows],
+                                                     [r["reference_value_ci"] for r in rows])]
+    new_err = [[x * scale for x in e] for e in _err([r["value"] for r in rows], [r["value_ci"] for r in rows])]
+    ax.barh([y + h / 2 for y in ys], ref_vals, height=h, color=REFERENCE_COLOR, xerr=ref_err,
+            error_kw={"elinewidth": 0.8, "ecolor": "#374151"}, label=rows[0]["reference"])
+    ax.barh([y - h / 2 for y in ys], new_vals, height=h, color=MODEL_COLOR, xerr=new_err,
+            error_kw={"elinewidth": 0.8, "ecolor": "#374151"}, label=rows[0]["model"])
+    ax.set_yticks(ys, ylabels)
+    ax.set_xlabel(f"{rows[0]['suite']}.{rows[0]['metric']}" + (" (%)" if binary else ""), fontsize=8)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    return _data_uri(fig)
+
+
+def distribution(dist: dict[str, Any]) -> str | None:
+    """Overlaid histograms of a per-item score (e.g. toxicity), one line per model."""
+    edges = dist["bin_edges"]
+    if not dist["counts"]:
+        return None
+    fig = _figure(7.2, 2.6, left_chars=8)
+    ax = fig.add_subplot()
+    _style(ax)
+    for i, (label, counts) in enumerate(dist["counts"].items()):
+        total = sum(counts) or 1
+        ax.stairs([c / total for c in counts], edges, color=PALETTE[i % len(PALETTE)], linewidth=1.6,
+                  label=f"{label} (n={total})", fill=False)
+    ax.set_xlabel(f"{dist['suite']}.{dist['metric']} per item", fontsize=8)
+    ax.set_ylabel("share of items", fontsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    return _data_uri(fig)
+
+
+def checkpoint_curve(curve: dict[str, Any]) -> str | None:
+    """A metric over training steps with its interval band."""
+    pts = curve["points"]
+    if len(pts) < 2:
+        return None
+    scale = 100.0 if curve["kind"] == "binary" else 1.0
+    steps = [p["step"] for p in pts]
+    vals = [_num(p["value"]) * scale for p in pts]
+    lo = [_num(p["ci"][0]) * scale for p in pts]
+    hi = [_num(p["ci"][1]) * scale for p in pts]
+    fig = _figure(3.5, 2.4, left_chars=5, title=True)
+    ax = fig.add_subplot()
+    _style(ax)
+    ax.fill_between(steps, lo, hi, color=MODEL_COLOR, alpha=0.15, linewidth=0)
+    ax.plot(steps, vals, "o-", color=MODEL_COLOR, markersize=4, linewidth=1.5)
+    ax.set_title(f"{curve['suite']}.{curve['metric']}" + (" (%)" if scale == 100 else ""), fontsize=9)
+    ax.set_xlabel("training step", fontsize=8)
+    return _data_uri(fig)
+
+
+def training_loss(metrics: Sequence[dict[str, Any]]) -> str | None:
+    """Training (and eval) loss over steps, from the run's train_metrics events."""
+    pts = [m for m in metrics if m.get("step") is not None]
+    series = {}
+    for key in ("loss", "eval_loss"):
+        xy = [(m["step"], m[key]) for m in pts if isinstance(m.get(key), int | float)]
+        if xy:
+            series[key] = sorted(xy)
+    if not series:
+        return None
+    fig = _figure(3.5, 2.4, left_chars=5, title=True)
+    ax = fig.add_subplot()
+    _style(ax)
+    for i, (key, xy) in enumerate(series.items()):
+        ax.plot([x for x, _ in xy], [y for _, y in xy], "-", color=PALETTE[i + 1], linewidth=1.4, label=key)
+    ax.set_title("training loss", fontsize=9)
+    ax.set_xlabel("training step", fontsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    return _data_uri(fig)
