@@ -1,0 +1,72 @@
+"""`aftertune scan`: flag what in a training set could break the model, before fine-tuning on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from aftertune.cli import app
+from aftertune.errors import UserError
+
+_LEVELS = {"none": 3, "high": 2, "medium": 1, "low": 0}
+
+
+def _default_corpora() -> tuple[str, ...]:
+    from aftertune.scan.harmful import DEFAULT_CORPORA
+
+    return DEFAULT_CORPORA
+
+
+@app.command("scan")
+def scan_cmd(
+    data: str = typer.Argument(..., help="Training file: .jsonl, .json, .csv, .parquet (messages, prompt/completion, "
+                                         "instruction/input/output, context/response, DPO prompt/chosen/rejected)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for scan.json and scan.md."),
+    fmt: str = typer.Option("table", "--format", "-f", help="What to print: table (summary + first flagged rows) "
+                                                             "or json (the whole report)."),
+    show: int = typer.Option(10, "--show", help="Flagged rows to print with the table."),
+    judges: bool = typer.Option(True, "--judges/--no-judges",
+                                help="Toxicity and refusal judges (packaged models, pulled on first use); "
+                                     "--no-judges uses the lexical checks only."),
+    suite: list[str] = typer.Option([], "--suite", "-s", help="Evaluation suites to check for contamination "
+                                                              "(repeatable; default: every registered suite)."),
+    corpora: str = typer.Option(",".join(_default_corpora()), "--corpora",
+                                help="Packaged harmful-request corpora to compare user turns with, comma-separated "
+                                     "(pulled on first use); 'none' for the lexicon and built-in seeds only."),
+    no_contamination: bool = typer.Option(False, "--no-contamination", help="Skip the evaluation-suite overlap check."),
+    fail_on: str = typer.Option("none", "--fail-on", help="Exit 1 when the risk is at least this level: "
+                                                          "medium, high or none."),
+) -> None:
+    """Scan training data: harmful requests and compliant answers, identity-shifting personas, toxic text,
+    personal data and secrets, duplicates, and overlap with evaluation suites."""
+    from aftertune.scan import ScanConfig, scan_file
+
+    if fmt not in ("table", "json"):
+        raise UserError(f"--format {fmt!r}: use table or json")
+    if fail_on not in ("none", "medium", "high"):
+        raise UserError(f"--fail-on {fail_on!r}: use medium, high or none")
+    suites = [s.strip() for item in suite for s in item.split(",") if s.strip()] or None
+    names = () if corpora.strip().lower() == "none" else tuple(c.strip() for c in corpora.split(",") if c.strip())
+    config = ScanConfig(contamination=not no_contamination, harmful_corpora=names)
+    report = scan_file(data, judges=judges, config=config, suites=suites)
+    if out is not None:
+        report.write(out)
+    if fmt == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for line in report.summary_lines():
+            typer.echo(line)
+        for note in report.notes:
+            typer.echo(f"  note: {note}")
+        if report.flags and show > 0:
+            typer.echo(f"\nfirst {min(show, len(report.flags))} of {len(report.flags)} flagged rows:")
+            for f in report.flags[:show]:
+                typer.echo(f"  row {f.row} [{', '.join(f.kinds)}] {f.excerpt}")
+                for r in f.reasons:
+                    typer.echo(f"      - {r}")
+        if out is not None:
+            typer.echo(f"\nwrote {out / 'scan.json'} and {out / 'scan.md'}")
+    if _LEVELS[report.risk] >= _LEVELS[fail_on]:
+        raise typer.Exit(1)
