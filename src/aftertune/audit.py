@@ -1,0 +1,365 @@
+"""The audit runner: every suite on every model, one per-item record each, resumable.
+
+`audit(models, suites, out_dir=...)` creates (or resumes) a run of kind
+"audit" in the store. It loads and samples each suite's items once, so every
+model sees the same items and byte-identical requests; then loads each model
+once, runs every suite on it through the store's `CachedEngine`, writes the
+records of each chunk of items in one transaction, and frees the model before
+loading the next. Items already recorded are skipped, so running the same
+command again after an interruption finishes the job instead of starting
+over: the run id is kept in `out_dir/run.json` and reused when the spec is the
+same.
+
+Besides the records it writes events: `sample` (what was sampled per suite),
+`protocol` (each suite's prompt/decoding/source description), `timing`
+(seconds per model × suite, cache hits and misses) and `judge_validity`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aftertune.errors import UserError
+from aftertune.fileio import canonical_json, write_json_atomic
+from aftertune.sources.base import ModelRef
+from aftertune.store import CachedEngine, Record, Store
+from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
+
+SuiteSpec = str | tuple[str, Mapping[str, Any]]
+RUN_FILE = "run.json"
+CHUNK_ITEMS = 64  # items per suite.run call: the records of one chunk are committed together
+
+
+@dataclass
+class PreparedSuite:
+    suite: Suite
+    items: list[Item]  # the sampled items, identical for every model
+    n_total: int
+    limit: int | None
+
+
+def parse_suite_arg(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """`NAME[,NAME...]` where each NAME may carry options: `task:task=support:max_new_tokens=64`."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, *opts = part.split(":")
+        options: dict[str, Any] = {}
+        for opt in opts:
+            key, eq, value = opt.partition("=")
+            if not eq or not key.strip():
+                raise UserError(f"--suite {text!r}: option {opt!r} should be key=value "
+                                "(e.g. --suite capability:tasks=arc_easy+piqa)")
+            options[key.strip()] = value.strip()
+        out.append((name.strip(), options))
+    if not out:
+        raise UserError("--suite needs at least one suite name; `aftertune list suites` shows them")
+    return out
+
+
+def label_for(ref: str | ModelRef) -> str:
+    """A short label for a model reference: its name without folders, org or revision."""
+    if isinstance(ref, ModelRef):
+        return ref.name
+    text = ref.strip().rstrip("/")
+    if text.startswith("openai:"):
+        text = text[len("openai:"):].split("@", 1)[0]
+    text = text.split("@", 1)[0]
+    return re.split(r"[\\/]", text)[-1] or text
+
+
+def _normalize_suites(suites: Sequence[SuiteSpec]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for s in suites:
+        if isinstance(s, str):
+            out.extend(parse_suite_arg(s))
+        else:
+            name, options = s
+            out.append((name, dict(options or {})))
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"suite {dup[0]!r} is listed twice; records are kept per suite name, so run a second "
+                        "audit (another --out) for the same suite with other options")
+    return out
+
+
+def _limit(limit: int | str | None, suite: Suite) -> int | None:
+    if limit is None:
+        return suite.default_limit
+    if isinstance(limit, str):
+        if limit.strip().lower() == "all":
+            return None
+        try:
+            limit = int(limit)
+        except ValueError:
+            raise UserError(f"--limit {limit!r}: give a number of items per suite, or 'all'") from None
+    return None if limit <= 0 else int(limit)
+
+
+def prepare_suites(suites: Sequence[SuiteSpec], limit: int | str | None, seed: int) -> list[PreparedSuite]:
+    """Instantiate, load and sample every suite before any model is loaded, so bad input fails fast."""
+    import aftertune.suites  # noqa: F401 - registers the built-in suites
+    from aftertune.suites.base import SUITES
+
+    prepared = []
+    for name, options in _normalize_suites(suites):
+        suite = SUITES.get(name)(**options)
+        items = suite.load_items()
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"suite {name}: item ids are not unique")  # a suite bug, not user input
+        n = _limit(limit, suite)
+        sampler: Callable[[Sequence[Item], int | None, int], list[Item]] = getattr(suite, "sample", None) or sample_items
+        prepared.append(PreparedSuite(suite, sampler(items, n, seed), len(items), n))
+    return prepared
+
+
+def _spec(models: Mapping[str, str], suites: Sequence[tuple[str, dict[str, Any]]], limit: Any, seed: int,
+          judges: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"kind": "audit", "models": dict(models), "suites": [[n, o] for n, o in suites],
+            "limit": limit, "seed": seed, "judges": dict(judges or {})}
+
+
+def _resume_id(out_dir: Path, spec_hash: str, store: Store) -> str | None:
+    """The run id recorded in out_dir/run.json when it is for the same spec and still in the store."""
+    import json
+
+    path = out_dir / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("spec_sha256") != spec_hash or not info.get("run_id"):
+        return None
+    try:
+        store.get_run(info["run_id"])
+    except UserError:
+        return None
+    return str(info["run_id"])
+
+
+def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not judges:
+        return {}
+    try:
+        from aftertune.judges import build_judge
+    except ImportError:
+        raise UserError("judges were requested but this install has no judge builder (aftertune.judges)") from None
+    return {role: build_judge(spec) for role, spec in judges.items()}
+
+
+def _judge_validity(judge: Any) -> dict[str, Any] | None:
+    try:
+        from aftertune.judges import validity
+    except ImportError:
+        return None
+    return validity(judge)
+
+
+def _free(engine: Any) -> None:
+    engine.close()
+    del engine
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+class _Bar:
+    """A tqdm bar over items with the request count as postfix (or nothing when progress is off)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.requests = 0
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def on_requests(self, n: int) -> None:
+        self.requests += n
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.requests} requests", refresh=False)
+
+    def items_done(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def audit(
+    models: Mapping[str, str | ModelRef],
+    suites: Sequence[SuiteSpec],
+    *,
+    store: Store | str | Path | None = None,
+    out_dir: str | Path,
+    limit: int | str | None = None,
+    seed: int = 0,
+    judges: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    run_id: str | None = None,
+    progress: bool = True,
+    engine: str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    reports: bool = True,
+) -> str:
+    """Run `suites` on every model in `models` (label → reference); return the run id.
+
+    `limit` is items per suite (None: each suite's default; 0 or "all": every
+    item); `seed` fixes which items are sampled. `judges` maps a role
+    ("refusal", "toxicity", ...) to a judge spec for `aftertune.judges.build_judge`.
+    `batch_size` is how many engine requests are computed and committed to the
+    cache at a time. Re-running with the same `out_dir` and arguments resumes.
+    """
+    if not models:
+        raise UserError("no models to audit; pass at least one --model")
+    for label in models:
+        if not label or not re.fullmatch(r"[\w.@+-]+", label):
+            raise UserError(f"model label {label!r}: use letters, digits and . _ - + @ only (e.g. --model base=REF)")
+    refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
+    suite_specs = _normalize_suites(suites)
+    prepared = prepare_suites(suite_specs, limit, seed)
+
+    own_store = not isinstance(store, Store)
+    if own_store:
+        from aftertune.paths import default_store_path
+
+        store = Store(store or default_store_path())
+    assert isinstance(store, Store)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _spec(refs, suite_specs, limit, seed, {k: (v if isinstance(v, (str, dict)) else str(v))
+                                                   for k, v in (judges or {}).items()})
+    spec["sampling"] = {p.suite.name: {"limit": p.limit, "sampled": len(p.items), "of": p.n_total} for p in prepared}
+    spec_hash = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+    run_id = run_id or _resume_id(out, spec_hash, store) or f"{time.strftime('%Y%m%d-%H%M%S')}-audit-{spec_hash[:6]}"
+    resumed = run_id in {r.id for r in store.list_runs()}
+    store.create_run("audit", name or f"audit of {', '.join(refs)}", spec, out_dir=str(out.resolve()), run_id=run_id)
+    write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "audit", "store": str(store.path.resolve()),
+                                       "spec_sha256": spec_hash, "spec": spec})
+    store.set_run_status(run_id, "running")
+    try:
+        _run(store, run_id, refs, models, prepared, resumed=resumed, seed=seed, judges=judges,
+             batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options or {})
+    except KeyboardInterrupt:
+        store.set_run_status(run_id, "interrupted")
+        raise
+    except BaseException:
+        store.set_run_status(run_id, "failed")
+        raise
+    store.set_run_status(run_id, "done")
+    if reports:
+        write_outputs(store, run_id, out)
+    if own_store:
+        store.close()
+    return run_id
+
+
+def write_outputs(store: Store, run_id: str, out_dir: Path) -> None:
+    """records.jsonl and the reports; the records are kept even when the report fails."""
+    from aftertune.report import write_records
+
+    try:
+        from aftertune.report import write_reports
+    except ImportError:
+        write_records(store, run_id, out_dir)
+        return
+    try:
+        write_reports(store, run_id, out_dir)
+    except Exception:
+        write_records(store, run_id, out_dir)
+        raise
+
+
+def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
+         prepared: Sequence[PreparedSuite], *, resumed: bool, seed: int, judges: Mapping[str, Any] | None,
+         batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
+    from aftertune.engines import load_engine
+
+    if not resumed:
+        for p in prepared:
+            ids = [it.id for it in p.items]
+            store.add_event(run_id, f"sample:{p.suite.name}", "sample", {
+                "suite": p.suite.name, "seed": seed, "limit": p.limit, "n_items": p.n_total, "n_sampled": len(ids),
+                "item_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                "sampler": "suite" if getattr(p.suite, "sample", None) else "stratified"})
+            store.add_event(run_id, f"protocol:{p.suite.name}", "protocol",
+                            {"suite": p.suite.name, "protocol": p.suite.protocol()})
+
+    judge_objs = _build_judges(judges)
+    if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
+        for role, judge in judge_objs.items():
+            v = _judge_validity(judge)
+            if v is not None:
+                store.add_event(run_id, f"judge:{role}", "judge_validity", {"role": role, **v})
+
+    for label, ref in refs.items():
+        todo = {p.suite.name: [it for it in p.items if it.id not in store.done_items(run_id, label, p.suite.name)]
+                for p in prepared}
+        if not any(todo.values()):
+            continue
+        t0 = time.monotonic()
+        model = models[label]
+        eng = load_engine(model if isinstance(model, ModelRef) else ref, engine=engine, **engine_options)
+        store.add_event(run_id, f"load:{label}", "timing",
+                        {"step": f"load {label}", "seconds": round(time.monotonic() - t0, 3), "model": label})
+        cached = CachedEngine(eng, store, batch_size=batch_size)
+        try:
+            store.add_model(run_id, label, ref, eng.fingerprint, {**eng.describe(), "label": label})
+            for p in prepared:
+                items = todo[p.suite.name]
+                if items:
+                    _run_suite(store, run_id, label, cached, p, items, judge_objs, progress)
+        finally:
+            _free(cached)
+
+
+def _run_suite(store: Store, run_id: str, label: str, engine: CachedEngine, p: PreparedSuite,
+               items: Sequence[Item], judges: Mapping[str, Any], progress: bool) -> None:
+    key = p.suite.name
+    bar = _Bar(len(items), f"{label} · {key}", progress)
+    ctx = SuiteContext(model_label=label, judges=dict(judges), progress=bar.on_requests)
+    hits0, misses0 = engine.stats["hits"], engine.stats["misses"]
+    t0 = time.monotonic()
+    try:
+        for start in range(0, len(items), CHUNK_ITEMS):
+            chunk = items[start:start + CHUNK_ITEMS]
+            records = p.suite.run(engine, chunk, ctx)
+            _check_records(key, label, chunk, records)
+            store.put_records(run_id, records)
+            bar.items_done(len(chunk))
+    finally:
+        bar.close()
+        store.add_event(run_id, f"{label}:{key}", "timing", {
+            "step": f"{key} on {label}", "seconds": round(time.monotonic() - t0, 3), "model": label, "suite": key,
+            "items": len(items), "cache_hits": engine.stats["hits"] - hits0,
+            "cache_misses": engine.stats["misses"] - misses0})
+
+
+def _check_records(suite: str, label: str, items: Sequence[Item], records: Sequence[Record]) -> None:
+    """A suite must answer every item it was given, once, for this model (a bug otherwise)."""
+    want = {it.id for it in items}
+    got = [r.item_id for r in records]
+    if set(got) != want or len(got) != len(want):
+        raise RuntimeError(f"suite {suite} returned records for {len(set(got) & want)} of {len(want)} items")
+    bad = [(r.model, r.suite) for r in records if r.model != label or r.suite != suite]
+    if bad:
+        raise RuntimeError(f"suite {suite} labelled records {bad[0]} instead of {(label, suite)}")

@@ -1,0 +1,74 @@
+"""`aftertune audit`: run suites on one or more models and write the records and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aftertune.cli import app
+from aftertune.errors import UserError
+
+_STORE_HELP = "The run store (default: $AFTERTUNE_STORE or $AFTERTUNE_HOME/store.sqlite)."
+
+
+def parse_model_arg(text: str) -> tuple[str | None, str]:
+    """`label=REF` or plain `REF` (label then comes from the reference's name)."""
+    label, eq, ref = text.partition("=")
+    if eq and label and "/" not in label and ":" not in label:
+        return label.strip(), ref.strip()
+    return None, text.strip()
+
+
+def parse_judge_arg(text: str) -> tuple[str, str]:
+    role, eq, spec = text.partition("=")
+    if not eq or not role.strip() or not spec.strip():
+        raise UserError(f"--judge {text!r}: write ROLE=SPEC, e.g. --judge refusal=keyword")
+    return role.strip(), spec.strip()
+
+
+@app.command("audit")
+def audit_cmd(
+    model: Annotated[list[str], typer.Option(
+        "--model", "-m", help="A model to audit: label=REF or REF (packaged name, hub id, local dir, adapter dir, "
+                              "openai:MODEL@URL). Repeat for several; each is loaded once.")],
+    suite: Annotated[list[str], typer.Option(
+        "--suite", "-s", help="Suites, comma-separated or repeated; options after colons, e.g. "
+                              "capability:tasks=arc_easy+piqa or task:task=support. `aftertune list suites` shows them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for run.json, records.jsonl and the reports.")],
+    limit: Annotated[str | None, typer.Option(
+        "--limit", "-n", help="Items per suite (default: each suite's own, a few minutes on a CPU); 'all' for every "
+                              "item.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Which items are sampled (the same for every model).")] = 0,
+    judge: Annotated[list[str] | None, typer.Option(
+        "--judge", "-j", help="ROLE=SPEC, e.g. refusal=keyword; repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests computed (and cached) per batch.")] = 16,
+    engine: Annotated[str | None, typer.Option("--engine", help="Force a backend: hf, openai or vllm.")] = None,
+    store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Run suites on one or more models: one record per (model, item), resumable, then the report.
+
+    Running the same command again resumes an interrupted audit: finished items are not recomputed.
+    """
+    from aftertune.audit import audit, label_for
+
+    models: dict[str, str] = {}
+    for text in model:
+        label, ref = parse_model_arg(text)
+        label = label or label_for(ref)
+        if label in models:
+            raise UserError(f"--model {text!r}: label {label!r} is used twice; name them, e.g. --model base=REF "
+                            "--model tuned=REF")
+        models[label] = ref
+    judges = dict(parse_judge_arg(j) for j in judge or [])
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    run_id = audit(models, suite, store=store_path, out_dir=out, limit=limit, seed=seed, judges=judges or None,
+                   batch_size=batch_size, engine=engine, engine_options={"batch_size": batch_size},
+                   progress=not no_progress)
+    typer.echo(f"run {run_id}")
+    typer.echo(f"records: {out / 'records.jsonl'}")
+    if (out / "report.html").exists():
+        typer.echo(f"report: {out / 'report.html'}")

@@ -1,0 +1,79 @@
+"""`aftertune list suites|judges|engines|models`: what is registered, one line each."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import typer
+
+from aftertune.cli import app
+
+list_app = typer.Typer(help="List the registered suites, judges, engines and packaged models.",
+                       no_args_is_help=True, add_completion=False)
+app.add_typer(list_app, name="list")
+
+
+def _table(rows: Iterable[tuple[str, str]]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "(none)"
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {desc}".rstrip() for name, desc in rows)
+
+
+def _import_all(package: str) -> None:
+    """Import every module of a package so its registrations run; one needing an absent extra is skipped."""
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        try:
+            importlib.import_module(f"{package}.{info.name}")
+        except ImportError:
+            continue
+
+
+@list_app.command("suites")
+def list_suites(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each suite's metrics.")) -> None:
+    """Suites: what an audit can measure (`--suite NAME`)."""
+    import aftertune.suites  # noqa: F401 - registers the built-in suites
+    from aftertune.suites.base import SUITES
+
+    lines = []
+    for e in SUITES:
+        cls = e.obj
+        lines.append((e.name, f"{getattr(cls, 'description', '') or e.description}"
+                              f" [default {cls.default_limit or 'all'} items]"))
+    typer.echo(_table(lines))
+    if verbose:
+        for e in SUITES:
+            typer.echo(f"\n{e.name}:")
+            typer.echo(_table((f"  {m.name}", f"{m.direction} is better, {m.kind}: {m.description}")
+                              for m in e.obj.metrics))
+
+
+@list_app.command("judges")
+def list_judges() -> None:
+    """Judges: what turns a response into a verdict (`--judge ROLE=SPEC`)."""
+    from aftertune.judges.base import JUDGES
+
+    _import_all("aftertune.judges")
+    typer.echo(_table((e.name, getattr(e.obj, "description", "") or e.description) for e in JUDGES))
+
+
+@list_app.command("engines")
+def list_engines() -> None:
+    """Engines: the backends that run models (`--engine NAME`)."""
+    from aftertune.engines.base import ENGINES
+
+    _import_all("aftertune.engines")
+    typer.echo(_table((e.name, e.description) for e in ENGINES))
+
+
+@list_app.command("models")
+def list_models() -> None:
+    """Packaged models: pulled from pinned PyPI wheels on first use (any hub id or local dir works too)."""
+    from aftertune.sources.catalog import MODELS
+
+    typer.echo(_table((e.name, f"{e.obj.kind}, {e.obj.download_mb:.0f} MB download: {e.description}") for e in MODELS))

