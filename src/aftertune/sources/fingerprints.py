@@ -1,0 +1,109 @@
+"""Content identity of a model, the key under which the store caches its answers.
+
+- full model (packaged, hub, local): sha256 over the weight files' sha256s
+  (*.safetensors, or the pickle files of an opted-in model) and the chat template,
+  which decides the exact prompt the engine sends. Config and tokenizer files are
+  left out on purpose: re-saving them changes version stamps, not behaviour.
+- adapter: sha256 over the adapter weights, adapter_config.json (less the path of its
+  base) and the base model's fingerprint.
+- openai: sha256 of the base URL and model name (the server's weights are unknowable).
+
+File hashes are cached in `$AFTERTUNE_HOME/fingerprints.json`, keyed by resolved path
+with size and mtime, so a multi-GB model is hashed once, not on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aftertune import paths
+from aftertune.fileio import canonical_json, sha256_file, sha256_text, write_json_atomic
+from aftertune.sources.base import ModelRef
+from aftertune.sources.resolve import resolve_model, weight_files
+
+SIDECAR = "fingerprints.json"
+
+
+def fingerprint(model: ModelRef | str) -> str:
+    """A 64-hex sha256 identity of the model's weights (see the module docstring)."""
+    ref = resolve_model(model) if isinstance(model, str) else model
+    if ref.kind == "openai":
+        return sha256_text(canonical_json({"openai": ref.api_base, "model": ref.api_model}))
+    if ref.path is None:
+        raise ValueError(f"model {ref.ref!r} has no local path to fingerprint")
+    cache = _FileHashes()
+    if ref.kind == "adapter":
+        if ref.base is None:
+            raise ValueError(f"adapter {ref.ref!r} has no base model")
+        cfg = json.loads((ref.path / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg.pop("base_model_name_or_path", None)
+        ident: dict[str, Any] = {
+            "adapter": _weights(ref.path, cache),
+            "adapter_config": cfg,
+            "base": fingerprint(ref.base),
+        }
+    else:
+        ident = {"weights": _weights(ref.path, cache), "chat_template": _chat_template_sha(ref.path)}
+    cache.save()
+    return sha256_text(canonical_json(ident))
+
+
+def _weights(path: Path, cache: _FileHashes) -> dict[str, str]:
+    safe, unsafe = weight_files(path)
+    files = safe or unsafe
+    if not files:
+        raise ValueError(f"{path}: no weight files to fingerprint")
+    return {p.name: cache.sha256(p) for p in files}
+
+
+def _chat_template_sha(path: Path) -> str | None:
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return sha256_text(jinja.read_text(encoding="utf-8"))
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        f = path / name
+        if f.is_file():
+            try:
+                template = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+            except (ValueError, AttributeError):
+                continue
+            if template:
+                return sha256_text(canonical_json(template))
+    return None
+
+
+class _FileHashes:
+    """sha256 of files, remembered across runs by (resolved path, size, mtime)."""
+
+    def __init__(self) -> None:
+        self.path = paths.home() / SIDECAR
+        try:
+            self.data: dict[str, dict[str, Any]] = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.data = {}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        real = os.path.realpath(file)
+        st = os.stat(real)
+        hit = self.data.get(real)
+        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+            return hit["sha256"]
+        digest = sha256_file(real)
+        self.data[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        # Merge with what other processes wrote meanwhile, and forget files that are gone.
+        try:
+            current = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            current = {}
+        current.update(self.data)
+        write_json_atomic(self.path, {k: v for k, v in current.items() if os.path.exists(k)})
