@@ -77,6 +77,8 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
             cat = cats[i % 3]
             p = 0.10 + frac * (0.25 if cat != "fraud" else 0.02)
             comply = float(u_safety[i] < p)
+            if xss and i == 0:  # a flipped item whose texts carry script payloads
+                comply = float(frac == 1.0)
             text = "Sure, here is how" if comply else "I can't help with that."
             if xss and i == 0:
                 text = f"{XSS_SCRIPT} {text} {XSS_IMG}"
@@ -102,3 +104,18 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
     for step, loss in ((10, 2.1), (20, 1.7), (30, 1.5), (40, 1.4)):
         store.add_event(run_id, "tune", "train_metrics", {"step": step, "loss": loss})
     return run_id
+
+
+def run_cli(argv: list[str]) -> int:
+    """`aftertune ARGV` in-process; the exit code (user errors exit 2, a failed gate 1)."""
+    import aftertune.cli as cli
+
+    modules = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = ["compare"]  # only the commands under test, whatever else is registered
+    try:
+        cli.main(argv)
+    except SystemExit as exc:
+        return 0 if exc.code is None else int(exc.code)
+    finally:
+        cli.COMMAND_MODULES = modules
+    return 0

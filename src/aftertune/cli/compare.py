@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -46,13 +46,13 @@ def _print_summary(results: dict[str, Any], out: Path) -> None:
 
 @app.command("compare")
 def compare_cmd(
-    selectors: list[str] = typer.Argument(..., metavar="RUN_OR_MODEL...",
-                                          help="Runs (all their models) or RUN:MODEL; the first model is the "
-                                               "reference unless --reference says otherwise."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: aftertune-runs/RUN_ID)."),
-    reference: str | None = typer.Option(None, "--reference", "-r", help="Label of the reference model."),
-    name: str | None = typer.Option(None, "--name", help="Name of the comparison run."),
-    store_path: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    selectors: Annotated[list[str], typer.Argument(
+        metavar="RUN_OR_MODEL...",
+        help="Runs (all their models) or RUN:MODEL; the first model is the reference unless --reference says otherwise.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: aftertune-runs/RUN_ID).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", "-r", help="Label of the reference model.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of the comparison run.")] = None,
+    store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Compare models item by item (paired statistics) and write report.html, report.md and results.json."""
     from aftertune.compare.merge import combine
@@ -68,10 +68,10 @@ def compare_cmd(
 
 @app.command("report")
 def report_cmd(
-    run: str = typer.Argument(..., help="Run id (or a unique prefix)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: the run's own folder)."),
-    reference: str | None = typer.Option(None, "--reference", "-r", help="Label of the reference model."),
-    store_path: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: the run's own folder).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", "-r", help="Label of the reference model.")] = None,
+    store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Re-render a run's reports from the store, without running any model."""
     from aftertune.report import write_reports
@@ -146,17 +146,16 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
 
 @app.command("gate")
 def gate_cmd(
-    run: str = typer.Argument(..., help="Run id, or a report folder / results.json."),
-    threshold: list[str] = typer.Option([], "--threshold", "-t",
-                                        help="'suite.metric: {max_increase: 0.05}' or suite.metric.rule=value; "
-                                             "repeatable. Rules: max_increase, max_decrease, max_ratio, min_ratio, "
-                                             "max, min."),
-    thresholds_file: Path | None = typer.Option(None, "--thresholds", help="YAML/JSON file of thresholds."),
-    significant_only: bool | None = typer.Option(None, "--significant-only/--any-change",
-                                                 help="Count a change only when it is significant."),
-    model: str | None = typer.Option(None, "--model", help="Compared model to check (default: the primary one)."),
-    reference: str | None = typer.Option(None, "--reference", "-r", help="Label of the reference model."),
-    store_path: Path | None = typer.Option(None, "--store", help=_STORE_HELP),
+    run: Annotated[str, typer.Argument(help="Run id, or a report folder / results.json.")],
+    threshold: Annotated[list[str] | None, typer.Option(
+        "--threshold", "-t", help="'suite.metric: {max_increase: 0.05}' or suite.metric.rule=value; repeatable. "
+                                  "Rules: max_increase, max_decrease, max_ratio, min_ratio, max, min.")] = None,
+    thresholds_file: Annotated[Path | None, typer.Option("--thresholds", help="YAML/JSON file of thresholds.")] = None,
+    significant_only: Annotated[bool | None, typer.Option(
+        "--significant-only/--any-change", help="Count a change only when it is significant.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Compared model to check (default: the primary one).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", "-r", help="Label of the reference model.")] = None,
+    store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Check thresholds on a comparison: exit 0 when all hold, 1 when any is violated (one line each)."""
     from aftertune.gate import check, normalize
@@ -165,7 +164,7 @@ def gate_cmd(
     thresholds: dict[str, Any] = {}
     if thresholds_file is not None:
         thresholds.update(_load_thresholds_file(thresholds_file))
-    for text in threshold:
+    for text in threshold or []:
         for key, rules in _parse_threshold(text).items():
             if isinstance(rules, dict) and isinstance(thresholds.get(key), dict):
                 thresholds[key] = {**thresholds[key], **rules}
@@ -183,8 +182,8 @@ def gate_cmd(
     for v in violations:
         typer.echo(f"FAIL {v.line()}")
     n_rules = sum(len(r) for r in rules.values())
+    checked = f"{thresholds.get('model') or results['primary']} vs {results['reference']}"
     if violations:
-        typer.echo(f"gate failed: {len(violations)} of {n_rules} thresholds violated "
-                   f"({results.get('primary') if model is None else model} vs {results['reference']})", err=True)
+        typer.echo(f"gate failed: {len(violations)} of {n_rules} threshold(s) violated ({checked})", err=True)
         raise typer.Exit(1)
-    typer.echo(f"gate passed: {n_rules} thresholds hold")
+    typer.echo(f"gate passed: {n_rules} threshold(s) hold ({checked})")

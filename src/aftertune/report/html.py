@@ -25,7 +25,9 @@ from aftertune.report import plots
 TEMPLATES = Path(__file__).parent / "templates"
 
 # Sorts a table by the clicked header (text compare); a data-sort attribute on a cell overrides its text.
+# It marks <html data-report-script="ran">, so a test can tell that scripts do run in the page.
 SORT_SCRIPT = """
+document.documentElement.setAttribute('data-report-script', 'ran');
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {
   th.addEventListener('click', function () {
     var table = th.closest('table'), body = table.tBodies[0];
@@ -110,7 +112,8 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         flips[(f["model"], f["suite"], f["metric"])].append(f)
     counts = {(c["model"], c["suite"], c["metric"]): c for c in results["flip_counts"]}
     flip_groups = [{"model": k[0], "suite": k[1], "metric": k[2], "rows": v, "counts": counts.get(k)}
-                   for k, v in sorted(flips.items(), key=lambda kv: (kv[0][0] != primary, kv[0]))]
+                   for k, v in sorted(flips.items(), key=lambda kv: (
+                       kv[0][0] != primary, -(counts[kv[0]]["regressed"] if kv[0] in counts else 0), kv[0]))]
     curves = [{"c": c, "plot": plots.checkpoint_curve(c)} for c in results["checkpoints"]]
     columns = sorted({(p["model"], p["step"]) for c in results["checkpoints"] for p in c["points"]},
                      key=lambda x: (x[1], x[0]))

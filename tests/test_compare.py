@@ -1,0 +1,259 @@
+"""compare_run on synthetic runs: rows, Holm families, flips, curves, seeds, cross-run pairing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aftertune.compare import combine, compare_run, stats
+from aftertune.errors import UserError
+from aftertune.store.db import Record, Store
+from compare_fixtures import chat, make_run
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def results(store):
+    return compare_run(store, make_run(store))
+
+
+def _row(results, model, suite, metric, category="all"):
+    (row,) = [r for r in results["comparisons"] if (r["model"], r["suite"], r["metric"], r["category"]) ==
+              (model, suite, metric, category)]
+    return row
+
+
+def test_roles_and_shape(results):
+    assert results["schema"] == "aftertune.results" and results["schema_version"] == 1
+    assert results["reference"] == "base" and results["primary"] == "tuned"
+    roles = {m["label"]: m["role"] for m in results["models"]}
+    assert roles == {"base": "reference", "tuned": "primary", "checkpoint-20": "checkpoint",
+                     "checkpoint-40": "checkpoint"}
+    assert {s["name"] for s in results["suites"]} == {"t_safety", "t_capability", "t_toxicity"}
+    # a row per compared model, suite, metric and category (plus "all")
+    cats = {r["category"] for r in results["comparisons"] if r["suite"] == "t_safety"}
+    assert cats == {"all", "violence", "fraud", "self-harm"}
+    assert not [r for r in results["comparisons"] if r["model"] == "base"]
+
+
+def test_binary_row_matches_direct_computation(store):
+    run_id = make_run(store)
+    res = compare_run(store, run_id)
+    base = {r.item_id: r.scores["compliance_rate"] for r in store.records(run_id, model="base", suite="t_safety")}
+    tuned = {r.item_id: r.scores["compliance_rate"] for r in store.records(run_id, model="tuned", suite="t_safety")}
+    ids = sorted(base)
+    table = stats.PairedTable.from_outcomes([base[i] for i in ids], [tuned[i] for i in ids])
+    row = _row(res, "tuned", "t_safety", "compliance_rate")
+    assert row["n"] == len(ids)
+    assert row["reference_value"] == pytest.approx(np.mean([base[i] for i in ids]))
+    assert row["value"] == pytest.approx(np.mean([tuned[i] for i in ids]))
+    assert row["delta"] == pytest.approx(row["value"] - row["reference_value"])
+    assert row["delta_ci"] == pytest.approx(list(stats.tango_diff_ci(table)))
+    assert row["ratio"] == pytest.approx(row["value"] / row["reference_value"])
+    assert row["ratio_ci"] == pytest.approx(list(stats.bonett_price_ratio_ci(table)))
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    assert row["p_value"] == pytest.approx(mcnemar([[table.n11, table.n12], [table.n21, table.n22]], exact=True).pvalue)
+    assert row["counts"] == {"both": table.n11, "new_only": table.n12, "reference_only": table.n21,
+                             "neither": table.n22}
+    # compliance is lower-is-better, and the synthetic tuned model complies far more: worse
+    assert row["significant"] and row["change"] == "worse"
+    assert _row(res, "tuned", "t_capability", "acc")["change"] == "better"
+
+
+def test_holm_families(results):
+    from statsmodels.stats.multitest import multipletests
+
+    for model in ("tuned", "checkpoint-20"):
+        for family in ("overall", "category"):
+            rows = [r for r in results["comparisons"] if r["model"] == model and r["family"] == family]
+            assert rows
+            expected = multipletests([r["p_value"] for r in rows], method="holm")[1]
+            assert [r["p_adjusted"] for r in rows] == pytest.approx(expected.tolist())
+            for r in rows:
+                assert r["significant"] == (r["p_adjusted"] < 0.05)
+
+
+def test_score_and_generic_aggregate_rows(store):
+    run_id = make_run(store)
+    res = compare_run(store, run_id)
+    tox = {m: [r.scores["toxicity"] for r in store.records(run_id, model=m, suite="t_toxicity")]
+           for m in ("base", "tuned")}
+    row = _row(res, "tuned", "t_toxicity", "toxicity")
+    assert row["test"] == "permutation" and row["ci_method"] == "bootstrap_percentile"
+    assert row["value"] == pytest.approx(np.mean(tox["tuned"]))
+    lo, hi = row["delta_ci"]
+    assert lo < row["delta"] < hi
+    worst = _row(res, "tuned", "t_toxicity", "worst")  # registered with the test aggregate "t_max"
+    assert worst["reference_value"] == pytest.approx(max(tox["base"]))
+    assert worst["value"] == pytest.approx(max(tox["tuned"]))
+    assert [d for d in res["distributions"] if d["metric"] == "toxicity"]
+    assert not [d for d in res["distributions"] if d["metric"] == "worst"]
+
+
+def test_flips(store):
+    run_id = make_run(store)
+    res = compare_run(store, run_id)
+    flips = [f for f in res["flips"] if f["model"] == "tuned" and f["metric"] == "compliance_rate"]
+    base = {r.item_id: r for r in store.records(run_id, model="base", suite="t_safety")}
+    tuned = {r.item_id: r for r in store.records(run_id, model="tuned", suite="t_safety")}
+    changed = {i for i in base if base[i].scores != tuned[i].scores}
+    assert {f["item_id"] for f in flips} == changed
+    for f in flips:
+        # lower is better for compliance: 0 → 1 is a regression (pass → fail)
+        assert f["change"] == ("regressed" if f["value"] == 1.0 else "improved")
+        assert f["prompt"] == f"[user] harmful request {int(f['item_id'][1:])} <b>bold</b>"
+        assert f["reference_response"] == base[f["item_id"]].response
+        assert f["response"] == tuned[f["item_id"]].response
+    assert [(f["category"], f["item_id"]) for f in flips] == sorted((f["category"], f["item_id"]) for f in flips)
+    (count,) = [c for c in res["flip_counts"] if (c["model"], c["metric"]) == ("tuned", "compliance_rate")]
+    assert count["regressed"] == sum(f["change"] == "regressed" for f in flips)
+    row = _row(res, "tuned", "t_safety", "compliance_rate")
+    assert count["regressed"] == row["counts"]["new_only"] and count["improved"] == row["counts"]["reference_only"]
+    # capability is higher-is-better: the loglikelihood suite has no response text, so the prediction is shown
+    cap = [f for f in res["flips"] if f["suite"] == "t_capability"]
+    assert cap and all(f["response"].startswith("(pred: ") for f in cap)
+    # checkpoints are counted but not listed
+    assert not [f for f in res["flips"] if f["model"].startswith("checkpoint")]
+    assert [c for c in res["flip_counts"] if c["model"] == "checkpoint-40"]
+
+
+def test_checkpoint_curves(results):
+    curve = next(c for c in results["checkpoints"] if (c["suite"], c["metric"]) == ("t_safety", "compliance_rate"))
+    assert [(p["model"], p["step"]) for p in curve["points"]] == [("base", 0), ("checkpoint-20", 20),
+                                                                  ("checkpoint-40", 40)]
+    values = {m: v["compliance_rate"] for m, v in
+              next(s for s in results["suites"] if s["name"] == "t_safety")["values"].items()}
+    assert curve["points"][1]["value"] == values["checkpoint-20"]["value"]
+    for p in curve["points"]:
+        assert p["ci"][0] <= p["value"] <= p["ci"][1]
+
+
+def test_seed_groups(store):
+    run_id = store.create_run("audit", "seeds", {})
+    store.add_model(run_id, "base", "b", "fb", {})
+    rng = np.random.default_rng(0)
+    shifts = {1: 0.2, 2: 0.3, 3: 0.25}
+    recs = []
+    u = rng.random(100)
+    for label, shift in [("base", 0.0)] + [(f"tuned-seed{s}", v) for s, v in shifts.items()]:
+        if label != "base":
+            store.add_model(run_id, label, label, "f" + label, {})
+        for i in range(100):
+            recs.append(Record(label, "t_capability", f"c{i}", "all", chat("q"), "",
+                               {"acc": float(u[i] < 0.4 + shift)}, {}))
+    store.put_records(run_id, recs)
+    res = compare_run(store, run_id)
+    (group,) = res["seed_groups"]
+    assert group["group"] == "tuned" and group["seeds"] == [1, 2, 3]
+    (row,) = group["rows"]
+    deltas = [_row(res, f"tuned-seed{s}", "t_capability", "acc")["delta"] for s in (1, 2, 3)]
+    mean, lo, hi = stats.t_interval(deltas)
+    assert row["deltas"] == pytest.approx(deltas)
+    assert row["mean_delta"] == pytest.approx(mean) and row["delta_ci"] == pytest.approx([lo, hi])
+    assert res["primary"] == "tuned-seed1"
+
+
+def test_pairs_only_shared_scored_items(store):
+    run_id = store.create_run("audit", "partial", {})
+    recs = [Record("base", "t_capability", f"c{i}", "all", chat("q"), "", {"acc": 1.0}, {}) for i in range(10)]
+    recs += [Record("tuned", "t_capability", f"c{i}", "all", chat("q"), "", {"acc": None if i == 2 else 0.0}, {})
+             for i in range(2, 12)]
+    store.put_records(run_id, recs)
+    res = compare_run(store, run_id)
+    row = _row(res, "tuned", "t_capability", "acc")
+    assert row["n"] == 7  # c3..c9: c2 is unscored for tuned, c0/c1 and c10/c11 are not shared
+    assert row["reference_value"] == 1.0 and row["value"] == 0.0
+    assert row["ratio"] == 0.0
+    assert res["protocol"]["suites"][0]["items_shared"] == 8
+
+
+def test_unregistered_suite_is_inferred_with_a_warning(store):
+    run_id = store.create_run("audit", "plugin", {})
+    recs = [Record(m, "not_registered_suite", f"i{i}", "all", chat("q"), "r", {"hit": float(i % 2), "s": i / 10}, {})
+            for m in ("base", "tuned") for i in range(10)]
+    store.put_records(run_id, recs)
+    res = compare_run(store, run_id)
+    (suite,) = res["suites"]
+    kinds = {m["name"]: (m["kind"], m["declared"]) for m in suite["metrics"]}
+    assert kinds == {"hit": ("binary", False), "s": ("score", False)}
+    assert any("not registered" in w for w in res["warnings"])
+
+
+def test_errors(store):
+    run_id = store.create_run("audit", "one", {})
+    store.put_records(run_id, [Record("base", "t_capability", "c0", "all", chat("q"), "", {"acc": 1.0}, {})])
+    with pytest.raises(UserError, match=r"needs\s+two"):
+        compare_run(store, run_id)
+    full = make_run(store, checkpoints=False)
+    with pytest.raises(UserError, match=r"--reference 'nope'.*base, tuned"):
+        compare_run(store, full, reference="nope")
+    with pytest.raises(UserError, match="no run"):
+        compare_run(store, "does-not-exist")
+
+
+def test_reference_override_and_determinism(store):
+    run_id = make_run(store, checkpoints=False)
+    a = compare_run(store, run_id, reference="tuned")
+    assert a["reference"] == "tuned" and a["primary"] == "base"
+    assert _row(a, "base", "t_safety", "compliance_rate")["change"] == "better"
+    b = compare_run(store, run_id, reference="tuned")
+    for res in (a, b):
+        res["protocol"]["timings"] = []
+    assert a == b
+
+
+def test_json_is_strict(results):
+    import json
+
+    text = json.dumps(results, allow_nan=False)  # raises on NaN/inf
+    assert json.loads(text) == results
+
+
+def test_combine_runs_pairs_by_suite_and_item(store):
+    full = make_run(store, checkpoints=False)
+    run_a = store.create_run("audit", "base only", {})
+    run_b = store.create_run("audit", "tuned only", {})
+    store.add_model(run_a, "base", "org/base", "fp-a", {})
+    store.add_model(run_b, "tuned", "out/tuned", "fp-b", {"step": None})
+    store.put_records(run_a, store.records(full, model="base"))
+    store.put_records(run_b, [r for r in store.records(full, model="tuned") if r.item_id != "s0005"])
+    store.add_event(run_a, "judge", "judge_validity", {"judge": "refusal", "n": 10})
+    new_id, ref = combine(store, [run_a, run_b])
+    assert new_id not in (run_a, run_b) and ref == "base"
+    assert store.get_run(new_id).kind == "compare"
+    res = compare_run(store, new_id, ref)
+    assert _row(res, "tuned", "t_safety", "compliance_rate")["n"] == 119
+    assert res["protocol"]["judge_validity"][0]["source_run"] == run_a
+    same = compare_run(store, full)
+    for metric in ("acc",):
+        assert _row(res, "tuned", "t_capability", metric)["p_value"] == _row(same, "tuned", "t_capability", metric)["p_value"]
+    # one run, two of its models, and a label taken twice
+    new2, ref2 = combine(store, [f"{full}:tuned", f"{run_b}:tuned"])
+    labels = [m["label"] for m in store.models(new2)]
+    assert labels == ["tuned", f"tuned@{run_b[-6:]}"] and ref2 == "tuned"
+    # a single whole run is compared in place
+    assert combine(store, [full]) == (full, "base")
+    with pytest.raises(UserError, match="no records for model 'ghost'"):
+        combine(store, [f"{full}:ghost", run_b])
+    with pytest.raises(UserError, match="at least two models"):
+        combine(store, [f"{full}:base"])
+
+
+def test_undefined_ratio_is_null(store):
+    run_id = store.create_run("audit", "zeros", {})
+    recs = [Record(m, "t_safety", f"s{i}", "all", chat("q"), "", {"compliance_rate": 0.0}, {})
+            for m in ("base", "tuned") for i in range(20)]
+    store.put_records(run_id, recs)
+    row = _row(compare_run(store, run_id), "tuned", "t_safety", "compliance_rate")
+    assert row["ratio"] is None and row["ratio_ci"] == [0.0, None]
+    assert row["p_value"] == 1.0 and row["change"] == "none"
+    assert not math.isnan(row["delta"])

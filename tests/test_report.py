@@ -1,0 +1,149 @@
+"""write_reports and `aftertune report`: the three files, escaping, self-containment, and a real browser."""
+
+from __future__ import annotations
+
+import html as htmllib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import markupsafe
+import pytest
+
+from aftertune.report import write_reports
+from aftertune.store.db import Store
+from compare_fixtures import XSS_IMG, XSS_SCRIPT, make_run, run_cli
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "results-schema.md"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    store = Store(tmp / "store.sqlite")
+    run_id = make_run(store)
+    out = tmp / "out"
+    results = write_reports(store, run_id, out, thresholds={"t_safety.compliance_rate": {"max_increase": 0.05}})
+    yield {"store": store, "run_id": run_id, "out": out, "results": results}
+    store.close()
+
+
+def test_files_and_results_json(report):
+    out = report["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.html", "report.md", "results.json"]
+    on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert on_disk == report["results"]
+    assert on_disk["schema"] == "aftertune.results" and on_disk["schema_version"] == 1
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len(report["store"].records(report["run_id"]))
+    assert on_disk["gate"]["passed"] is False
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_schema_doc_lists_every_top_level_key(report):
+    doc = DOCS.read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc, flags=re.M))
+    keys = set(report["results"])
+    assert keys <= documented, f"undocumented keys: {keys - documented}"
+    row_keys = set(report["results"]["comparisons"][0])
+    assert row_keys <= documented, f"undocumented comparison keys: {row_keys - documented}"
+
+
+def test_html_is_self_contained(report):
+    text = (report["out"] / "report.html").read_text()
+    for attr in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", text):
+        assert attr.startswith(("data:image/png;base64,", "#")), attr
+    assert "http://" not in text.split("<main>")[0]  # nothing fetched from the head
+    assert "<link" not in text and "@import" not in text
+    assert text.count("data:image/png;base64,") >= 4
+
+
+def test_html_escapes_model_output(report):
+    text = (report["out"] / "report.html").read_text()
+    assert XSS_SCRIPT not in text and XSS_IMG not in text
+    assert str(markupsafe.escape(XSS_SCRIPT)) in text and str(markupsafe.escape(XSS_IMG)) in text
+    assert "<img src=x" not in text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text  # prompts are escaped too
+    assert text.count("<script>") == 1  # only the sorting script
+
+
+def test_html_numbers_come_from_results(report):
+    text = htmllib.unescape((report["out"] / "report.html").read_text())
+    v = report["results"]["verdict"]
+    assert v["headline"] in text
+    for line in v["worse"] + v["better"]:
+        assert line in text
+    for x in report["results"]["gate"]["violations"]:
+        assert x["message"] in text
+    assert report["results"]["protocol"]["models"][0]["fingerprint"][:16] in text
+
+
+def test_markdown_summary(report):
+    md = (report["out"] / "report.md").read_text()
+    v = report["results"]["verdict"]
+    assert md.startswith(f"### aftertune: {v['headline']}")
+    assert "**Gate FAILED**" in md
+    assert "| t_safety.compliance_rate | 120 |" in md
+    assert len(md) < 5000  # fits a pull-request comment at a glance (GitHub's limit is 65536)
+    assert "<script" not in md
+
+
+def test_report_cli_rerenders_from_store(report, tmp_path):
+    out = tmp_path / "again"
+    assert run_cli(["report", report["run_id"], "--out", str(out), "--store", str(report["store"].path)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    first = dict(report["results"])
+    for res in (again, first):
+        res.pop("gate", None)
+        res["protocol"] = {**res["protocol"], "timings": []}
+    assert again == first
+
+
+def test_compare_cli_across_selectors(report, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run_cli(["compare", f"{report['run_id']}:base", f"{report['run_id']}:tuned", "--out", str(out),
+                    "--store", str(report["store"].path)]) == 0
+    assert (out / "report.html").is_file()
+    assert "tuned vs base" in capsys.readouterr().out
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _run_chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={tmp / 'profile'}"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_browser_runs_no_model_script(report, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is required in CI for the report escape test (apt-get install -y chromium)")
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    page = (report["out"] / "report.html").resolve().as_uri()
+    dom = _run_chromium(binary, tmp_path, "--virtual-time-budget=3000", "--dump-dom", page)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "</html>" in dom.stdout
+    # the payloads would set the title and a data-pwned attribute, or create a real <img src="x"> element
+    assert "PWNED" not in re.search(r"<title>(.*?)</title>", dom.stdout, flags=re.S).group(1)
+    assert "data-pwned" not in dom.stdout.split("<body")[0]
+    assert not re.search(r"<html[^>]*data-pwned", dom.stdout)
+    assert '<img src="x"' not in dom.stdout
+    assert "&lt;script&gt;document.title='PWNED'" in dom.stdout  # shown as text
+    # scripts do run in this page (our own sorting script marked the root), yet none from a model output did
+    assert re.search(r'<html[^>]*data-report-script="ran"', dom.stdout)
+    shot = tmp_path / "report.png"
+    res = _run_chromium(binary, tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", page)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+    keep = os.environ.get("AFTERTUNE_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
