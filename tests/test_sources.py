@@ -279,7 +279,7 @@ def test_read_rows_formats(tmp_path):
     rows = [{"prompt": "a", "label": 1}, {"prompt": "b, c", "label": 0}]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    (tmp_path / "wrapped.json").write_text(json.dumps({"name": "x", "examples": rows}))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"name": "x", "keywords": ["k"], "examples": rows}))
     (tmp_path / "d.csv").write_text('prompt,label\na,1\n"b, c",0\n')
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -94,7 +94,7 @@ def _info(entry: PackagedEntry) -> None:
     manifest = read_manifest(entry) if cached else None
     if manifest:
         facts = {k: v for k, v in manifest.items() if k not in ("packages", "name", "kind", "licence", "upstream",
-                                                               "assembled_sha256", "build_format")}
+                                                               "assembled_sha256", "build_format", "inner")}
         print("built:       " + ", ".join(f"{k}={v}" for k, v in facts.items()))
 
 

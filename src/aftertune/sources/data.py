@@ -53,7 +53,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
+        lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) != 1:
             raise UserError(f"{path}: expected a list of objects, or an object with exactly one list of objects "
                             f"(found lists under {lists or 'no key'})")

