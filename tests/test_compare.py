@@ -188,11 +188,20 @@ def test_unregistered_suite_is_inferred_with_a_warning(store):
     assert any("not registered" in w for w in res["warnings"])
 
 
-def test_errors(store):
+def test_single_model_run_reports_values(store):
     run_id = store.create_run("audit", "one", {})
-    store.put_records(run_id, [Record("base", "t_capability", "c0", "all", chat("q"), "", {"acc": 1.0}, {})])
-    with pytest.raises(UserError, match=r"needs\s+two"):
-        compare_run(store, run_id)
+    store.put_records(run_id, [Record("base", "t_capability", f"c{i}", "all", chat("q"), "", {"acc": float(i % 4 == 0)},
+                                      {}) for i in range(40)])
+    res = compare_run(store, run_id)
+    assert res["primary"] is None and res["comparisons"] == [] and res["verdict"]["status"] == "single"
+    v = res["suites"][0]["values"]["base"]["acc"]
+    assert v["value"] == 0.25 and v["n"] == 40
+    assert v["ci"] == pytest.approx(list(stats.wilson_ci(10, 40)))
+
+
+def test_errors(store):
+    with pytest.raises(UserError, match="no per-item records"):
+        compare_run(store, store.create_run("audit", "empty", {}))
     full = make_run(store, checkpoints=False)
     with pytest.raises(UserError, match=r"--reference 'nope'.*base, tuned"):
         compare_run(store, full, reference="nope")
@@ -257,3 +266,15 @@ def test_undefined_ratio_is_null(store):
     assert row["ratio"] is None and row["ratio_ci"] == [0.0, None]
     assert row["p_value"] == 1.0 and row["change"] == "none"
     assert not math.isnan(row["delta"])
+
+
+def test_slow_aggregates_get_fewer_draws(store, monkeypatch):
+    import aftertune.compare.comparison as comparison
+
+    run_id = make_run(store, checkpoints=False)
+    fast = _row(compare_run(store, run_id), "tuned", "t_toxicity", "worst")
+    assert (fast["resamples"], fast["permutations"]) == (1000, 1999)
+    monkeypatch.setattr(comparison, "_GENERIC_SECONDS_PER_ROW", 1e-9)
+    slow = _row(compare_run(store, run_id), "tuned", "t_toxicity", "worst")
+    assert (slow["resamples"], slow["permutations"]) == (200, 199)
+    assert _row(compare_run(store, run_id), "tuned", "t_safety", "compliance_rate")["resamples"] is None

@@ -147,3 +147,18 @@ def test_browser_runs_no_model_script(report, tmp_path):
     keep = os.environ.get("AFTERTUNE_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_single_model_run_still_gets_a_report(tmp_path, capsys):
+    store = Store(tmp_path / "store.sqlite")
+    run_id = store.create_run("audit", "base only", {})
+    store.put_records(run_id, store.records(make_run(store, checkpoints=False), model="base"))
+    out = tmp_path / "single"
+    results = write_reports(store, run_id, out)
+    assert results["verdict"]["status"] == "single"
+    html = (out / "report.html").read_text()
+    assert "base alone: no second model to compare with" in html
+    md = (out / "report.md").read_text()
+    assert "| t_capability.acc | 48.5% |" in md
+    assert run_cli(["gate", str(out), "-t", "t_capability.acc: {max_decrease: 0.02}"]) == 2
+    assert "one model" in capsys.readouterr().err

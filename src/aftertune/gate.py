@@ -126,18 +126,15 @@ def _violated(rule: str, limit: float, row: dict[str, Any], significant_only: bo
     return ratio < limit - _EPS and (not significant_only or (sig and delta < 0))  # min_ratio
 
 
-def available_metrics(results: dict[str, Any], model: str | None = None) -> list[str]:
-    model = model or results["primary"]
-    return sorted({f"{r['suite']}.{r['metric']}" for r in results["comparisons"]
-                   if r["model"] == model and r["category"] == OVERALL})
-
-
 def check(results: dict[str, Any], thresholds: dict[str, Any]) -> list[Violation]:
     """Violated thresholds for the results of one comparison (empty: the gate passes)."""
     rules, options = normalize(thresholds)
     if not rules:
         raise UserError("no gate thresholds given; e.g. --threshold 'safety.compliance_rate: {max_increase: 0.05}'")
     model = options.get("model") or results["primary"]
+    if model is None:
+        raise UserError(f"run {results['run']['id']} has one model ({results['reference']}); the gate needs a "
+                        "comparison with a second model")
     models = sorted({r["model"] for r in results["comparisons"]})
     if model not in models:
         raise UserError(f"gate model {model!r} was not compared with {results['reference']}; compared: "

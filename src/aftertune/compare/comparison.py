@@ -38,6 +38,20 @@ OVERALL = "all"  # the category name of the row over all items
 
 _GENERIC_RESAMPLES = 1000
 _GENERIC_PERMUTATIONS = 1999
+_GENERIC_MIN_RESAMPLES = 200
+_GENERIC_MIN_PERMUTATIONS = 199
+_GENERIC_SECONDS_PER_ROW = 20.0  # a slow aggregate (corpus BLEU, ...) gets fewer draws, never fewer than the minimum
+
+
+def _generic_budget(statistic: Callable[[Sequence[Any]], float], items: Sequence[Any]) -> tuple[int, int]:
+    """(resamples, permutations) for an aggregate that is not a mean, scaled down when one call is slow."""
+    t0 = time.perf_counter()
+    statistic(items)
+    per_call = max(time.perf_counter() - t0, 1e-6)
+    calls = 2 * (_GENERIC_RESAMPLES + _GENERIC_PERMUTATIONS)
+    scale = min(1.0, _GENERIC_SECONDS_PER_ROW / (per_call * calls))
+    return (max(_GENERIC_MIN_RESAMPLES, int(_GENERIC_RESAMPLES * scale)),
+            max(_GENERIC_MIN_PERMUTATIONS, int(_GENERIC_PERMUTATIONS * scale)))
 _FLIP_LIMIT = 500  # per (model, suite, metric); the rest are counted, not listed
 
 
@@ -57,6 +71,7 @@ class Settings:
             "permutations": self.permutations,
             "generic_aggregate_resamples": _GENERIC_RESAMPLES,
             "generic_aggregate_permutations": _GENERIC_PERMUTATIONS,
+            "generic_aggregate_seconds_per_row": _GENERIC_SECONDS_PER_ROW,
             "seed": self.seed,
             "methods": METHODS,
         }
@@ -247,6 +262,8 @@ def _paired_binary(ref: list[float], new: list[float], confidence: float) -> dic
         "ci_method": "tango_score",
         "ratio_ci_method": "bonett_price",
         "counts": {"both": table.n11, "new_only": table.n12, "reference_only": table.n21, "neither": table.n22},
+        "resamples": None,
+        "permutations": None,
     }
 
 
@@ -257,11 +274,10 @@ def _paired_score(ref: list[Any], new: list[Any], statistic: Callable[[Sequence[
         ref_value, new_value = statistic(ref), statistic(new)
     else:
         ref_value, new_value = float(np.mean(ref)), float(np.mean(new))
-    boot = stats.paired_bootstrap(ref, new, statistic, resamples=_GENERIC_RESAMPLES if generic else settings.resamples,
-                                  seed=seed, confidence=settings.confidence)
-    p = stats.paired_permutation_pvalue(ref, new, statistic,
-                                        permutations=_GENERIC_PERMUTATIONS if generic else settings.permutations,
-                                        seed=seed + 1)
+    resamples, permutations = (_generic_budget(statistic, new) if statistic is not None
+                               else (settings.resamples, settings.permutations))
+    boot = stats.paired_bootstrap(ref, new, statistic, resamples=resamples, seed=seed, confidence=settings.confidence)
+    p = stats.paired_permutation_pvalue(ref, new, statistic, permutations=permutations, seed=seed + 1)
     ratio = new_value / ref_value if ref_value and ref_value > 0 else math.nan
     return {
         "reference_value": ref_value,
@@ -277,6 +293,8 @@ def _paired_score(ref: list[Any], new: list[Any], statistic: Callable[[Sequence[
         "ci_method": "bootstrap_percentile",
         "ratio_ci_method": "bootstrap_percentile",
         "counts": None,
+        "resamples": resamples,
+        "permutations": permutations,
     }
 
 
@@ -289,9 +307,9 @@ def _one_sample(values: list[Any], metric: _MetricSpec, statistic: Callable[[Seq
         k = int(sum(values))
         return {"value": k / n, "ci": list(stats.wilson_ci(k, n, settings.confidence)), "n": n}
     value = statistic(values) if statistic else float(np.mean(values))
-    boot = stats.paired_bootstrap(values, values, statistic,
-                                  resamples=_GENERIC_RESAMPLES if statistic else settings.resamples,
-                                  seed=seed, confidence=settings.confidence)
+    resamples = _generic_budget(statistic, values)[0] if statistic else settings.resamples
+    boot = stats.paired_bootstrap(values, values, statistic, resamples=resamples, seed=seed,
+                                  confidence=settings.confidence)
     return {"value": value, "ci": list(boot.new_ci), "n": n}
 
 
@@ -328,8 +346,10 @@ def _pick_reference(labels: list[str], reference: str | None) -> str:
     return "base" if "base" in labels else labels[0]
 
 
-def _pick_primary(models: list[dict[str, Any]], reference: str) -> str:
+def _pick_primary(models: list[dict[str, Any]], reference: str) -> str | None:
     labels = [m["label"] for m in models if m["label"] != reference]
+    if not labels:
+        return None
     if "tuned" in labels:
         return "tuned"
     plain = [m["label"] for m in models if m["label"] != reference and _step(m) is None]
@@ -346,10 +366,8 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
     models = _models_of(store, run.id, records)
     with_records = {r.model for r in records}
     labels = [m["label"] for m in models if m["label"] in with_records]
-    if len(labels) < 2:
-        have = ", ".join(labels) or "none"
-        raise UserError(f"run {run.id} has per-item records for {len(labels)} model(s) ({have}); a comparison needs "
-                        "two: audit another model into it, or compare two runs with `aftertune compare RUN_A RUN_B`")
+    if not labels:
+        raise UserError(f"run {run.id} has no per-item records yet; run or resume its audit first")
     models = [m for m in models if m["label"] in with_records]
     reference = _pick_reference(labels, reference)
     primary = _pick_primary(models, reference)
@@ -418,7 +436,8 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                         row.update({"reference_value": None, "value": None, "reference_value_ci": [None, None],
                                     "value_ci": [None, None], "delta": None, "delta_ci": [None, None],
                                     "ratio": None, "ratio_ci": [None, None], "p_value": None, "test": None,
-                                    "ci_method": None, "ratio_ci_method": None, "counts": None})
+                                    "ci_method": None, "ratio_ci_method": None, "counts": None,
+                                    "resamples": None, "permutations": None})
                     elif kind == "binary" and not generic:
                         row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
                                                   [float(b.scores[metric.name]) for _, b in sel],
@@ -491,7 +510,7 @@ def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
             r["change"] = _change(r["delta"], r["direction"], r["significant"])
 
 
-def _model_json(m: dict[str, Any], reference: str, primary: str) -> dict[str, Any]:
+def _model_json(m: dict[str, Any], reference: str, primary: str | None) -> dict[str, Any]:
     role = ("reference" if m["label"] == reference else "primary" if m["label"] == primary
             else "checkpoint" if _step(m) is not None else "compared")
     return {"label": m["label"], "ref": m["ref"], "fingerprint": m["fingerprint"], "info": m["info"],
@@ -612,6 +631,13 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
             "items_shared": len(shared),
             "decoding": _decoding(recs),
         })
+    samples = {e["payload"].get("suite"): e["payload"] for e in store.events(run.id, kind="sample")}
+    suite_protocols = {e["payload"].get("suite"): e["payload"].get("protocol")
+                       for e in store.events(run.id, kind="protocol")}
+    for entry in suites:
+        sample = samples.get(entry["suite"]) or {}
+        entry["sampling"] = {k: sample[k] for k in ("n_items", "n_sampled", "limit", "seed", "sampler") if k in sample}
+        entry["protocol"] = suite_protocols.get(entry["suite"])
     spec = run.spec or {}
     timings = [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
                for e in store.events(run.id, kind="timing")]
@@ -682,13 +708,19 @@ def describe_row(r: dict[str, Any], confidence: float | None = None) -> str:
 
 def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
     primary, reference = results["primary"], results["reference"]
+    conf = round(100 * results["settings"]["confidence"])
+    if primary is None:
+        return {"model": None, "reference": reference, "status": "single",
+                "headline": f"{reference} alone: no second model to compare with",
+                "worse": [], "better": [], "unchanged": [], "worse_categories": [],
+                "note": f"values with {conf}% intervals; audit another model into this run, or compare runs "
+                        "with `aftertune compare RUN_A RUN_B`"}
     overall = [r for r in results["comparisons"] if r["model"] == primary and r["category"] == OVERALL]
     worse = sorted((r for r in overall if r["change"] == "worse"), key=lambda r: r["p_adjusted"])
     better = sorted((r for r in overall if r["change"] == "better"), key=lambda r: r["p_adjusted"])
     same = [r for r in overall if r["change"] == "none"]
     worse_cats = [r for r in results["comparisons"]
                   if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]
-    conf = round(100 * results["settings"]["confidence"])
     head = f"{primary} vs {reference}: "
     if worse:
         head += f"worse on {len(worse)} of {len(overall)} metrics"

@@ -114,6 +114,11 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
     flip_groups = [{"model": k[0], "suite": k[1], "metric": k[2], "rows": v, "counts": counts.get(k)}
                    for k, v in sorted(flips.items(), key=lambda kv: (
                        kv[0][0] != primary, -(counts[kv[0]]["regressed"] if kv[0] in counts else 0), kv[0]))]
+    labels = [m["label"] for m in results["models"] if m["role"] != "checkpoint"]
+    values_table = {"models": labels, "rows": [
+        {"name": f"{s['name']}.{m['name']}", "kind": m["kind"], "direction": m["direction"],
+         "cells": [s["values"].get(label, {}).get(m["name"]) for label in labels]}
+        for s in results["suites"] for m in s["metrics"]]}
     curves = [{"c": c, "plot": plots.checkpoint_curve(c)} for c in results["checkpoints"]]
     columns = sorted({(p["model"], p["step"]) for c in results["checkpoints"] for p in c["points"]},
                      key=lambda x: (x[1], x[0]))
@@ -132,6 +137,7 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         "flip_groups": flip_groups,
         "curves": curves,
         "curve_table": curve_table,
+        "values_table": values_table,
         "loss_plot": plots.training_loss(results["protocol"]["train_metrics"]),
         "csp": _csp(),
         "sort_script": Markup(SORT_SCRIPT),

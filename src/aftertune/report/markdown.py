@@ -28,6 +28,16 @@ def render_markdown(results: dict[str, Any]) -> str:
             out.append(f"**Gate FAILED**: {len(gate['violations'])} threshold(s) violated")
             out += [f"- {_cell(x['message'])}" for x in gate["violations"]]
         out.append("")
+    if primary is None:
+        out += [f"| suite.metric | {_cell(ref)} | {conf}% CI | n |", "|---|--:|--:|--:|"]
+        for s in results["suites"]:
+            for m in s["metrics"]:
+                val = s["values"].get(ref, {}).get(m["name"]) or {"value": None, "ci": [None, None], "n": 0}
+                k = m["kind"]
+                out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | {fmt_value(val['value'], k)} | "
+                           f"{fmt_value(val['ci'][0], k)} to {fmt_value(val['ci'][1], k)} | {val['n']} |")
+        out += ["", f"<sub>run `{_cell(results['run']['id'])}` · {_cell(v['note'])}</sub>", ""]
+        return "\n".join(out)
     out += [
         f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | |",
         "|---|--:|--:|--:|--:|--:|--:|---|",
