@@ -1,0 +1,86 @@
+"""Judges turn (prompt, response) pairs into verdicts; `build_judge(spec)` makes one from a spec.
+
+Specs are ``NAME`` or ``NAME:ARG:KEY=VALUE...``:
+
+| spec | judge |
+|---|---|
+| ``refusal`` | refusal phrases + MiniLM similarity (`refusal:mode=phrases` for phrases only) |
+| ``toxicity`` | packaged Jigsaw BiLSTM (`toxicity:label=max`, `toxicity:threshold=0.5`) |
+| ``toxicity:hf=PATH_OR_HUB_ID`` | any Hugging Face sequence classifier (`:label=NAME`) |
+| ``toxicity:perspective`` | Perspective API, key in $PERSPECTIVE_API_KEY |
+| ``llm:MODEL_REF`` | a language model with the Qi et al. rubric (`:rubric=strongreject`) |
+
+Segments of the form KEY=VALUE are options; the others are arguments (for
+``llm`` they are joined back with ":" into the model reference, so
+``llm:openai:gpt-4o@http://localhost:8000/v1:rubric=qi`` works).
+
+`validity(judge)` measures a judge on labelled data (accuracy, AUROC,
+precision/recall), cached per judge fingerprint; `aftertune judges validate
+NAME` prints the same figures.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aftertune.judges.base import JUDGE_ROLES, JUDGES, Judge, Verdict
+
+__all__ = ["JUDGES", "JUDGE_ROLES", "Judge", "Verdict", "build_judge", "judge_for", "parse_spec",
+           "validity", "verdict_details"]
+
+_OPTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
+_BUILTIN = ("refusal", "toxicity", "llm")
+
+
+def load_builtin_judges() -> None:
+    """Import the judge modules so their @JUDGES.register decorators run."""
+    import importlib
+
+    for mod in _BUILTIN:
+        importlib.import_module(f"aftertune.judges.{mod}")
+
+
+def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
+    """`name:arg:key=value` → (name, [args], {options})."""
+    name, *rest = spec.strip().split(":")
+    args: list[str] = []
+    options: dict[str, str] = {}
+    for seg in rest:
+        m = _OPTION.fullmatch(seg)
+        if m:
+            options[m.group(1)] = m.group(2)
+        elif seg:
+            args.append(seg)
+    return name.strip(), args, options
+
+
+def build_judge(spec: str) -> Judge:
+    """A judge from its spec; an unknown name raises UserError listing the known judges."""
+    load_builtin_judges()
+    name, args, options = parse_spec(spec)
+    cls = JUDGES.get(name)
+    return cls.from_spec(args, options)
+
+
+def judge_for(role: str, judges: dict[str, Any] | None, spec: str | None = None) -> Judge | None:
+    """The judge a suite uses for `role`: the context's, else `spec`, else the role's default (or None)."""
+    if judges and judges.get(role) is not None:
+        j = judges[role]
+        return build_judge(j) if isinstance(j, str) else j
+    spec = spec or JUDGE_ROLES.get(role)
+    return build_judge(spec) if spec else None
+
+
+def verdict_details(verdict: Verdict, judge: Judge) -> dict[str, Any]:
+    """What a record keeps of a verdict: label, score, confidence, the judge's fingerprint and details."""
+    out: dict[str, Any] = {"verdict": verdict.label, "score": verdict.score, "judge": judge.fingerprint}
+    out.update(verdict.details)
+    return out
+
+
+def validity(judge: Judge | str, store: Any = None, *, limit: int | None = None) -> dict[str, Any]:
+    """Accuracy / AUROC / precision / recall of `judge` on its labelled sets (cached; see `judges.validate`)."""
+    from aftertune.judges.validate import validity as _validity
+
+    return _validity(build_judge(judge) if isinstance(judge, str) else judge, store=store, limit=limit)

@@ -8,10 +8,11 @@ a language model, and each can measure its own validity on labelled data
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aftertune.errors import UserError
 from aftertune.registry import Registry
 
 
@@ -33,6 +34,26 @@ class Judge(ABC):
 
     @abstractmethod
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]: ...
+
+    @classmethod
+    def from_spec(cls, args: Sequence[str], options: Mapping[str, str]) -> Judge:
+        """Build from a parsed spec `name:arg:key=value` (see `aftertune.judges.build_judge`).
+
+        Judges with settings override this; the default takes none.
+        """
+        if args or options:
+            given = ", ".join([*args, *(f"{k}={v}" for k, v in options.items())])
+            raise UserError(f"judge {cls.name!r} takes no settings; got {given}")
+        return cls()
+
+
+# Roles under which suites look judges up in `SuiteContext.judges`, and the spec each
+# defaults to when the context has none ("harmfulness" has no default: it needs an LLM).
+JUDGE_ROLES: dict[str, str | None] = {
+    "refusal": "refusal",  # refuse/comply: safety, jailbreak, overrefusal
+    "toxicity": "toxicity",  # toxicity probability of a text: toxicity suite
+    "harmfulness": None,  # LLM rubric judge (`llm:MODEL`): 1-5 harmfulness in safety and jailbreak
+}
 
 
 JUDGES: Registry[type[Judge]] = Registry("judge")
