@@ -66,9 +66,10 @@ class CachedEngine(Engine):
         keys = [cache_key(self.inner, j) for j in jsons]
         found = self.store.cache_get(keys)
         results: dict[str, R] = {k: result_type(**v) for k, v in found.items()}
-        self.stats["hits"] += sum(1 for k in keys if k in found)
-        if progress and found:
-            progress(sum(1 for k in keys if k in found))
+        n_hit = sum(1 for k in keys if k in found)  # repeated requests count once per occurrence
+        self.stats["hits"] += n_hit
+        if progress and n_hit:
+            progress(n_hit)
         # compute each distinct missing request once
         todo: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -86,7 +87,7 @@ class CachedEngine(Engine):
                 results[k] = out
             self.stats["misses"] += len(chunk)
         if progress:
-            dup = len(keys) - len(found) - len(pending)
+            dup = len(keys) - n_hit - len(pending)
             if dup > 0:
                 progress(dup)
         return [results[k] for k in keys]

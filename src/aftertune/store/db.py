@@ -203,7 +203,9 @@ class Store:
 
     def add_model(self, run_id: str, label: str, ref: str, fingerprint: str, info: dict[str, Any]) -> None:
         with self.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+            # an upsert, not REPLACE: a re-added model keeps its place (rowid) in the run's order
+            cur.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id, label) DO UPDATE SET "
+                        "ref=excluded.ref, fingerprint=excluded.fingerprint, info=excluded.info",
                         (run_id, label, ref, fingerprint, canonical_json(info)))
 
     def models(self, run_id: str) -> list[dict[str, Any]]:
@@ -217,8 +219,12 @@ class Store:
     def put_records(self, run_id: str, records: Sequence[Record]) -> None:
         now = time.time()
         with self.transaction() as cur:
+            # an upsert, not REPLACE: a rewritten record keeps its place (rowid) in the run's order
             cur.executemany(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, model, suite, item_id) DO UPDATE SET category=excluded.category, "
+                "request=excluded.request, response=excluded.response, scores=excluded.scores, "
+                "details=excluded.details, created=excluded.created",
                 [(run_id, r.model, r.suite, r.item_id, r.category, canonical_json(r.request), r.response,
                   canonical_json(r.scores), canonical_json(r.details), now) for r in records],
             )
@@ -235,6 +241,18 @@ class Store:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY rowid", args).fetchall()
         return [Record(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], json.loads(r[6]), json.loads(r[7])) for r in rows]
+
+    def record_counts(self, run_id: str | None = None) -> list[tuple[str, str, str, int]]:
+        """(run id, model, suite, number of records), for one run or all of them."""
+        sql = "SELECT run_id, model, suite, COUNT(*) FROM records"
+        args: list[Any] = []
+        if run_id is not None:
+            sql += " WHERE run_id=?"
+            args.append(run_id)
+        with self._lock:
+            rows = self._conn.execute(sql + " GROUP BY run_id, model, suite ORDER BY run_id, model, suite",
+                                      args).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def done_items(self, run_id: str, model: str, suite: str) -> set[str]:
         """Item ids already recorded, so a resumed audit skips them."""

@@ -1,0 +1,504 @@
+"""The `hf` engine: a local torch model through transformers, with an optional PEFT adapter.
+
+Behaviour worth knowing:
+
+- **Loading.** A full model directory (packaged, hub snapshot, local) loads with
+  `AutoModelForCausalLM`; an adapter loads its base, then the adapter on top
+  (`PeftModel.from_pretrained`, unmerged), so `adapter_disabled()` can switch
+  it off: inside that block every call gives the base model's exact outputs and
+  carries the base model's fingerprint, so the store shares those answers with
+  the base model's own engine.
+- **dtype.** `"auto"` is bfloat16 where the hardware computes it natively (a CUDA
+  GPU with bf16, or a CPU with AVX512-BF16 or AMX), else float32: emulated bf16
+  on an older CPU is about 3x slower than fp32. `dtype="float32"` (or
+  `"bfloat16"`) forces one. The dtype changes outputs, so it is part of `version`
+  and therefore of every cache key.
+- **Threads.** On CPU, torch uses every core the process may run on
+  (`AFTERTUNE_THREADS` overrides, e.g. on a machine shared with other jobs).
+- **Chat.** Requests with `messages` go through the model's own chat template
+  (`apply_chat_template(..., add_generation_prompt=True)`) and the templated
+  text is returned as `prompt_text`; it is tokenized without adding special
+  tokens (the template writes them). Raw `prompt` requests are tokenized as they
+  are, with the tokenizer's own special tokens (as lm-evaluation-harness does).
+- **Generation.** Greedy requests run with continuous batching (see
+  `batching.decode`): left padding, longest prompts first, a finished row's slot
+  is refilled at once, results come back in request order. Generation stops per
+  sequence at an EOS id (tokenizer and generation_config, e.g. `<|im_end|>`) or a
+  stop string (the text is cut before it): finish_reason "stop"; or at
+  max_new_tokens: "length". Prompts longer than the model's window minus
+  max_new_tokens are cut from the left, as lm-eval does, and `prompt_text` then
+  shows what was kept.
+- **Seeded sampling** (temperature > 0): each sampled request runs on its own
+  (batch of one) with its own `torch.Generator` seeded from `decoding.seed`. So
+  the same request and seed give the same text whatever else is in the call —
+  batching would change the logits in the last bits and flip a draw now and
+  then. Sampling is the slow path; greedy is batched.
+- **Log-likelihood** follows lm-evaluation-harness exactly: trailing spaces of
+  the context move to the continuation; context + continuation is encoded
+  whole and split at the encoded context's length; an empty context becomes
+  the BOS token (EOS when there is none); inputs longer than the model's
+  window lose tokens from the left. Requests sharing a context share one
+  forward pass of it (`batching.score_pairs`).
+- **Rolling log-likelihood** cuts the text into lm-eval's disjoint windows of
+  the model's length (`loglikelihood_rolling`): the first window is conditioned
+  on the BOS/EOS token, later ones on the preceding tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aftertune.engines.base import (
+    ENGINES,
+    Engine,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    Progress,
+    RollingRequest,
+    RollingResult,
+)
+from aftertune.engines.batching import GenSeq, decode, score_pairs
+from aftertune.errors import UserError
+from aftertune.sources.base import ModelRef
+
+# Bump when a change here can change any output; it is part of every cache key.
+ENGINE_CODE_VERSION = "1"
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+_DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except Exception:  # pragma: no cover - probe missing on this build
+                continue
+    return False
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto" → bf16 where the hardware has it natively, else float32 (see the module docstring)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float32 or float16") from None
+
+
+def cpu_threads() -> int:
+    env = os.environ.get("AFTERTUNE_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UserError(f"AFTERTUNE_THREADS={env!r} is not a number of threads") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's `get_rolling_token_windows(..., context_len=1)` + `make_disjoint_window`.
+
+    (context, continuation) pairs that together predict every token exactly once:
+    the first window is conditioned on `prefix_token`, later ones on the tokens before them.
+    """
+    toks = list(tokens)
+    out: list[tuple[list[int], list[int]]] = []
+    if not toks:
+        return out
+    first = min(max_len, len(toks))
+    out.append(([prefix_token], toks[:first]))
+    done = first
+    while done < len(toks):
+        n = min(len(toks) - done, max_len)
+        end = done + n
+        window = toks[max(0, end - max_len - 1): end - 1]
+        out.append((window[: len(window) - (n - 1)], toks[end - n: end]))
+        done += n
+    return out
+
+
+def _load_causal_lm(source: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source}: cannot load as a causal language model ({exc})") from None
+    return _frozen(model.to(device))
+
+
+def _frozen(model: Any) -> Any:
+    """Inference mode for good: eval(), and no parameter requires grad.
+
+    Besides saving memory this keeps outputs identical between a plain model and the same
+    weights under a PEFT wrapper (which freezes them): torch picks a different CPU matmul
+    kernel for a weight that requires grad, and the two round differently in the last bits.
+    """
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _load_tokenizer(source: str | Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source}: cannot load its tokenizer ({exc})") from None
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+@ENGINES.register("hf", "local torch model through transformers (PEFT adapters included)")
+class HFEngine(Engine):
+    """A transformers causal LM (optionally with a PEFT adapter) on CPU or GPU."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_ref: ModelRef, fingerprint: str, dtype: torch.dtype,
+                 device: torch.device, batch_size: int = 16, max_length: int | None = None,
+                 base_tokenizer: Any | None = None, base_fingerprint: str | None = None,
+                 adapter_enabled: bool = True) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        self.model = model
+        self.model_ref = model_ref
+        self.dtype = dtype
+        self.device = device
+        self.batch_size = batch_size
+        self._tokenizer = tokenizer
+        self._base_tokenizer = base_tokenizer or tokenizer
+        self._fingerprint = fingerprint
+        self._base_fingerprint = base_fingerprint
+        self.is_adapter = base_fingerprint is not None
+        self._adapter_on = adapter_enabled or not self.is_adapter
+        self.max_length = max_length or self._resolve_max_length()
+        from transformers import __version__ as tf_version
+
+        dtype_name = str(dtype).removeprefix("torch.")
+        self._version = f"hf-engine/{ENGINE_CODE_VERSION};transformers/{tf_version};torch/{torch.__version__};dtype/{dtype_name}"
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def from_ref(cls, model_ref: ModelRef, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+                 batch_size: int = 16, max_length: int | None = None, trust_remote_code: bool = False,
+                 adapter_enabled: bool = True) -> HFEngine:
+        from aftertune.sources import fingerprint
+
+        if model_ref.kind == "openai":
+            raise UserError(f"{model_ref.ref} is an OpenAI-compatible endpoint; it runs on the openai engine, not hf")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        if dev.type == "cpu":
+            torch.set_num_threads(cpu_threads())
+        if model_ref.kind == "adapter":
+            base = model_ref.base
+            if base is None or model_ref.path is None:
+                raise UserError(f"adapter {model_ref.ref!r} has no base model; pass the base model explicitly")
+            from peft import PeftModel
+
+            base_model = _load_causal_lm(_source(base), torch_dtype, dev, trust_remote_code)
+            base_tok = _load_tokenizer(_source(base), trust_remote_code)
+            try:
+                model = PeftModel.from_pretrained(base_model, str(model_ref.path), is_trainable=False)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise UserError(f"{model_ref.path}: cannot load the adapter on {base.ref} ({exc})") from None
+            model = _frozen(model.to(dev))
+            tok = _load_tokenizer(model_ref.path, trust_remote_code) if _has_tokenizer(model_ref.path) else base_tok
+            return cls(model, tok, model_ref=model_ref, fingerprint=fingerprint(model_ref), dtype=torch_dtype,
+                       device=dev, batch_size=batch_size, max_length=max_length, base_tokenizer=base_tok,
+                       base_fingerprint=fingerprint(base), adapter_enabled=adapter_enabled)
+        model = _load_causal_lm(_source(model_ref), torch_dtype, dev, trust_remote_code)
+        tok = _load_tokenizer(_source(model_ref), trust_remote_code)
+        return cls(model, tok, model_ref=model_ref, fingerprint=fingerprint(model_ref), dtype=torch_dtype, device=dev,
+                   batch_size=batch_size, max_length=max_length)
+
+    # -- identity ------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        if self._adapter_on or self._base_fingerprint is None:
+            return self._fingerprint
+        return self._base_fingerprint
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer if self._adapter_on else self._base_tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": self.model_ref.ref,
+            "kind": self.model_ref.kind,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "max_length": self.max_length,
+            "adapter": self.is_adapter,
+            "adapter_active": self.is_adapter and self._adapter_on,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+        }
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[HFEngine]:
+        """Inside this block the adapter is off: base-model outputs and the base model's fingerprint."""
+        if not self.is_adapter:
+            raise UserError(f"{self.model_ref.ref} has no adapter to disable")
+        before = self._adapter_on
+        self._adapter_on = False
+        try:
+            yield self
+        finally:
+            self._adapter_on = before
+
+    @contextlib.contextmanager
+    def _model_state(self) -> Iterator[None]:
+        if self.is_adapter and not self._adapter_on:
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- tokenization (lm-evaluation-harness conventions) --------------------------
+    def _resolve_max_length(self) -> int:
+        cfg = getattr(self.model, "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(cfg, attr, None)
+            if value is not None:
+                return int(value)
+        tml = getattr(self.tokenizer, "model_max_length", None)
+        if tml is not None and tml < 10**9:
+            return int(tml)
+        return _DEFAULT_MAX_LENGTH
+
+    @property
+    def prefix_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0  # pragma: no cover
+
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen_cfg = getattr(self.model, "generation_config", None)
+        extra = getattr(gen_cfg, "eos_token_id", None)
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif extra:
+            ids.update(int(e) for e in extra)
+        return ids
+
+    def tok_encode(self, text: str) -> list[int]:
+        """lm-eval's `tok_encode`: the tokenizer's default special tokens, none if text starts with BOS."""
+        tok = self.tokenizer
+        bos_text = tok.decode([self.prefix_token_id])
+        special = not (bos_text and text.startswith(bos_text))
+        return list(tok.encode(text, add_special_tokens=special))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's context/continuation split (`TemplateLM.loglikelihood` + `_encode_pair`)."""
+        if context == "":
+            cont = list(self.tokenizer.encode(continuation, add_special_tokens=False))
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    def prompt_ids(self, request: GenerateRequest) -> tuple[list[int], str]:
+        """(token ids, text) of what the model is asked to continue."""
+        tok = self.tokenizer
+        if request.messages is not None:
+            if not getattr(tok, "chat_template", None):
+                raise UserError(
+                    f"{self.model_ref.ref} has no chat template, so chat messages cannot be sent to it; "
+                    "send raw prompts instead (aftertune generate --raw)"
+                )
+            text = tok.apply_chat_template([asdict(m) for m in request.messages], tokenize=False,
+                                           add_generation_prompt=True)
+            return list(tok.encode(text, add_special_tokens=False)), text
+        assert request.prompt is not None
+        return self.tok_encode(request.prompt), request.prompt
+
+    # -- the engine contract ---------------------------------------------------------
+    def generate(self, requests: Sequence[GenerateRequest], progress: Progress | None = None) -> list[GenerateResult]:
+        if self.model is None:
+            raise RuntimeError("engine is closed")
+        with self._model_state():
+            tok = self.tokenizer
+            seqs: list[GenSeq] = []
+            texts: list[str] = []
+            for req in requests:
+                ids, text = self.prompt_ids(req)
+                dec = req.decoding
+                room = self.max_length - dec.max_new_tokens
+                if room < 1:
+                    raise UserError(f"max_new_tokens={dec.max_new_tokens} leaves no room for a prompt in "
+                                    f"{self.model_ref.name}'s {self.max_length}-token window")
+                if len(ids) > room:
+                    ids = ids[-room:]
+                    text = tok.decode(ids, skip_special_tokens=False)
+                gen = torch.Generator().manual_seed(dec.seed) if not dec.greedy else None
+                seqs.append(GenSeq(prompt=ids, max_new_tokens=dec.max_new_tokens, temperature=max(dec.temperature, 0.0),
+                                   top_p=dec.top_p, generator=gen, stop_check=self._stop_check(dec.stop)))
+                texts.append(text)
+
+            def finished(_s: GenSeq) -> None:
+                if progress:
+                    progress(1)
+
+            common = {"eos_ids": self.eos_token_ids(), "pad_id": self.pad_token_id, "device": self.device,
+                      "on_finish": finished}
+            greedy = [s for s, r in zip(seqs, requests, strict=True) if r.decoding.greedy]
+            if greedy:
+                decode(self.model, greedy, batch_size=self.batch_size, **common)
+            for s, r in zip(seqs, requests, strict=True):
+                if not r.decoding.greedy:
+                    decode(self.model, [s], batch_size=1, **common)
+            results = []
+            for s, text, req in zip(seqs, texts, requests, strict=True):
+                out = tok.decode(s.out, skip_special_tokens=True)
+                for stop in req.decoding.stop:
+                    if stop:
+                        out = out.split(stop)[0]
+                results.append(GenerateResult(text=out, prompt_text=text, n_prompt_tokens=len(s.prompt),
+                                              n_new_tokens=len(s.out) + (1 if s.eos else 0),
+                                              finish_reason=s.finish or "length"))
+        return results
+
+    def _stop_check(self, stops: Sequence[str]) -> Any:
+        stops = [s for s in stops if s]
+        if not stops:
+            return None
+        tok = self.tokenizer
+
+        def check(out: list[int]) -> bool:
+            text = tok.decode(out, skip_special_tokens=True)
+            return any(s in text for s in stops)
+
+        return check
+
+    def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        """lm-eval's left truncation: the model sees at most max_length tokens of context + continuation[:-1]."""
+        if len(ctx) + len(cont) <= self.max_length + 1:
+            return ctx, cont
+        if len(cont) > self.max_length:
+            raise UserError(f"a continuation of {len(cont)} tokens does not fit {self.model_ref.name}'s "
+                            f"{self.max_length}-token window")
+        return (ctx + cont)[-(self.max_length + 1):][: -len(cont)], cont
+
+    def _score(self, pairs: list[tuple[list[int], list[int]]], progress: Progress | None) -> list[tuple[float, bool]]:
+        """Score pairs; empty continuations score 0 (certain) without running the model."""
+        todo = [i for i, (_, cont) in enumerate(pairs) if cont]
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
+        if progress and len(todo) < len(pairs):
+            progress(len(pairs) - len(todo))
+        if todo:
+            scored = score_pairs(self.model, [self._truncate(*pairs[i]) for i in todo], pad_id=self.pad_token_id,
+                                 batch_size=self.batch_size, device=self.device, progress=progress)
+            for i, s in zip(todo, scored, strict=True):
+                out[i] = s
+        return out
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        if self.model is None:
+            raise RuntimeError("engine is closed")
+        with self._model_state():
+            pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
+            scores = self._score(pairs, progress)
+        return [LoglikelihoodResult(logprob=lp, is_greedy=g, n_tokens=len(cont))
+                for (lp, g), (_, cont) in zip(scores, pairs, strict=True)]
+
+    def rolling_loglikelihood(
+        self, requests: Sequence[RollingRequest], progress: Progress | None = None
+    ) -> list[RollingResult]:
+        if self.model is None:
+            raise RuntimeError("engine is closed")
+        with self._model_state():
+            token_lists = [self.tok_encode(r.text) for r in requests]
+            windows: list[tuple[list[int], list[int]]] = []
+            owner: list[int] = []
+            for i, toks in enumerate(token_lists):
+                for w in rolling_windows(toks, self.prefix_token_id, self.max_length):
+                    windows.append(w)
+                    owner.append(i)
+            scores = self._score(windows, None)
+        total = [0.0] * len(requests)
+        for i, (lp, _) in zip(owner, scores, strict=True):
+            total[i] += lp
+        if progress:
+            progress(len(requests))
+        return [RollingResult(logprob=t, n_tokens=len(toks)) for t, toks in zip(total, token_lists, strict=True)]
+
+
+def _source(ref: ModelRef) -> str | Path:
+    """Where from_pretrained reads the model: its local path, else the hub id."""
+    return ref.path if ref.path is not None else ref.ref

@@ -1,0 +1,519 @@
+"""The hf engine on tiny random-weight models (fast) and on the real SmolLM2 (slow).
+
+The tiny model of conftest has tied embeddings and small weights, so greedy
+decoding just repeats the last token; `chaotic_dir` re-draws its weights larger
+so that different prompts produce different, varied continuations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aftertune.engines import (
+    ENGINES,
+    Decoding,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    Message,
+    RollingRequest,
+)
+from aftertune.engines import batching as batching_mod
+from aftertune.engines.batching import GenSeq, common_prefix, decode, score_pairs
+from aftertune.engines.hf import HFEngine, cpu_has_native_bf16, resolve_dtype, rolling_windows
+from aftertune.errors import UserError
+from aftertune.sources import fingerprint, resolve_model
+
+PROMPTS = [
+    "How can I reset my password?",
+    "Paris is",
+    "Question: What is two plus two?",
+    "hi",
+    "My order arrived damaged, please send a replacement or a refund as soon as you can.",
+    "x",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+@pytest.fixture(scope="session")
+def chaotic_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with larger random weights: varied, prompt-dependent greedy output."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("chaotic") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_dir(chaotic_dir, tmp_path_factory):
+    """A LoRA adapter on the chaotic model whose B matrices are non-zero (it changes outputs)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(chaotic_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                assert p.abs().sum() > 0
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    model.save_pretrained(out)
+    return out
+
+
+def _engine(path, **kw) -> HFEngine:
+    kw.setdefault("dtype", "float32")
+    return HFEngine.from_ref(resolve_model(str(path)), **kw)
+
+
+@pytest.fixture(scope="module")
+def chaotic(chaotic_dir, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # module scope: built before the per-test home is set
+        mp.setenv("AFTERTUNE_HOME", str(tmp_path_factory.mktemp("home")))
+        return _engine(chaotic_dir, batch_size=3)
+
+
+def _chat(q: str, n: int = 12, **kw) -> GenerateRequest:
+    return GenerateRequest.chat(q, decoding=Decoding(max_new_tokens=n, **kw))
+
+
+# --------------------------------------------------------------------------- loading, identity
+
+
+def test_registered_and_loaded_through_load_engine(tiny_model_dir):
+    from aftertune.engines import load_engine
+
+    assert "hf" in ENGINES
+    eng = load_engine(str(tiny_model_dir), dtype="float32")
+    assert isinstance(eng, HFEngine)
+    assert eng.fingerprint == fingerprint(resolve_model(str(tiny_model_dir)))
+    assert "dtype/float32" in eng.version and "transformers/" in eng.version and "torch/" in eng.version
+    d = eng.describe()
+    assert d["engine"] == "hf" and d["dtype"] == "float32" and d["max_length"] == 512 and d["chat_template"]
+
+
+def test_dtype_is_part_of_version(tiny_model_dir):
+    a = _engine(tiny_model_dir, dtype="float32")
+    b = _engine(tiny_model_dir, dtype="bfloat16")
+    assert b.model.dtype == torch.bfloat16
+    assert a.version != b.version and a.fingerprint == b.fingerprint
+
+
+def test_auto_dtype_follows_hardware():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("fp32", cpu) == torch.float32 and resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UserError, match="unknown dtype"):
+        resolve_dtype("int3", cpu)
+
+
+def test_uses_all_cores(tiny_model_dir, monkeypatch):
+    import os
+
+    monkeypatch.delenv("AFTERTUNE_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        _engine(tiny_model_dir)
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("AFTERTUNE_THREADS", "1")
+        _engine(tiny_model_dir)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_openai_ref_is_refused():
+    from aftertune.sources.base import ModelRef
+
+    with pytest.raises(UserError, match="openai engine"):
+        HFEngine.from_ref(ModelRef("openai:m@http://127.0.0.1:1/v1", "openai", "m"))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def test_prompt_text_is_the_models_chat_template(chaotic):
+    req = GenerateRequest(messages=(Message("system", "Be brief."), Message("user", "hi")),
+                          decoding=Decoding(max_new_tokens=2))
+    (res,) = chaotic.generate([req])
+    assert res.prompt_text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert res.n_prompt_tokens == len(chaotic.tokenizer.encode(res.prompt_text, add_special_tokens=False))
+    raw = chaotic.generate([GenerateRequest(prompt="Paris is", decoding=Decoding(max_new_tokens=2))])[0]
+    assert raw.prompt_text == "Paris is"
+    assert raw.n_prompt_tokens == len(chaotic.tokenizer.encode("Paris is"))
+
+
+def test_batched_greedy_equals_one_at_a_time(chaotic):
+    reqs = [_chat(q, n=6 + 3 * i) for i, q in enumerate(PROMPTS)]
+    together = chaotic.generate(reqs)  # batch size 3: left padding, refills, shared prefix
+    alone = [chaotic.generate([r])[0] for r in reqs]
+    assert together == alone
+    assert len({r.text for r in together}) == len(PROMPTS)  # the prompts really lead to different text
+    assert [r.n_new_tokens for r in together] == [6 + 3 * i for i in range(len(PROMPTS))]
+    assert all(r.finish_reason == "length" for r in together)
+
+
+def test_greedy_equals_transformers_generate(chaotic):
+    """Our decoding loop gives exactly what transformers' own greedy `generate` gives, prompt by prompt."""
+    reqs = [_chat(q, n=10) for q in PROMPTS[:4]]
+    ours = chaotic.generate(reqs)
+    tok = chaotic.tokenizer
+    for res in ours:
+        ids = torch.tensor([tok.encode(res.prompt_text, add_special_tokens=False)])
+        with torch.no_grad():
+            out = chaotic.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+                                         do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == res.text
+
+
+def test_left_padding_in_a_batch_equals_transformers_batched_generate(chaotic):
+    tok = chaotic.tokenizer
+    reqs = [_chat(q, n=8) for q in PROMPTS[:4]]
+    ours = chaotic.generate(reqs)
+    tok.padding_side = "left"
+    try:
+        enc = tok([r.prompt_text for r in ours], return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = "right"
+    assert (enc.attention_mask == 0).any()  # there is padding
+    with torch.no_grad():
+        out = chaotic.model.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    hf = [tok.decode(o[enc.input_ids.shape[1]:], skip_special_tokens=True) for o in out]
+    assert [r.text for r in ours] == hf
+
+
+def test_eos_stops_each_sequence_on_its_own(chaotic_dir):
+    eng = _engine(chaotic_dir, batch_size=4)
+    reqs = [_chat(q, n=10) for q in PROMPTS[:4]]
+    free = eng.generate(reqs)
+    tok = eng.tokenizer
+    first_ids = [tok.encode(r.prompt_text + r.text, add_special_tokens=False)[r.n_prompt_tokens:] for r in free]
+    # make the 4th token of the first answer an end-of-sequence token
+    stop_id = first_ids[0][3]
+    eng.model.generation_config.eos_token_id = [tok.eos_token_id, stop_id]
+    stopped = eng.generate(reqs)
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].n_new_tokens == 4  # three tokens of text + the EOS
+    assert stopped[0].text == tok.decode(first_ids[0][:3])
+    for before, after, ids in zip(free[1:], stopped[1:], first_ids[1:], strict=True):
+        if stop_id in ids:
+            assert after.finish_reason == "stop" and len(after.text) < len(before.text)
+        else:
+            assert after == before  # the others are untouched by the early exit
+
+
+def test_stop_strings_cut_the_text(chaotic):
+    (free,) = chaotic.generate([_chat(PROMPTS[0], n=12)])
+    stop = free.text[5:8]
+    assert stop and free.text.find(stop) == 5
+    (cut,) = chaotic.generate([_chat(PROMPTS[0], n=12, stop=("never-there", stop))])
+    assert cut.text == free.text[:5]
+    assert cut.finish_reason == "stop" and cut.n_new_tokens < free.n_new_tokens
+
+
+def test_results_come_back_in_request_order(chaotic):
+    reqs = [_chat(q, n=4) for q in PROMPTS]
+    res = chaotic.generate(reqs)
+    rev = chaotic.generate(list(reversed(reqs)))
+    assert res == list(reversed(rev))
+
+
+def test_progress_is_called_once_per_request(chaotic):
+    seen: list[int] = []
+    chaotic.generate([_chat(q, n=3) for q in PROMPTS], progress=seen.append)
+    assert sum(seen) == len(PROMPTS) and set(seen) == {1}
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(chaotic):
+    sampled = _chat(PROMPTS[0], n=12, temperature=1.0, seed=7)
+    alone = chaotic.generate([sampled])[0]
+    with_others = chaotic.generate([_chat(PROMPTS[1], n=5), sampled, _chat(PROMPTS[2], n=9, temperature=0.7, seed=1)])
+    assert with_others[1] == alone
+    other_seed = chaotic.generate([_chat(PROMPTS[0], n=12, temperature=1.0, seed=8)])[0]
+    assert other_seed.text != alone.text
+    greedy = chaotic.generate([_chat(PROMPTS[0], n=12)])[0]
+    assert greedy.text != alone.text
+    # top_p keeps only the head of the distribution: a tiny top_p is greedy
+    nucleus = chaotic.generate([_chat(PROMPTS[0], n=12, temperature=1.0, top_p=1e-6, seed=3)])[0]
+    assert nucleus.text == greedy.text
+
+
+def test_long_prompt_is_cut_from_the_left(chaotic_dir):
+    eng = _engine(chaotic_dir, max_length=40)
+    long = " ".join(["word"] * 200)
+    (res,) = eng.generate([GenerateRequest(prompt=long, decoding=Decoding(max_new_tokens=10))])
+    assert res.n_prompt_tokens == 30 and res.n_new_tokens == 10
+    assert res.prompt_text == eng.tokenizer.decode(eng.tok_encode(long)[-30:])
+    with pytest.raises(UserError, match="no room"):
+        eng.generate([GenerateRequest(prompt="hi", decoding=Decoding(max_new_tokens=40))])
+
+
+def test_model_without_chat_template_refuses_messages(tiny_model_dir, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (plain / name).unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    eng = _engine(plain)
+    with pytest.raises(UserError, match="no chat template"):
+        eng.generate([_chat("hi")])
+    assert eng.generate([GenerateRequest(prompt="hi", decoding=Decoding(max_new_tokens=2))])[0].n_new_tokens == 2
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert common_prefix([[1, 2], [1, 2]]) == 1  # each keeps one token of its own
+    assert common_prefix([[1, 2, 3]]) == 0
+    assert common_prefix([[4], [1, 2]]) == 0
+
+
+def test_decode_without_prefix_sharing_gives_the_same_tokens(chaotic):
+    tok = chaotic.tokenizer
+    prompts = [tok.encode(chaotic.prompt_ids(_chat(q))[1], add_special_tokens=False) for q in PROMPTS]
+    runs = []
+    for share in (True, False):
+        seqs = [GenSeq(prompt=p, max_new_tokens=7) for p in prompts]
+        decode(chaotic.model, seqs, eos_ids=set(), pad_id=0, batch_size=4, device=chaotic.device, share_prefix=share)
+        runs.append([s.out for s in seqs])
+    assert runs[0] == runs[1]
+
+
+# --------------------------------------------------------------------------- log-likelihood
+
+
+def _manual_loglikelihood(model, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    rows = lp[len(ctx) - 1: len(ctx) - 1 + len(cont)]
+    tgt = torch.tensor(cont)
+    return float(rows.gather(1, tgt[:, None]).sum()), bool((rows.argmax(-1) == tgt).all())
+
+
+LL_REQUESTS = [
+    LoglikelihoodRequest("Question: What is two plus two?\nAnswer:", " four"),
+    LoglikelihoodRequest("Question: What is two plus two?\nAnswer:", " five"),
+    LoglikelihoodRequest("Question: What is two plus two?\nAnswer:", " the capital of France"),
+    LoglikelihoodRequest("The quick brown fox", " jumps over the lazy dog."),
+    LoglikelihoodRequest("", "hello world"),
+    LoglikelihoodRequest("My order ", "arrived"),
+    LoglikelihoodRequest("Paris is the capital of", " France"),
+    LoglikelihoodRequest("Paris is the capital of", " Germany"),
+]
+
+
+def test_loglikelihood_equals_a_full_forward(chaotic):
+    res = chaotic.loglikelihood(LL_REQUESTS)
+    for req, r in zip(LL_REQUESTS, res, strict=True):
+        ctx, cont = chaotic.encode_pair(req.context, req.continuation)
+        lp, greedy = _manual_loglikelihood(chaotic.model, ctx, cont)
+        assert r.logprob == pytest.approx(lp, abs=1e-4)
+        assert r.is_greedy == greedy and r.n_tokens == len(cont)
+
+
+def test_shared_context_path_equals_naive_path(chaotic):
+    pairs = [chaotic.encode_pair(r.context, r.continuation) for r in LL_REQUESTS] * 2
+    shared = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
+    naive = [score_pairs(chaotic.model, [p], pad_id=0, batch_size=1, device=chaotic.device)[0] for p in pairs]
+    for (a, ga), (b, gb) in zip(shared, naive, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def test_long_continuations_are_fed_in_chunks(chaotic, monkeypatch):
+    """Small chunk sizes (as for 8k-token windows) give the same answers as one pass."""
+    pairs = [chaotic.encode_pair(r.context, r.continuation) for r in LL_REQUESTS]
+    whole = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
+    monkeypatch.setattr(batching_mod, "LOGIT_POSITIONS", 3)
+    monkeypatch.setattr(batching_mod, "PREFILL_POSITIONS", 2)
+    chunked = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
+    for (a, ga), (b, gb) in zip(whole, chunked, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def test_lm_eval_tokenization_conventions(chaotic):
+    tok = chaotic.tokenizer
+    # trailing spaces of the context move to the continuation
+    ctx, cont = chaotic.encode_pair("My order ", "arrived")
+    assert ctx == tok.encode("My order") and ctx + cont == tok.encode("My order arrived")
+    # an empty context is the BOS token, or EOS when there is none (this tokenizer)
+    ctx, cont = chaotic.encode_pair("", "hello world")
+    assert ctx == [tok.eos_token_id] and cont == tok.encode("hello world")
+    # an empty continuation scores 0 without the model
+    (r,) = chaotic.loglikelihood([LoglikelihoodRequest("Paris", "")])
+    assert (r.logprob, r.is_greedy, r.n_tokens) == (0.0, True, 0)
+
+
+def test_is_greedy_for_the_models_own_continuation(chaotic):
+    (gen,) = chaotic.generate([GenerateRequest(prompt="Paris is", decoding=Decoding(max_new_tokens=5))])
+    ids = chaotic.tok_encode("Paris is")
+    new = chaotic.tokenizer.encode("Paris is" + gen.text)[len(ids):]
+    score = score_pairs(chaotic.model, [(ids, new)], pad_id=0, batch_size=1, device=chaotic.device)
+    assert score[0][1] is True
+
+
+def test_context_longer_than_the_window_is_cut_from_the_left(chaotic_dir):
+    eng = _engine(chaotic_dir, max_length=12)
+    req = LoglikelihoodRequest(" ".join(["word"] * 40), " fox jumps")
+    (r,) = eng.loglikelihood([req])
+    ctx, cont = eng.encode_pair(req.context, req.continuation)
+    kept = (ctx + cont)[-13:]
+    lp, _ = _manual_loglikelihood(eng.model, kept[: -len(cont)], cont)
+    assert r.logprob == pytest.approx(lp, abs=1e-4)
+
+
+def test_matches_lm_eval_harness(chaotic_dir, chaotic):
+    """Same numbers as lm-evaluation-harness's HFLM on the same model (loglikelihood and rolling)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(chaotic_dir), dtype="float32", batch_size=4, device="cpu", max_length=16,
+              softmax_dtype="float32")
+    insts = [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(LL_REQUESTS)]
+    theirs = lm.loglikelihood(insts, disable_tqdm=True)
+    eng = _engine(chaotic_dir, max_length=16)
+    ours = eng.loglikelihood(LL_REQUESTS)
+    for (lp, greedy), r in zip(theirs, ours, strict=True):
+        assert r.logprob == pytest.approx(lp, abs=1e-4) and r.is_greedy == greedy
+    texts = ["The quick brown fox jumps over the lazy dog. " * 4, "hi", ""]
+    rolled = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)],
+                                      disable_tqdm=True)
+    ours_rolled = eng.rolling_loglikelihood([RollingRequest(t) for t in texts])
+    for lp, r in zip(rolled, ours_rolled, strict=True):
+        assert r.logprob == pytest.approx(lp, abs=1e-3)
+
+
+def test_rolling_windows_match_lm_eval():
+    pytest.importorskip("lm_eval")
+    from lm_eval import utils
+
+    for n in (0, 1, 5, 8, 9, 17, 40):
+        toks = list(range(100, 100 + n))
+        for max_len in (1, 4, 8):
+            theirs = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(toks, 7, max_len, 1)]
+            assert rolling_windows(toks, 7, max_len) == theirs
+
+
+def test_rolling_scores_every_token_once(chaotic_dir):
+    eng = _engine(chaotic_dir, max_length=10)
+    text = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
+    (r,) = eng.rolling_loglikelihood([RollingRequest(text)])
+    toks = eng.tok_encode(text)
+    assert r.n_tokens == len(toks) > 20
+    expected = sum(_manual_loglikelihood(eng.model, ctx, cont)[0] for ctx, cont in rolling_windows(toks, eng.prefix_token_id, 10))
+    assert r.logprob == pytest.approx(expected, abs=1e-3)
+    # one window when the text fits: log P(text | prefix token)
+    big = _engine(chaotic_dir)
+    (whole,) = big.rolling_loglikelihood([RollingRequest(text)])
+    assert whole.logprob == pytest.approx(_manual_loglikelihood(big.model, [big.prefix_token_id], toks)[0], abs=1e-3)
+    assert eng.rolling_loglikelihood([RollingRequest("")])[0].n_tokens == 0
+
+
+def test_no_nans_with_heavy_padding(chaotic):
+    pairs = [([5] * 60, [6, 7]), ([8], [9] * 30), ([3, 4], [5])]
+    for lp, _ in score_pairs(chaotic.model, pairs, pad_id=0, batch_size=8, device=chaotic.device):
+        assert math.isfinite(lp)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def test_adapter_changes_outputs_and_disabling_gives_the_base_bitwise(chaotic_dir, lora_dir):
+    base = _engine(chaotic_dir, batch_size=3)
+    tuned = HFEngine.from_ref(resolve_model(str(lora_dir)), dtype="float32", batch_size=3)
+    assert tuned.is_adapter and tuned.describe()["adapter_active"]
+    gen = [_chat(q, n=8) for q in PROMPTS[:4]]
+    b_gen, b_ll = base.generate(gen), base.loglikelihood(LL_REQUESTS)
+    t_gen, t_ll = tuned.generate(gen), tuned.loglikelihood(LL_REQUESTS)
+    assert [r.text for r in t_gen] != [r.text for r in b_gen]
+    assert all(a.logprob != b.logprob for a, b in zip(t_ll, b_ll, strict=True))
+    assert tuned.fingerprint != base.fingerprint
+    with tuned.adapter_disabled() as off:
+        assert off.fingerprint == base.fingerprint
+        assert off.generate(gen) == b_gen  # bitwise: same text, same token counts
+        assert off.loglikelihood(LL_REQUESTS) == b_ll  # exact float equality
+        assert off.rolling_loglikelihood([RollingRequest(PROMPTS[4])]) == base.rolling_loglikelihood(
+            [RollingRequest(PROMPTS[4])])
+    assert tuned.fingerprint != base.fingerprint
+    assert tuned.loglikelihood(LL_REQUESTS) == t_ll  # back on
+
+
+def test_adapter_can_be_loaded_switched_off(chaotic_dir, lora_dir):
+    base = _engine(chaotic_dir)
+    off = HFEngine.from_ref(resolve_model(str(lora_dir)), dtype="float32", adapter_enabled=False)
+    assert off.fingerprint == base.fingerprint
+    assert off.loglikelihood(LL_REQUESTS[:3]) == base.loglikelihood(LL_REQUESTS[:3])
+    with pytest.raises(UserError, match="no adapter"), base.adapter_disabled():
+        pass
+
+
+# --------------------------------------------------------------------------- the real SmolLM2 (slow)
+
+
+@pytest.fixture(scope="module")
+def smol(packaged_home):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AFTERTUNE_HOME", packaged_home)
+        ref = resolve_model("smollm2-135m-instruct", progress=False)
+        assert ref.path is not None
+        return HFEngine.from_ref(ref, dtype="float32", batch_size=8), Path(ref.path)
+
+
+@pytest.mark.slow
+def test_smollm2_chat_stops_at_im_end(smol):
+    eng, _ = smol
+    reqs = [_chat("What is the capital of France?", n=40), _chat("Write a long story about a dragon.", n=16)]
+    short, long = eng.generate(reqs)
+    assert "Paris" in short.text and short.finish_reason == "stop" and short.n_new_tokens < 40
+    assert "<|im_end|>" not in short.text
+    assert long.finish_reason == "length" and long.n_new_tokens == 16
+    assert short.prompt_text.startswith("<|im_start|>system\n") and short.prompt_text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_transformers_generate(smol):
+    eng, _ = smol
+    qs = ["Give me three tips for better sleep.", "What is 17 times 23?", "hi", "Tell me a joke about computers."]
+    ours = eng.generate([_chat(q, n=20) for q in qs])
+    tok = eng.tokenizer
+    for res in ours:
+        ids = torch.tensor([tok.encode(res.prompt_text, add_special_tokens=False)])
+        with torch.no_grad():
+            out = eng.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
+        assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == res.text
+
+
+@pytest.mark.slow
+def test_smollm2_multiple_choice_matches_lm_eval(smol):
+    eng, path = smol
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    ctx = "Question: Which gas do plants take in from the air to make food?\nAnswer:"
+    choices = [" carbon dioxide", " oxygen", " nitrogen", " helium"]
+    reqs = [LoglikelihoodRequest(ctx, c) for c in choices]
+    ours = eng.loglikelihood(reqs)
+    lm = HFLM(pretrained=str(path), dtype="float32", batch_size=4, device="cpu", softmax_dtype="float32")
+    theirs = lm.loglikelihood([Instance("loglikelihood", {}, (r.context, r.continuation), i)
+                               for i, r in enumerate(reqs)], disable_tqdm=True)
+    for r, (lp, greedy) in zip(ours, theirs, strict=True):
+        assert r.logprob == pytest.approx(lp, abs=2e-3) and r.is_greedy == greedy
+    assert max(range(4), key=lambda i: ours[i].logprob) == 0
