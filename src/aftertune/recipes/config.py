@@ -1,0 +1,215 @@
+"""The one validated description of a fine-tune: `TuneConfig` (flags and YAML alike).
+
+`aftertune tune` builds a `TuneConfig` from its flags, or reads one from YAML; a sequential
+spec is a list of stages, each a `TuneConfig` whose `model` is left out (it starts from the
+previous stage's result) and whose unset fields come from the spec's `defaults`. Every
+default is visible here and in `aftertune tune --help`; unknown keys are refused, so a typo
+in a YAML file fails before any work instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aftertune.errors import UserError
+
+Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ia3"]
+Objective = Literal["sft", "dpo"]
+METHODS: tuple[str, ...] = ("full", "lora", "qlora", "prefix", "prompt", "ia3")
+OBJECTIVES: tuple[str, ...] = ("sft", "dpo")
+
+# Learning rates practitioners start from (PEFT / TRL examples and the methods' papers).
+DEFAULT_LR: dict[tuple[str, str], float] = {
+    ("full", "sft"): 2e-5, ("lora", "sft"): 2e-4, ("qlora", "sft"): 2e-4, ("ia3", "sft"): 3e-3,
+    ("prefix", "sft"): 1e-2, ("prompt", "sft"): 3e-2,
+    ("full", "dpo"): 5e-7, ("lora", "dpo"): 5e-6, ("qlora", "dpo"): 5e-6, ("ia3", "dpo"): 1e-4,
+    ("prefix", "dpo"): 1e-3, ("prompt", "dpo"): 3e-3,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraParams(_Strict):
+    """LoRA / QLoRA adapter shape (PEFT `LoraConfig`)."""
+
+    r: int = Field(16, ge=1, description="rank of the update matrices")
+    alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or 'all-linear' (every linear layer but the LM head)")
+
+
+class MixSpec(_Strict):
+    """Examples of another set added to a stage (e.g. refusals mixed into a task set)."""
+
+    data: str = Field(description="built-in set name, file, saved folder or hub id")
+    fraction: float | None = Field(None, gt=0, description="as a fraction of the stage's own training examples")
+    count: int | None = Field(None, ge=1, description="an exact number of examples")
+    split: str = "train"
+    seed: int | None = Field(None, description="sampling seed (default: the stage's seed)")
+    dedup_eval: bool = Field(True, description="drop examples whose prompt is an evaluation prompt")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> MixSpec:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of 'fraction' or 'count'")
+        return self
+
+    def amount(self, n_base: int) -> int:
+        return self.count if self.count is not None else max(1, round(n_base * float(self.fraction or 0)))
+
+
+class TuneConfig(_Strict):
+    """Everything a fine-tune needs; `None` means "the method's default" where noted."""
+
+    name: str | None = Field(None, description="stage name (used in labels and folder names)")
+    model: str | None = Field(None, description="model reference: packaged name, hub id or local dir")
+    data: str = Field(description="training data: built-in set, file, save_to_disk folder or hub id")
+    data_split: str = "train"
+    limit: int | None = Field(None, ge=1, description="use at most this many training examples (seeded sample)")
+    eval_data: str | None = Field(None, description="held-out data (default: the data's own test split, or a "
+                                                    "seeded eval_fraction of it)")
+    eval_split: str = "test"
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    eval_limit: int | None = Field(64, ge=1, description="held-out examples scored for eval loss")
+    mix: list[MixSpec] = Field(default_factory=list)
+
+    method: Method = "lora"
+    objective: Objective = "sft"
+
+    learning_rate: float | None = Field(None, gt=0, description="default: by method and objective (DEFAULT_LR)")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1, description="examples per device per step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(1024, ge=8, description="tokens per example; longer ones keep their start")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+
+    lora: LoraParams = Field(default_factory=LoraParams)
+    num_virtual_tokens: int = Field(20, ge=1, description="prefix / prompt tuning length")
+
+    packing: bool = Field(False, description="pack examples into max_length rows (no cross-attention between them)")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 frozen weights for PEFT methods and bf16 autocast for full tuning where "
+                            "the hardware computes bf16 natively, else fp32")
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto", description="auto: on only when the activations would not fit comfortably in memory")
+
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: 4 per run)")
+    eval_every: int | None = Field(None, ge=1, description="steps between eval-loss passes (default: each checkpoint)")
+    logging_steps: int = Field(5, ge=1)
+
+    dpo_beta: float = Field(0.1, gt=0)
+    dpo_max_new_tokens: int = Field(128, ge=1, description="dpo-safety: length of the model's own answers")
+
+    merge: bool = Field(False, description="also write a merged full model (adapter methods that can merge)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str | None = Field(None, description="output folder")
+
+    @field_validator("data", "model", "eval_data", mode="before")
+    @classmethod
+    def _strip(cls, v: Any) -> Any:
+        return v.strip() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _checks(self) -> TuneConfig:
+        if self.objective == "dpo" and self.method in ("prefix", "prompt"):
+            raise ValueError(f"method '{self.method}' cannot be trained with the dpo objective (its reference "
+                             "model is the adapter switched off, which prompt-learning methods do not support); "
+                             "use full, lora, qlora or ia3")
+        if self.merge and self.method in ("prefix", "prompt"):
+            raise ValueError(f"method '{self.method}' cannot be merged into the weights (it adds virtual tokens); "
+                             "drop merge")
+        if self.packing and self.objective == "dpo":
+            raise ValueError("packing applies to sft only")
+        return self
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[(self.method, self.objective)]
+
+    def label(self) -> str:
+        return self.name or f"{self.method}-{self.objective}"
+
+    def training_hash(self) -> str:
+        """Identity of what is trained (not where it is written): resuming needs the same one."""
+        from aftertune.fileio import canonical_json, sha256_text
+
+        d = self.model_dump(mode="json", exclude={"out", "merge", "name"})
+        return sha256_text(canonical_json(d))
+
+
+class SequentialSpec(_Strict):
+    """A sequential fine-tune: stages applied one after the other from `model`."""
+
+    model: str
+    out: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    stages: list[dict[str, Any]] = Field(min_length=1)
+
+    def stage_configs(self) -> list[TuneConfig]:
+        out = []
+        for i, stage in enumerate(self.stages, 1):
+            if "model" in stage:
+                raise UserError(f"stage {i}: 'model' is not allowed in a stage; each stage starts from the "
+                                "previous one (the spec's 'model' is the first stage's start)")
+            merged = {**self.defaults, **stage}
+            merged.setdefault("name", f"stage{i}")
+            out.append(parse_config(merged, where=f"stage {i}"))
+        names = [c.name for c in out]
+        if len(set(names)) != len(names):
+            raise UserError(f"stage names must be unique, got {names}")
+        return out
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> TuneConfig:
+    try:
+        return TuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {_pretty(exc)}") from None
+
+
+def _pretty(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (see `aftertune tune --help` for the fields)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_spec(path: str | Path) -> TuneConfig | SequentialSpec:
+    """A YAML file holding either one TuneConfig or a sequential spec (`stages:`)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such spec file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of fields at the top level")
+    if "tune" in data and isinstance(data["tune"], dict):  # allow a `tune:` section inside a larger spec
+        data = data["tune"]
+    if "stages" in data:
+        try:
+            return SequentialSpec.model_validate(data)
+        except ValidationError as exc:
+            raise UserError(f"{p}: {_pretty(exc)}") from None
+    return parse_config(data, where=str(p))

@@ -1,0 +1,171 @@
+"""Objectives: each pairs a TRL config with its trainer, as TRL does.
+
+- `sft`: `SFTTrainer` / `SFTConfig` on pre-tokenized chat examples whose labels cover the
+  assistant turns only (see `tokenize`), optionally packed (best-fit, each packed example
+  keeps its own positions, and attention never crosses examples).
+- `dpo`: `DPOTrainer` / `DPOConfig` on (prompt, chosen, rejected) conversations; the
+  reference model is the adapter switched off for adapter methods, a frozen copy for full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aftertune.recipes.config import TuneConfig
+from aftertune.registry import Registry
+
+
+@dataclass
+class Built:
+    trainer: Any
+    stats: dict[str, Any]
+    checkpointing: tuple[bool, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    description: str
+    build: Callable[..., Built]
+
+
+OBJECTIVES: Registry[Objective] = Registry("objective")
+
+
+def common_args(cfg: TuneConfig, *, out: Path, precision: Any, device: str, has_eval: bool, gc: bool
+                ) -> dict[str, Any]:
+    ckpt: float = cfg.checkpoint_every if cfg.checkpoint_every is not None else 0.25
+    ev: float = cfg.eval_every if cfg.eval_every is not None else ckpt
+    return {
+        "output_dir": str(out / "checkpoints"),
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.lr,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps or -1,
+        "warmup_steps": cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        "weight_decay": cfg.weight_decay,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "max_grad_norm": cfg.max_grad_norm,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": ckpt,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": ev if has_eval else None,
+        "report_to": [],
+        "bf16": precision.autocast_bf16,
+        "fp16": False,
+        "use_cpu": device == "cpu",
+        _ckpt_field(): gc,
+        _ckpt_field() + "_kwargs": {"use_reentrant": False} if gc else None,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "ddp_find_unused_parameters": False,
+        "log_level": "warning",
+    }
+
+
+def _ckpt_field() -> str:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)."""
+    from transformers import TrainingArguments
+
+    known = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+
+
+def _clean(args: dict[str, Any]) -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    known = TrainingArguments.__dataclass_fields__
+    return {k: v for k, v in args.items() if k in known and v is not None}
+
+
+def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path,
+              peft_config: Any) -> Built:
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from aftertune.errors import UserError
+    from aftertune.recipes.tokenize import encode_dataset
+    from aftertune.recipes.train import decide_checkpointing
+    from aftertune.recipes.trainers import AftertuneSFTTrainer
+
+    train_rows, train_stats = encode_dataset(tokenizer, [e.sft_messages() for e in _as_rows(data.train)],
+                                             cfg.max_length)
+    eval_rows, eval_stats = encode_dataset(tokenizer, [e.sft_messages() for e in _as_rows(data.eval)],
+                                           cfg.max_length)
+    if not train_rows:
+        raise UserError(f"{cfg.data}: no example has an assistant token within max_length={cfg.max_length}; "
+                        "raise --max-length")
+    longest = cfg.max_length if cfg.packing else max(r["length"] for r in train_rows)
+    gc, gc_info = decide_checkpointing(cfg, model.config, cfg.batch_size * longest, device, precision)
+    args = SFTConfig(
+        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(eval_rows), gc=gc)),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        eval_packing=False,
+        assistant_only_loss=False,  # the labels already cover the assistant turns only
+        completion_only_loss=None,
+    )
+    trainer = AftertuneSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.group_by_length_seeded = cfg.group_by_length and not cfg.packing
+    stats = {"train": train_stats.summary(), "eval": eval_stats.summary()}
+    return Built(trainer, stats, (gc, gc_info))
+
+
+def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path,
+              peft_config: Any) -> Built:
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from aftertune.errors import UserError
+    from aftertune.recipes.train import decide_checkpointing
+    from aftertune.recipes.trainers import AftertuneDPOTrainer
+
+    train = [e.to_trl() for e in data.train if e.is_pair]
+    held = [e.to_trl() for e in data.eval if e.is_pair]
+    if not train:
+        raise UserError(f"{cfg.data}: no preference pairs to train on")
+    # chosen and rejected run as one batch of 2 × batch_size sequences
+    gc, gc_info = decide_checkpointing(cfg, model.config, 2 * cfg.batch_size * cfg.max_length // 2, device,
+                                       precision)
+    args = DPOConfig(
+        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(held), gc=gc)),
+        max_length=cfg.max_length,
+        beta=cfg.dpo_beta,
+    )
+    trainer = AftertuneDPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(held) if held else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    stats = {"train_pairs": len(train), "eval_pairs": len(held)}
+    return Built(trainer, stats, (gc, gc_info))
+
+
+def _as_rows(examples: list[Any]) -> list[Any]:
+    return list(examples)
+
+
+OBJECTIVES.register("sft", "supervised fine-tuning on chat examples, loss on the assistant turns only")(
+    Objective("sft", "supervised fine-tuning on chat examples, loss on the assistant turns only", build_sft))
+OBJECTIVES.register("dpo", "direct preference optimisation on (prompt, chosen, rejected) pairs")(
+    Objective("dpo", "direct preference optimisation on (prompt, chosen, rejected) pairs", build_dpo))

@@ -1,0 +1,605 @@
+"""`tune(config)`: one fine-tune, from a model reference and data to a loadable model folder.
+
+Output folder (`config.out`):
+
+    tune.json           config, lineage, metrics, checkpoints: written when the tune finishes
+    tune-state.json     the config's training hash, written at the start (resume guard)
+    data.json           example counts, token statistics, mixing reports
+    metrics.jsonl       every training / eval log line
+    model/              the result: a PEFT adapter (adapter_config.json + adapter_model.safetensors)
+                        or a full model (config.json + model.safetensors), with the tokenizer
+    merged/             with `merge`: the adapter merged into a full copy of the base
+    checkpoints/checkpoint-N/   every `checkpoint_every` steps; each loads like model/
+    dpo-safety.jsonl    dpo-safety only: the preference pairs built from the model's own answers
+
+Running the same config again into the same folder resumes from the newest checkpoint
+(same data order, RNG states, optimizer): the result equals an uninterrupted run. A
+finished folder is returned as it is. A different config into a used folder is refused.
+
+Precision (`precision="auto"`): where the hardware computes bf16 natively (AVX512-BF16/AMX
+CPUs, bf16 GPUs), adapter methods keep the frozen base weights in bf16 and the trainable
+adapter weights in fp32 (no autocast pass, half the weight memory); full fine-tuning keeps
+fp32 master weights with bf16 autocast, since pure-bf16 AdamW drops small updates.
+Elsewhere everything is fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aftertune.errors import UserError
+from aftertune.fileio import write_json_atomic
+from aftertune.recipes.callbacks import (
+    CheckpointKeeper,
+    MetricsRecorder,
+    ProgressBar,
+    checkpoint_step,
+    complete_checkpoints,
+    resumable_checkpoint,
+)
+from aftertune.recipes.config import TuneConfig
+from aftertune.recipes.methods import RECIPES, preflight, quantization_config
+
+TUNE_JSON = "tune.json"
+STATE_JSON = "tune-state.json"
+RESULT_FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: str
+    label: str
+
+
+@dataclass
+class TuneResult:
+    """What a tune produced. `model_ref` is a folder any model reference accepts."""
+
+    name: str
+    model_ref: str
+    kind: str  # "adapter" or "full"
+    start_ref: str  # the model this tune started from
+    checkpoints: list[Checkpoint]
+    lineage: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    out_dir: str
+    config: dict[str, Any]
+    merged_ref: str | None = None
+    label: str = "tuned"
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["format"] = RESULT_FORMAT
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TuneResult:
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        d["checkpoints"] = [Checkpoint(**c) for c in d.get("checkpoints", [])]
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- environment
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def native_bf16(device: str) -> bool:
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        from aftertune.engines.hf import cpu_has_native_bf16
+
+        return bool(cpu_has_native_bf16())
+    except ImportError:
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: str  # "bfloat16" | "float32"
+    autocast_bf16: bool
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return torch.bfloat16 if self.weights == "bfloat16" else torch.float32
+
+
+def choose_precision(cfg: TuneConfig, device: str) -> Precision:
+    if cfg.precision == "fp32":
+        return Precision("float32", False)
+    native = native_bf16(device)
+    if cfg.precision == "auto" and not native:
+        return Precision("float32", False)
+    if cfg.method == "full":
+        # explicit bf16 on full fine-tuning: pure bf16 weights (the user's call); auto: fp32 master + autocast
+        return Precision("bfloat16", False) if cfg.precision == "bf16" else Precision("float32", True)
+    return Precision("bfloat16", False)
+
+
+def available_memory(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        avail = pages * size
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+        return int(avail)
+    except (OSError, ValueError):
+        return 8 << 30
+
+
+def activation_bytes(model_config: Any, tokens_per_step: int, bytes_per_value: int) -> int:
+    """Rough activation memory of one training step without checkpointing (Korthikanti et al. 2022, §4).
+
+    Per layer and token about 34·h values are kept for the backward pass (attention with a fused
+    kernel, so no s² term), plus the MLP's wider intermediate activations.
+    """
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    h = int(getattr(cfg, "hidden_size", 1024))
+    layers = int(getattr(cfg, "num_hidden_layers", 24))
+    inter = int(getattr(cfg, "intermediate_size", 4 * h))
+    per_token_layer = (16 * h + 3 * inter) * bytes_per_value
+    return tokens_per_step * layers * per_token_layer
+
+
+def decide_checkpointing(cfg: TuneConfig, model_config: Any, max_tokens_per_step: int, device: str,
+                         precision: Precision) -> tuple[bool, dict[str, Any]]:
+    if cfg.gradient_checkpointing != "auto":
+        return bool(cfg.gradient_checkpointing), {"reason": "set in the config"}
+    need = activation_bytes(model_config, max_tokens_per_step, 2 if precision.weights == "bfloat16" or
+                            precision.autocast_bf16 else 4)
+    avail = available_memory(device)
+    on = need > 0.4 * avail
+    return on, {"reason": "auto", "estimated_activation_bytes": need, "available_bytes": avail}
+
+
+def set_threads(world_size: int) -> None:
+    import torch
+
+    try:
+        from aftertune.engines.hf import cpu_threads
+
+        n = cpu_threads()
+    except ImportError:
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n // max(1, world_size)))
+
+
+def dist_state() -> Any:
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+# --------------------------------------------------------------------------- model loading
+
+@dataclass
+class Start:
+    """Where a tune starts: the weights to load, and what the result will be layered on."""
+
+    ref: str  # as given
+    load_path: Path  # full model folder to load (possibly a merged copy)
+    adapter_path: Path | None  # a prompt-learning adapter to continue training
+    tokenizer_path: Path
+
+
+def resolve_start(cfg: TuneConfig, out: Path, is_main: bool, barrier: Any) -> Start:
+    from aftertune.sources import resolve_model
+
+    assert cfg.model is not None
+    ref = resolve_model(cfg.model)
+    if ref.kind == "openai":
+        raise UserError(f"{cfg.model}: an API model cannot be fine-tuned here; pass local weights")
+    assert ref.path is not None
+    if ref.kind != "adapter":
+        return Start(cfg.model, ref.path, None, ref.path)
+    assert ref.base is not None and ref.base.path is not None
+    acfg = json.loads((ref.path / "adapter_config.json").read_text(encoding="utf-8"))
+    ptype = str(acfg.get("peft_type", "")).upper()
+    if ptype in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
+        want = {"PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt"}.get(ptype, ptype.lower())
+        if cfg.method != want:
+            raise UserError(f"{cfg.model} is a {want} adapter, which cannot be merged into the weights; a stage "
+                            f"after it must use the same method ({want}) to keep training it")
+        tok = ref.path if (ref.path / "tokenizer_config.json").is_file() else ref.base.path
+        return Start(cfg.model, ref.base.path, ref.path, tok)
+    merged = out / "start-merged"
+    if is_main and not (merged / "config.json").is_file():
+        merge_adapter(ref.base.path, ref.path, merged)
+    barrier()
+    return Start(cfg.model, merged, None, merged)
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from aftertune.recipes.tokenize import ensure_chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ensure_chat_template(tok)
+    return tok
+
+
+def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype()}
+    if cfg.method == "qlora":
+        kwargs["quantization_config"] = quantization_config()
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
+    except OSError as exc:
+        raise UserError(f"{start.load_path}: could not load the model ({exc})") from None
+    model.config.use_cache = False
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if start.adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(start.adapter_path), is_trainable=True)
+    return model
+
+
+def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
+    """Write base + adapter merged into a full model folder (with the tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
+    if base.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        base = base.to(torch.bfloat16)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp))
+    tok_src = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
+    load_tokenizer(tok_src).save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class PreparedData:
+    train: list[Any]  # Example
+    eval: list[Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), model_for_pairs: str | None = None,
+                     out: Path | None = None, store: Any = None, is_main: bool = True,
+                     barrier: Any = lambda: None) -> PreparedData:
+    """Training and held-out examples (with mixing) for `cfg`; every row checked before any training."""
+    from aftertune.recipes.data import (
+        builtin_name,
+        evaluation_prompts,
+        held_out_examples,
+        load_examples,
+        mix_in,
+        normalise,
+        split_off,
+    )
+
+    info: dict[str, Any] = {"data": cfg.data}
+    if builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists():
+        if cfg.objective != "dpo":
+            raise UserError("dpo-safety holds preference pairs: use it with --objective dpo")
+        from aftertune.trainsets.dpo_safety import build_pairs
+
+        if model_for_pairs is None:
+            raise UserError("dpo-safety needs the model being tuned to write the rejected answers")
+        if is_main:
+            build_pairs(model_for_pairs, limit=cfg.limit, store=store, max_new_tokens=cfg.dpo_max_new_tokens, out=out)
+        barrier()
+        train, pair_info = build_pairs(model_for_pairs, limit=cfg.limit, store=store,
+                                       max_new_tokens=cfg.dpo_max_new_tokens, out=out)
+        info["dpo_safety"] = pair_info
+        held = None
+    else:
+        train = load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit,
+                              seed=cfg.seed)
+        held = None
+    if cfg.eval_data:
+        held = load_examples(cfg.eval_data, split=cfg.eval_split, objective=cfg.objective, seed=cfg.seed)
+        info["eval_source"] = cfg.eval_data
+    elif cfg.eval_fraction > 0:
+        if "dpo_safety" not in info:
+            held = held_out_examples(cfg.data, cfg.objective, cfg.eval_split)
+        if held:
+            info["eval_source"] = f"{cfg.data} ({cfg.eval_split} split)"
+        else:
+            train, held = split_off(train, cfg.eval_fraction, cfg.seed)
+            info["eval_source"] = f"{cfg.eval_fraction:.0%} of {cfg.data}, held out (seed {cfg.seed})"
+    held = list(held or [])
+    if cfg.eval_limit is not None:
+        held = held[: cfg.eval_limit]
+    if not train:
+        raise UserError(f"{cfg.data}: no training examples left")
+    mixes = []
+    if cfg.mix:
+        held_keys = {normalise(e.user_prompt()) for e in held}
+        eval_keys: frozenset[str] | None = None
+        n_base = len(train)
+        for i, m in enumerate(cfg.mix):
+            extra = load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
+                                  seed=m.seed if m.seed is not None else cfg.seed)
+            exclude = set(held_keys) | {normalise(p) for p in exclude_prompts}
+            if m.dedup_eval:
+                if eval_keys is None:
+                    eval_keys = evaluation_prompts()
+                exclude |= eval_keys
+            train, rep = mix_in(train, extra, n=m.amount(n_base), seed=(m.seed if m.seed is not None else cfg.seed) + i,
+                                exclude=exclude, source=m.data)
+            d = rep.as_dict()
+            d["evaluation_prompts_checked"] = len(eval_keys or ()) if m.dedup_eval else 0
+            mixes.append(d)
+    info.update({"train_examples": len(train), "eval_examples": len(held), "mix": mixes})
+    return PreparedData(train, held, info)
+
+
+# --------------------------------------------------------------------------- the tune
+
+def _state_ok(out: Path, cfg: TuneConfig, overwrite: bool) -> dict[str, Any] | None:
+    """None to start/resume; the finished result's JSON when the folder already holds this tune."""
+    state = out / STATE_JSON
+    if not state.is_file():
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            known = {TUNE_JSON, STATE_JSON, "checkpoints", "model"}
+            if not any(p.name in known for p in out.iterdir()):
+                raise UserError(f"{out}: folder exists and is not empty; pass another --out or --overwrite")
+        return None
+    saved = json.loads(state.read_text(encoding="utf-8"))
+    if saved.get("training_hash") != cfg.training_hash():
+        if overwrite:
+            shutil.rmtree(out)
+            return None
+        raise UserError(f"{out}: holds a different tune (its config differs); pass another --out, or --overwrite "
+                        "to replace it")
+    done = out / TUNE_JSON
+    if done.is_file() and not overwrite:
+        return json.loads(done.read_text(encoding="utf-8"))
+    if overwrite:
+        shutil.rmtree(out)
+    return None
+
+
+def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, progress: bool = True,
+         callbacks: Sequence[Any] = (), lineage: Sequence[dict[str, Any]] | None = None, label: str = "tuned",
+         exclude_prompts: Sequence[str] = (), overwrite: bool = False) -> TuneResult:
+    """Run one fine-tune (see the module docstring); returns where everything is.
+
+    `store`/`run_id`: the run store and run that receive the training metrics (events
+    `tune_train`/`tune_eval`) and every checkpoint as a model (`<label>/checkpoint-N`) and the
+    result (`<label>`). Without a store nothing is recorded there (metrics.jsonl still is).
+    `exclude_prompts`: extra evaluation prompts that mixed-in examples must not contain.
+    """
+    cfg = config
+    if not cfg.model:
+        raise UserError("no model to tune: give --model (a packaged name, hub id or local folder)")
+    if not cfg.out:
+        raise UserError("no output folder: give --out DIR")
+    out = Path(cfg.out).expanduser().resolve()
+    device = resolve_device(cfg.device)
+    preflight(cfg, device)
+    recipe = RECIPES.get(cfg.method)
+
+    state = dist_state()
+    is_main = state.is_main_process
+    barrier = state.wait_for_everyone
+
+    finished = _state_ok(out, cfg, overwrite) if is_main else None
+    barrier()
+    if not is_main:
+        finished = json.loads((out / TUNE_JSON).read_text()) if (out / TUNE_JSON).is_file() else None
+    if finished is not None:
+        result = TuneResult.from_json(finished)
+        if is_main and store is not None and run_id is not None:
+            _register_all(store, run_id, result)
+        return result
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / STATE_JSON, {"training_hash": cfg.training_hash(), "config": _cfg_json(cfg)})
+    barrier()
+    set_threads(state.num_processes)
+
+    precision = choose_precision(cfg, device)
+    start = resolve_start(cfg, out, is_main, barrier)
+    tokenizer = load_tokenizer(start.tokenizer_path)
+    pairs_model = str(start.adapter_path or start.load_path)
+    data = prepare_examples(cfg, exclude_prompts=exclude_prompts, model_for_pairs=pairs_model, out=out, store=store,
+                            is_main=is_main, barrier=barrier)
+    model = load_model(cfg, start, precision, device)
+
+    from aftertune.recipes.objectives import OBJECTIVES
+
+    objective = OBJECTIVES.get(cfg.objective)
+    built = objective.build(cfg, model=model, tokenizer=tokenizer, data=data, precision=precision, device=device,
+                            out=out, peft_config=None if start.adapter_path is not None else recipe.peft_config(cfg, model))
+    trainer = built.trainer
+    data.info["tokens"] = built.stats
+    gc_on, gc_info = built.checkpointing
+    data.info["gradient_checkpointing"] = {"on": gc_on, **gc_info}
+    data.info["precision"] = dataclasses.asdict(precision)
+    if is_main:
+        write_json_atomic(out / "data.json", data.info)
+
+    checkpoints: list[Checkpoint] = []
+
+    def on_checkpoint(step: int, path: Path) -> None:
+        ck = Checkpoint(step, str(path), f"{label}/checkpoint-{step}")
+        checkpoints.append(ck)
+        if store is not None and run_id is not None:
+            _register(store, run_id, ck.label, path, {"kind": "checkpoint", "step": step, "tune": label,
+                                                      "method": cfg.method, "start": start.ref})
+
+    trainer.add_callback(MetricsRecorder(out / "metrics.jsonl", store, run_id, f"tune:{label}"))
+    trainer.add_callback(CheckpointKeeper(on_checkpoint))
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressBar(f"tune {label} ({cfg.method}/{cfg.objective})", enabled=progress))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+
+    resume = resumable_checkpoint(out / "checkpoints")
+    trainer.args.eval_on_start = bool(data.eval) and resume is None
+    if store is not None and run_id is not None and is_main:
+        store.add_event(run_id, f"tune:{label}", "tune_start", {"resume_from": str(resume) if resume else None,
+                                                                "data": data.info})
+    t0 = time.perf_counter()
+    train_out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.perf_counter() - t0
+
+    final_eval = trainer.evaluate() if data.eval else {}
+    digests = _rank_digests(trainer, state)
+
+    model_dir = out / "model"
+    if is_main:
+        tmp = out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp, model_dir)
+    barrier()
+    kind = "full" if (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file() \
+        else "adapter"
+    merged_ref = None
+    if cfg.merge and is_main:
+        if kind == "adapter":
+            base_for_merge = start.load_path
+            merged_ref = str(merge_adapter(base_for_merge, model_dir, out / "merged"))
+    barrier()
+
+    all_ckpts = [Checkpoint(checkpoint_step(p), str(p), f"{label}/checkpoint-{checkpoint_step(p)}")
+                 for p in complete_checkpoints(out / "checkpoints")]
+    history = trainer.state.log_history
+    metrics = {
+        "train_loss": train_out.training_loss,
+        "global_step": trainer.state.global_step,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "runtime_s": runtime,
+        "tokens_per_s": (trainer.state.num_input_tokens_seen / runtime) if runtime > 0 and resume is None else None,
+        "resumed_from": str(resume) if resume else None,
+        "eval_loss_start": next((h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0), None),
+        "eval_loss": final_eval.get("eval_loss"),
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "processes": state.num_processes,
+        "rank_param_digests": digests,
+        "data": data.info,
+    }
+    if device == "cuda":
+        import torch
+
+        metrics["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+    lineage_out = list(lineage or [{"label": "base", "ref": cfg.model}])
+    lineage_out.append({"label": label, "ref": str(model_dir), "kind": kind, "method": cfg.method,
+                        "objective": cfg.objective, "data": cfg.data, "start": start.ref,
+                        "merged": merged_ref})
+    result = TuneResult(name=cfg.label(), model_ref=str(model_dir), kind=kind, start_ref=start.ref,
+                        checkpoints=all_ckpts, lineage=lineage_out, metrics=metrics, out_dir=str(out),
+                        config=_cfg_json(cfg), merged_ref=merged_ref, label=label)
+    if is_main:
+        write_json_atomic(out / TUNE_JSON, result.to_json())
+        if store is not None and run_id is not None:
+            _register_all(store, run_id, result)
+            store.add_event(run_id, f"tune:{label}", "tune_done", {k: v for k, v in metrics.items()
+                                                                   if k not in ("loss_curve", "eval_curve")})
+    barrier()
+    del trainer, model
+    with contextlib.suppress(Exception):
+        import gc
+
+        gc.collect()
+    return result
+
+
+def _cfg_json(cfg: TuneConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def _rank_digests(trainer: Any, state: Any) -> list[str]:
+    """sha256 of the trainable weights on every process (DDP must leave them identical)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    model = trainer.model
+    for name, p in sorted(model.named_parameters(), key=lambda x: x[0]):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    mine = h.hexdigest()
+    if state.num_processes <= 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    digests = list(gather_object([mine]))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP processes ended with different weights: {digests}")
+    return digests
+
+
+def _register(store: Any, run_id: str, label: str, path: Path, info: dict[str, Any]) -> None:
+    from aftertune.sources import fingerprint, resolve_model
+
+    try:
+        fp = fingerprint(resolve_model(str(path), progress=False))
+    except (UserError, ValueError, OSError):
+        fp = ""
+    store.add_model(run_id, label, str(path), fp, info)
+
+
+def _register_all(store: Any, run_id: str, result: TuneResult) -> None:
+    for ck in result.checkpoints:
+        _register(store, run_id, ck.label, Path(ck.path), {"kind": "checkpoint", "step": ck.step,
+                                                           "tune": result.label, "method": result.config["method"]})
+    _register(store, run_id, result.label, Path(result.model_ref),
+              {"kind": result.kind, "tune": result.label, "method": result.config["method"],
+               "lineage": result.lineage, "merged": result.merged_ref})
+
+
+def total_steps(n_examples: int, cfg: TuneConfig, world: int = 1) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum * cfg.epochs))

@@ -1,0 +1,88 @@
+"""TRL's trainers with two changes: a seeded length-grouped sampler, and nothing else.
+
+`LengthGroupedBatches` puts examples of similar length in the same batch, so a batch is
+padded to a length close to every member's (the usual `group_by_length`). Unlike
+transformers' `LengthGroupedSampler` it draws from its own generator seeded by (seed,
+epoch) instead of the global RNG, so a resumed run sees exactly the batches an
+uninterrupted one would have seen, and every DDP process computes the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+from trl import DPOTrainer, SFTTrainer
+
+
+class LengthGroupedBatches(Sampler[int]):
+    """Indices such that each consecutive run of `batch_size` holds examples of similar length.
+
+    Per epoch: a seeded permutation is cut into windows of `window` batches; each window is
+    sorted by length (longest first) and cut into batches; the full batches are shuffled
+    (seeded) and a final partial batch, if any, comes last so batch boundaries never shift.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = max(1, batch_size)
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.lengths)
+        perm = torch.randperm(n, generator=g).tolist()
+        span = self.batch_size * self.window
+        full: list[list[int]] = []
+        rest: list[int] = []
+        for start in range(0, n, span):
+            chunk = sorted(perm[start:start + span], key=lambda i: -self.lengths[i])
+            for b in range(0, len(chunk), self.batch_size):
+                batch = chunk[b:b + self.batch_size]
+                if len(batch) == self.batch_size:
+                    full.append(batch)
+                else:
+                    rest.extend(batch)
+        order = torch.randperm(len(full), generator=g).tolist()
+        out = [full[i] for i in order]
+        rest.sort(key=lambda i: -self.lengths[i])
+        out += [rest[b:b + self.batch_size] for b in range(0, len(rest), self.batch_size)]
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch
+
+
+class _GroupedMixin:
+    """Use `LengthGroupedBatches` when `group_by_length_seeded` is set on the trainer."""
+
+    group_by_length_seeded: bool = False
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        ds = train_dataset if train_dataset is not None else self.train_dataset  # type: ignore[attr-defined]
+        if self.group_by_length_seeded and ds is not None and "input_ids" in getattr(ds, "column_names", ()):
+            lengths = [len(x) for x in ds["input_ids"]]
+            args = self.args  # type: ignore[attr-defined]
+            return LengthGroupedBatches(lengths, args.per_device_train_batch_size,
+                                        args.data_seed if args.data_seed is not None else args.seed)
+        return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
+
+
+class AftertuneSFTTrainer(_GroupedMixin, SFTTrainer):
+    pass
+
+
+class AftertuneDPOTrainer(_GroupedMixin, DPOTrainer):
+    pass
