@@ -175,11 +175,24 @@ def test_contamination_overlaps_and_cache(monkeypatch):
     found = contamination.find_overlaps(ws, ws, indexes)
     assert [(o.row, o.item_id, o.how) for o in found] == [
         (0, "longqa/0", "13-gram"), (1, "longqa/1", "contains item"), (2, "longqa/2", "same text")]
-    # the index is cached on disk, keyed by the items' text: a second load does not rebuild it
+    # the index is cached on disk: a second scan neither loads the items nor rebuilds it
     monkeypatch.setattr(contamination.SuiteIndex, "build", classmethod(lambda *a, **k: pytest.fail("rebuilt")))
     again, _ = contamination.load_suite_indexes([suite])
-    assert again[0].data_hash == indexes[0].data_hash
+    assert suite.loads == 1 and again[0].key == indexes[0].key
     assert contamination.find_overlaps(ws, ws, again) == found
+
+
+def test_contamination_cache_follows_user_files(tmp_path):
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("one\n")
+    suite = _Suite(_items())
+    suite.options = {"data": str(data)}
+    contamination.load_suite_indexes([suite])
+    contamination.load_suite_indexes([suite])
+    assert suite.loads == 1
+    data.write_text("one two\n")  # the user's file changed: its size and mtime are in the key
+    contamination.load_suite_indexes([suite])
+    assert suite.loads == 2
 
 
 def test_unloadable_suite_is_skipped_with_a_note():

@@ -8,28 +8,39 @@ the row's user text equals the item text (3–7 words). N-grams that occur in
 more than 5% of a suite's items (and in more than 10) are template text, not
 content, and are ignored.
 
-Every string in `Item.data` (nested dicts and lists included) with at least
-three words is an item text. A suite's index is cached on disk under
-`cache_dir("scan")/contamination/`, keyed by the hash of its item texts, so it
-is rebuilt only when the suite's data changes.
+Every string in `Item.data` (nested dicts, lists and dataclasses included)
+with at least three words is an item text.
+
+Each suite's index is cached on disk under `cache_dir("scan")/contamination/`.
+The key stands for the suite's data without loading it: the suite's name and
+options, the sha256 of the suites' code, the sha256 pins of every packaged
+data set (packaged data is only ever read from those pinned wheels), and the
+size and modification time of any user file named in the options. Loading a
+large suite's items takes seconds; a cached index loads in milliseconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aftertune import paths
-from aftertune.fileio import atomic_path, canonical_json, sha256_text
-from aftertune.scan.text import ngram_hashes, text_hash, word_hashes, words
+from aftertune.fileio import atomic_path, canonical_json, sha256_file
+from aftertune.scan.text import Encoded, encode, text_hash, words
 
 N = 13
 MIN_CONTAINED = 8
 MIN_EXACT = 3
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 def item_texts(data: Any) -> list[str]:
@@ -38,7 +49,7 @@ def item_texts(data: Any) -> list[str]:
 
     def walk(v: Any) -> None:
         if isinstance(v, str):
-            if len(v.split()) >= MIN_EXACT:
+            if v.count(" ") >= MIN_EXACT - 1 and len(v.split()) >= MIN_EXACT:
                 out.append(v)
         elif isinstance(v, dict):
             for x in v.values():
@@ -46,6 +57,9 @@ def item_texts(data: Any) -> list[str]:
         elif isinstance(v, (list, tuple)):
             for x in v:
                 walk(x)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name))
 
     walk(data)
     return out
@@ -53,68 +67,73 @@ def item_texts(data: Any) -> list[str]:
 
 @dataclass
 class SuiteIndex:
-    """One suite's n-gram index: sorted hashes and, aligned, the index of the item they came from."""
+    """One suite's n-gram index: for each n-gram length, sorted hashes and the item each came from."""
 
     suite: str
-    data_hash: str
+    key: str
     item_ids: list[str]
-    grams: dict[int, tuple[np.ndarray, np.ndarray]]  # n-gram length → (sorted hashes, item positions)
+    grams: dict[int, tuple[np.ndarray, np.ndarray]]  # n → (sorted unique hashes, item position)
     exact: dict[str, int]  # normalised text hash → item position
 
     @classmethod
-    def build(cls, suite: str, data_hash: str, items: Sequence[tuple[str, list[str]]]) -> SuiteIndex:
-        per_len: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    def build(cls, suite: str, key: str, items: Sequence[Any]) -> SuiteIndex:
+        texts: list[list[str]] = []
+        owner: list[int] = []
+        for pos, it in enumerate(items):
+            for t in item_texts(it.data):
+                ws = words(t)
+                if len(ws) >= MIN_EXACT:
+                    texts.append(ws)
+                    owner.append(pos)
+        owners = np.asarray(owner, dtype=np.int64)
         exact: dict[str, int] = {}
-        for pos, (_, texts) in enumerate(items):
-            for text in texts:
-                ws = words(text)
-                if len(ws) < MIN_EXACT:
-                    continue
-                exact.setdefault(text_hash(ws), pos)
-                if len(ws) < MIN_CONTAINED:
-                    continue
-                n = min(len(ws), N)
-                h = np.unique(ngram_hashes(word_hashes(ws), n))
-                hs, owners = per_len.setdefault(n, ([], []))
-                hs.append(h)
-                owners.append(np.full(len(h), pos, dtype=np.int64))
+        for ws, pos in zip(texts, owner, strict=True):
+            exact.setdefault(text_hash(ws), pos)
+        enc = encode(texts)
         grams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        n_items = max(len(items), 1)
-        for n, (hs, owners) in per_len.items():
-            h, o = np.concatenate(hs), np.concatenate(owners)
-            # drop template n-grams: present in >5% of items and in >10 of them
-            uniq, inverse = np.unique(h, return_inverse=True)
-            pair = np.unique(np.stack([inverse, o]), axis=1)  # (gram, item) pairs, each once
-            item_counts = np.bincount(pair[0], minlength=len(uniq))
-            keep = ~((item_counts > 10) & (item_counts > 0.05 * n_items))
-            first = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
-            np.minimum.at(first, inverse, o)  # the first item that holds each gram
-            grams[n] = (uniq[keep], first[keep])
-        return cls(suite, data_hash, [i for i, _ in items], grams, exact)
+        for n in range(MIN_CONTAINED, N + 1):
+            h, doc, _ = enc.ngrams(n)
+            if n < N:  # a shorter item counts only whole: its single n-gram, n = its length
+                keep = enc.lengths[doc] == n
+                h, doc = h[keep], doc[keep]
+            if len(h):
+                grams[n] = _drop_templates(h, owners[doc], max(len(items), 1))
+        return cls(suite, key, [it.id for it in items], grams, exact)
 
-    def save(self, path: Any) -> None:
-        arrays = {"item_ids": np.array(self.item_ids, dtype=object)}
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {"item_ids": np.array(self.item_ids, dtype=str)}
         for n, (h, o) in self.grams.items():
             arrays[f"h{n}"], arrays[f"o{n}"] = h, o
         ex = sorted(self.exact.items())
-        arrays["exact_keys"] = np.array([k for k, _ in ex], dtype=object)
+        arrays["exact_keys"] = np.array([k for k, _ in ex], dtype=str)
         arrays["exact_pos"] = np.array([p for _, p in ex], dtype=np.int64)
-        arrays["meta"] = np.array([self.suite, self.data_hash, str(INDEX_FORMAT)], dtype=object)
+        arrays["meta"] = np.array([self.suite, self.key, str(INDEX_FORMAT)], dtype=str)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
     @classmethod
-    def load(cls, path: Any) -> SuiteIndex | None:
+    def load(cls, path: Path) -> SuiteIndex | None:
         try:
-            with np.load(path, allow_pickle=True) as z:
-                suite, data_hash, fmt = (str(x) for x in z["meta"])
+            with np.load(path, allow_pickle=False) as z:
+                suite, key, fmt = (str(x) for x in z["meta"])
                 if fmt != str(INDEX_FORMAT):
                     return None
-                grams = {int(k[1:]): (z[k], z["o" + k[1:]]) for k in z.files if k.startswith("h") and k[1:].isdigit()}
-                exact = dict(zip((str(k) for k in z["exact_keys"]), (int(p) for p in z["exact_pos"]), strict=True))
-                return cls(suite, data_hash, [str(i) for i in z["item_ids"]], grams, exact)
+                grams = {int(k[1:]): (z[k], z["o" + k[1:]]) for k in z.files if k[0] == "h" and k[1:].isdigit()}
+                exact = dict(zip(z["exact_keys"].tolist(), z["exact_pos"].tolist(), strict=True))
+                return cls(suite, key, z["item_ids"].tolist(), grams, exact)
         except (OSError, ValueError, KeyError):
             return None
+
+
+def _drop_templates(h: np.ndarray, item: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique n-gram hashes with their first item, without template n-grams (>5% of items and >10)."""
+    uniq, inverse = np.unique(h, return_inverse=True)
+    pairs = np.unique(inverse.astype(np.int64) * np.int64(n_items) + item)  # each (gram, item) once
+    items_per_gram = np.bincount(pairs // n_items, minlength=len(uniq))
+    keep = ~((items_per_gram > 10) & (items_per_gram > 0.05 * n_items))
+    first = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, inverse, item)
+    return uniq[keep], first[keep]
 
 
 @dataclass(frozen=True)
@@ -126,16 +145,51 @@ class Overlap:
     text: str  # the overlapping words, from the row
 
 
-def suite_index(suite_name: str, items: Iterable[Any]) -> SuiteIndex:
-    """The index of a suite's items, from the on-disk cache when its data is unchanged."""
-    pairs = [(it.id, item_texts(it.data)) for it in items]
-    data_hash = sha256_text(canonical_json(pairs))
-    path = paths.cache_dir("scan") / "contamination" / f"{suite_name}-{data_hash[:24]}.npz"
+_CODE_HASH: dict[str, str] = {}
+
+
+def _code_hash(suite: Any) -> str:
+    """sha256 over the suites package's code and the module defining `suite`."""
+    import aftertune.suites as pkg
+
+    files = sorted(Path(pkg.__file__).parent.glob("*.py"))
+    with contextlib.suppress(TypeError, OSError):
+        files.append(Path(inspect.getfile(type(suite))))
+    h = hashlib.sha256()
+    for f in files:
+        key = str(f)
+        if key not in _CODE_HASH:
+            _CODE_HASH[key] = sha256_file(f)
+        h.update(_CODE_HASH[key].encode())
+    return h.hexdigest()
+
+
+def index_key(name: str, suite: Any) -> str:
+    """What a suite's items depend on (see the module docstring), hashed."""
+    from aftertune.sources.catalog import DATASETS
+
+    options = getattr(suite, "options", {}) or {}
+    files = {}
+    for v in options.values():
+        if isinstance(v, (str, os.PathLike)) and os.path.isfile(v):
+            st = os.stat(v)
+            files[str(v)] = [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(canonical_json({
+        "suite": name, "class": type(suite).__qualname__, "options": {k: str(v) for k, v in options.items()},
+        "code": _code_hash(suite), "pins": [[e.name, [p.sha256 for p in e.obj.packages]] for e in DATASETS],
+        "files": files, "format": INDEX_FORMAT,
+    }).encode()).hexdigest()
+
+
+def suite_index(name: str, suite: Any) -> SuiteIndex:
+    """A suite's index, from the on-disk cache when its key is unchanged (else built from its items)."""
+    key = index_key(name, suite)
+    path = paths.cache_dir("scan") / "contamination" / f"{name}-{key[:24]}.npz"
     if path.is_file():
         cached = SuiteIndex.load(path)
-        if cached is not None and cached.data_hash == data_hash:
+        if cached is not None and cached.key == key:
             return cached
-    index = SuiteIndex.build(suite_name, data_hash, pairs)
+    index = SuiteIndex.build(name, key, suite.load_items())
     index.save(path)
     return index
 
@@ -162,7 +216,7 @@ def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteI
         name = s if isinstance(s, str) else getattr(s, "name", type(s).__name__)
         try:
             suite = SUITES.get(s)() if isinstance(s, str) else s
-            indexes.append(suite_index(name, suite.load_items()))
+            indexes.append(suite_index(name, suite))
         except (UserError, OSError, ValueError, KeyError, ImportError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             notes.append(f"contamination: suite {name!r} skipped ({msg})")
@@ -171,33 +225,32 @@ def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteI
 
 def find_overlaps(row_words: Sequence[Sequence[str]], user_words: Sequence[Sequence[str]],
                   indexes: Sequence[SuiteIndex]) -> list[Overlap]:
-    """The first overlap found for each contaminated row."""
+    """The first overlap found for each contaminated row (longest n-grams first)."""
     found: dict[int, Overlap] = {}
-    hashes = [word_hashes(ws) for ws in row_words]
-    lengths = sorted({n for ix in indexes for n in ix.grams}, reverse=True)
-    for n in lengths:
-        per_row = [ngram_hashes(h, n) for h in hashes]
-        counts = np.array([len(g) for g in per_row])
-        if counts.sum() == 0:
+    enc: Encoded = encode(row_words)
+    for n in sorted({n for ix in indexes for n in ix.grams}, reverse=True):
+        grams, owner, pos = enc.ngrams(n)
+        if not len(grams):
             continue
-        flat = np.concatenate(per_row)
-        owner_row = np.repeat(np.arange(len(per_row)), counts)
-        start_of = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # sorted, distinct queries: numpy's binary search narrows from the previous key, so this is far faster
+        uniq, inverse = np.unique(grams, return_inverse=True)
         for ix in indexes:
-            if n not in ix.grams:
+            if n not in ix.grams or not len(ix.grams[n][0]):
                 continue
-            ref, ref_items = ix.grams[n]
-            pos = np.searchsorted(ref, flat)
-            pos[pos >= len(ref)] = 0
-            hit = np.nonzero(ref[pos] == flat)[0] if len(ref) else np.empty(0, dtype=np.int64)
-            for k in hit:
-                row = int(owner_row[k])
-                if row in found:
-                    continue
-                offset = int(k - start_of[row])
-                how = f"{N}-gram" if n == N else "contains item"
-                found[row] = Overlap(row, ix.suite, ix.item_ids[int(ref_items[pos[k]])], how,
-                                     " ".join(row_words[row][offset : offset + n]))
+            ref, ref_item = ix.grams[n]
+            at_u = np.searchsorted(ref, uniq)
+            at_u[at_u >= len(ref)] = 0
+            hit = np.nonzero((ref[at_u] == uniq)[inverse])[0]
+            if not len(hit):
+                continue
+            at = at_u[inverse]
+            rows, first = np.unique(owner[hit], return_index=True)  # the first hit in each row
+            for row, k in zip(rows.tolist(), hit[first].tolist(), strict=True):
+                if row not in found:
+                    p = int(pos[k])
+                    found[row] = Overlap(row, ix.suite, ix.item_ids[int(ref_item[at[k]])],
+                                         f"{N}-gram" if n == N else "contains item",
+                                         " ".join(row_words[row][p : p + n]))
     for row, ws in enumerate(user_words):
         if row in found or len(ws) < MIN_EXACT:
             continue
