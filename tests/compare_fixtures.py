@@ -67,7 +67,7 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
         for step, frac in ((20, 0.33), (40, 0.66)):
             store.add_model(run_id, f"checkpoint-{step}", f"out/checkpoint-{step}", f"fp-ck{step}", {"step": step})
             labels[f"checkpoint-{step}"] = frac
-    cats = ["violence", "fraud", "self-harm"]
+    cats = ["violence", "fraud", "self-harm $x$ <i>"]  # "$": no mathtext in plots; "<i>": escaped in HTML
     u_safety = rng.random(n_safety)
     u_cap = rng.random(200)
     tox = rng.beta(1, 8, size=80)

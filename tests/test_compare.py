@@ -40,7 +40,7 @@ def test_roles_and_shape(results):
     assert {s["name"] for s in results["suites"]} == {"t_safety", "t_capability", "t_toxicity"}
     # a row per compared model, suite, metric and category (plus "all")
     cats = {r["category"] for r in results["comparisons"] if r["suite"] == "t_safety"}
-    assert cats == {"all", "violence", "fraud", "self-harm"}
+    assert cats == {"all", "violence", "fraud", "self-harm $x$ <i>"}
     assert not [r for r in results["comparisons"] if r["model"] == "base"]
 
 
@@ -278,3 +278,17 @@ def test_slow_aggregates_get_fewer_draws(store, monkeypatch):
     slow = _row(compare_run(store, run_id), "tuned", "t_toxicity", "worst")
     assert (slow["resamples"], slow["permutations"]) == (200, 199)
     assert _row(compare_run(store, run_id), "tuned", "t_safety", "compliance_rate")["resamples"] is None
+
+
+def test_unscored_metric_is_reported_as_such(store):
+    run_id = store.create_run("audit", "no judge", {})
+    recs = [Record(m, "t_toxicity", f"x{i}", "all", chat("q"), "r", {"toxicity": None, "toxic": float(i % 2),
+                                                                    "worst": None}, {})
+            for m in ("base", "tuned") for i in range(10)]
+    store.put_records(run_id, recs)
+    res = compare_run(store, run_id)
+    row = _row(res, "tuned", "t_toxicity", "toxicity")
+    assert row["n"] == 0 and row["value"] is None and row["p_adjusted"] is None and row["change"] == "none"
+    assert res["verdict"]["not_scored"] == ["t_toxicity.toxicity", "t_toxicity.worst"]
+    assert res["verdict"]["unchanged"] == ["t_toxicity.toxic"]
+    assert res["verdict"]["headline"] == "tuned vs base: no significant change on any of 1 metric"

@@ -67,6 +67,7 @@ def test_html_escapes_model_output(report):
     assert str(markupsafe.escape(XSS_SCRIPT)) in text and str(markupsafe.escape(XSS_IMG)) in text
     assert "<img src=x" not in text
     assert "&lt;b&gt;bold&lt;/b&gt;" in text  # prompts are escaped too
+    assert "self-harm $x$ &lt;i&gt;" in text and "<i>" not in text  # and categories
     assert text.count("<script>") == 1  # only the sorting script
 
 

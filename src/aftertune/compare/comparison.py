@@ -135,12 +135,27 @@ def prompt_text(request: dict[str, Any]) -> str:
     return json.dumps(request, ensure_ascii=False, sort_keys=True)[:4000]
 
 
+def _choice(request: dict[str, Any], value: Any) -> str:
+    """A predicted/gold choice index shown as its continuation text when the request lists them."""
+    options = request.get("continuations") or request.get("choices")
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(options, list) \
+            and 0 <= value < len(options):
+        return f"{value} = {str(options[value]).strip()!r}"
+    if isinstance(value, list):
+        return ", ".join(_choice(request, v) for v in value)
+    return str(value)
+
+
 def _response_text(rec: Record) -> str:
+    """The response, or for log-likelihood suites (no text) the recorded prediction and gold answer."""
     if rec.response:
         return rec.response
     for key in ("prediction", "pred", "choice", "answer"):
         if key in rec.details:
-            return f"({key}: {rec.details[key]})"
+            text = f"({key}: {_choice(rec.request, rec.details[key])}"
+            if "gold" in rec.details:
+                text += f"; gold: {_choice(rec.request, rec.details['gold'])}"
+            return text + ")"
     return ""
 
 
@@ -429,6 +444,8 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                 cats = [OVERALL] + (categories if len(categories) > 1 else [])
                 for cat in cats:
                     sel = pairs if cat == OVERALL else [(a, b) for a, b in pairs if a.category == cat]
+                    if not sel and cat != OVERALL:
+                        continue  # the metric does not apply to this category (e.g. a sub-benchmark's own score)
                     row = {"model": label, "reference": reference, "suite": suite_name, "metric": metric.name,
                            "category": cat, "kind": kind, "direction": metric.direction, "n": len(sel),
                            "family": "overall" if cat == OVERALL else "category"}
@@ -492,9 +509,10 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
         "protocol": _protocol(store, run, models, records, by_suite),
         "warnings": warnings,
     }
+    results = _clean(results)
     results["verdict"] = build_verdict(results)
-    results["protocol"]["timings"].append({"step": "compare", "seconds": time.time() - started})
-    return _clean(results)
+    results["protocol"]["timings"].append({"step": "compare", "seconds": round(time.time() - started, 3)})
+    return results
 
 
 def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
@@ -712,22 +730,29 @@ def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
     if primary is None:
         return {"model": None, "reference": reference, "status": "single",
                 "headline": f"{reference} alone: no second model to compare with",
-                "worse": [], "better": [], "unchanged": [], "worse_categories": [],
+                "worse": [], "better": [], "unchanged": [], "not_scored": [], "worse_categories": [],
                 "note": f"values with {conf}% intervals; audit another model into this run, or compare runs "
                         "with `aftertune compare RUN_A RUN_B`"}
     overall = [r for r in results["comparisons"] if r["model"] == primary and r["category"] == OVERALL]
     worse = sorted((r for r in overall if r["change"] == "worse"), key=lambda r: r["p_adjusted"])
     better = sorted((r for r in overall if r["change"] == "better"), key=lambda r: r["p_adjusted"])
-    same = [r for r in overall if r["change"] == "none"]
+
+    def has_values(r: dict[str, Any]) -> bool:
+        return r["n"] > 0 and r["value"] is not None and r["reference_value"] is not None
+
+    same = [r for r in overall if r["change"] == "none" and has_values(r)]
+    not_scored = [f"{r['suite']}.{r['metric']}" for r in overall if not has_values(r)]
+    scored = len(overall) - len(not_scored)
+    metrics = "metric" if scored == 1 else "metrics"
     worse_cats = [r for r in results["comparisons"]
                   if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]
     head = f"{primary} vs {reference}: "
     if worse:
-        head += f"worse on {len(worse)} of {len(overall)} metrics"
+        head += f"worse on {len(worse)} of {scored} {metrics}"
     elif better:
-        head += f"no metric got worse; better on {len(better)} of {len(overall)}"
+        head += f"no metric got worse; better on {len(better)} of {scored}"
     else:
-        head += f"no significant change on any of {len(overall)} metrics"
+        head += f"no significant change on any of {scored} {metrics}"
     if worse and better:
         head += f", better on {len(better)}"
     status = "worse" if worse else "better" if better else "unchanged"
@@ -739,6 +764,7 @@ def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
         "worse": [describe_row(r, results["settings"]["confidence"]) for r in worse],
         "better": [describe_row(r, results["settings"]["confidence"]) for r in better],
         "unchanged": [f"{r['suite']}.{r['metric']}" for r in same],
+        "not_scored": not_scored,
         "worse_categories": [describe_row(r, results["settings"]["confidence"]) for r in worse_cats],
         "note": (f"intervals are {conf}% intervals; a change counts when its Holm-adjusted p-value is below "
                  f"{results['settings']['alpha']}"),

@@ -51,7 +51,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         out.append(
             f"| {_cell(r['suite'])}.{_cell(r['metric'])} | {r['n']} | {fmt_value(r['reference_value'], k)} | "
             f"{fmt_value(r['value'], k)} | {fmt_delta(r['delta'], k)} ({fmt_ci(lo, hi, k)}) | "
-            f"{ratio} | {fmt_p(r.get('p_adjusted'))} | {_MARK[r['change']]} |"
+            f"{ratio} | {fmt_p(r.get('p_adjusted'))} | {_MARK[r['change']] if r['n'] else 'not scored'} |"
         )
     cats = [r for r in results["comparisons"]
             if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]

@@ -8,9 +8,10 @@ opens from disk with no network.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 REFERENCE_COLOR = "#9aa4b2"
@@ -19,6 +20,19 @@ WORSE_COLOR = "#dc2626"
 BETTER_COLOR = "#16a34a"
 NEUTRAL_COLOR = "#475569"
 PALETTE = ["#9aa4b2", "#2563eb", "#f59e0b", "#7c3aed", "#0d9488", "#db2777", "#65a30d", "#0891b2"]
+
+
+def _plain_text(fn: Callable[..., str | None]) -> Callable[..., str | None]:
+    """Draw with mathtext off: a "$" in a category or label is shown, not parsed (no global rc change)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> str | None:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _figure(width: float, height: float, *, left_chars: int = 6, title: bool = False) -> Any:
@@ -59,6 +73,7 @@ def _err(values: Sequence[Any], cis: Sequence[Sequence[Any]]) -> list[list[float
     return [lo, hi]
 
 
+@_plain_text
 def forest(rows: Sequence[dict[str, Any]]) -> str | None:
     """Changes of binary metrics (percentage points) with intervals, one line per suite.metric."""
     rows = [r for r in rows if r["kind"] == "binary" and r["delta"] is not None]
@@ -80,6 +95,7 @@ def forest(rows: Sequence[dict[str, Any]]) -> str | None:
     return _data_uri(fig)
 
 
+@_plain_text
 def category_bars(rows: Sequence[dict[str, Any]]) -> str | None:
     """Reference vs model per category (harm category, task, ...) with intervals."""
     rows = [r for r in rows if r["value"] is not None]
@@ -108,6 +124,7 @@ def category_bars(rows: Sequence[dict[str, Any]]) -> str | None:
     return _data_uri(fig)
 
 
+@_plain_text
 def distribution(dist: dict[str, Any]) -> str | None:
     """Overlaid histograms of a per-item score (e.g. toxicity), one line per model."""
     edges = dist["bin_edges"]
@@ -126,6 +143,7 @@ def distribution(dist: dict[str, Any]) -> str | None:
     return _data_uri(fig)
 
 
+@_plain_text
 def checkpoint_curve(curve: dict[str, Any]) -> str | None:
     """A metric over training steps with its interval band."""
     pts = curve["points"]
@@ -146,6 +164,7 @@ def checkpoint_curve(curve: dict[str, Any]) -> str | None:
     return _data_uri(fig)
 
 
+@_plain_text
 def training_loss(metrics: Sequence[dict[str, Any]]) -> str | None:
     """Training (and eval) loss over steps, from the run's train_metrics events."""
     pts = [m for m in metrics if m.get("step") is not None]
