@@ -446,45 +446,13 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                     sel = pairs if cat == OVERALL else [(a, b) for a, b in pairs if a.category == cat]
                     if not sel and cat != OVERALL:
                         continue  # the metric does not apply to this category (e.g. a sub-benchmark's own score)
-                    row = {"model": label, "reference": reference, "suite": suite_name, "metric": metric.name,
-                           "category": cat, "kind": kind, "direction": metric.direction, "n": len(sel),
-                           "family": "overall" if cat == OVERALL else "category"}
-                    if not sel:
-                        row.update({"reference_value": None, "value": None, "reference_value_ci": [None, None],
-                                    "value_ci": [None, None], "delta": None, "delta_ci": [None, None],
-                                    "ratio": None, "ratio_ci": [None, None], "p_value": None, "test": None,
-                                    "ci_method": None, "ratio_ci_method": None, "counts": None,
-                                    "resamples": None, "permutations": None})
-                    elif kind == "binary" and not generic:
-                        row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
-                                                  [float(b.scores[metric.name]) for _, b in sel],
-                                                  settings.confidence))
-                    else:
-                        ref_vals = [a.scores if generic else float(a.scores[metric.name]) for a, _ in sel]
-                        new_vals = [b.scores if generic else float(b.scores[metric.name]) for _, b in sel]
-                        row.update(_paired_score(ref_vals, new_vals, statistic, settings,
-                                                 _row_seed(settings.seed, suite_name, metric.name, label, cat)))
-                    rows.append(row)
-                # flipped items (binary metrics), except for checkpoints, whose flips would swamp the list
+                    rows.append(_comparison_row(sel, label, reference, suite_name, metric, cat, kind, statistic,
+                                                settings))
                 if kind == "binary" and not generic:
-                    worse_when = 0.0 if metric.direction == "higher" else 1.0
-                    changed = [(a, b) for a, b in pairs if a.scores[metric.name] != b.scores[metric.name]]
-                    n_reg = sum(1 for _, b in changed if float(b.scores[metric.name]) == worse_when)
-                    flip_counts.append({"model": label, "suite": suite_name, "metric": metric.name,
-                                        "regressed": n_reg, "improved": len(changed) - n_reg})
-                    if label in checkpoint_models:
-                        continue
-                    changed.sort(key=lambda p: (p[0].category, p[0].item_id))
-                    for a, b in changed[:_FLIP_LIMIT]:
-                        nv = float(b.scores[metric.name])
-                        flips.append({
-                            "model": label, "reference": reference, "suite": suite_name, "metric": metric.name,
-                            "item_id": a.item_id, "category": a.category,
-                            "change": "regressed" if nv == worse_when else "improved",
-                            "reference_value": float(a.scores[metric.name]), "value": nv,
-                            "prompt": prompt_text(a.request),
-                            "reference_response": _response_text(a), "response": _response_text(b),
-                        })
+                    count, listed = _flips(pairs, label, reference, suite_name, metric)
+                    flip_counts.append(count)
+                    if label not in checkpoint_models:  # checkpoints' flips would swamp the list
+                        flips.extend(listed)
             if kind == "score" and not generic:
                 distributions.append(_distribution(suite_name, metric.name, per_model, labels, checkpoint_models))
         suites_out.append(suite_out)
@@ -513,6 +481,53 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
     results["verdict"] = build_verdict(results)
     results["protocol"]["timings"].append({"step": "compare", "seconds": round(time.time() - started, 3)})
     return results
+
+
+def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str, suite: str, metric: _MetricSpec,
+                    category: str, kind: str, statistic: Callable[[Sequence[Any]], float] | None,
+                    settings: Settings) -> dict[str, Any]:
+    """One row of `comparisons`: `label` vs `reference` on the paired records `sel`."""
+    row: dict[str, Any] = {"model": label, "reference": reference, "suite": suite, "metric": metric.name,
+                           "category": category, "kind": kind, "direction": metric.direction, "n": len(sel),
+                           "family": "overall" if category == OVERALL else "category"}
+    if not sel:
+        row.update({"reference_value": None, "value": None, "reference_value_ci": [None, None],
+                    "value_ci": [None, None], "delta": None, "delta_ci": [None, None],
+                    "ratio": None, "ratio_ci": [None, None], "p_value": None, "test": None,
+                    "ci_method": None, "ratio_ci_method": None, "counts": None,
+                    "resamples": None, "permutations": None})
+    elif statistic is None and kind == "binary":
+        row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
+                                  [float(b.scores[metric.name]) for _, b in sel], settings.confidence))
+    else:
+        ref_vals = [a.scores if statistic else float(a.scores[metric.name]) for a, _ in sel]
+        new_vals = [b.scores if statistic else float(b.scores[metric.name]) for _, b in sel]
+        row.update(_paired_score(ref_vals, new_vals, statistic, settings,
+                                 _row_seed(settings.seed, suite, metric.name, label, category)))
+    return row
+
+
+def _flips(pairs: list[tuple[Record, Record]], label: str, reference: str, suite: str,
+           metric: _MetricSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(counts, listed items) of the pairs whose binary outcome differs, sorted by category then item."""
+    worse_when = 0.0 if metric.direction == "higher" else 1.0
+    changed = [(a, b) for a, b in pairs if a.scores[metric.name] != b.scores[metric.name]]
+    n_reg = sum(1 for _, b in changed if float(b.scores[metric.name]) == worse_when)
+    count = {"model": label, "suite": suite, "metric": metric.name, "regressed": n_reg,
+             "improved": len(changed) - n_reg}
+    changed.sort(key=lambda p: (p[0].category, p[0].item_id))
+    listed = []
+    for a, b in changed[:_FLIP_LIMIT]:
+        nv = float(b.scores[metric.name])
+        listed.append({
+            "model": label, "reference": reference, "suite": suite, "metric": metric.name,
+            "item_id": a.item_id, "category": a.category,
+            "change": "regressed" if nv == worse_when else "improved",
+            "reference_value": float(a.scores[metric.name]), "value": nv,
+            "prompt": prompt_text(a.request),
+            "reference_response": _response_text(a), "response": _response_text(b),
+        })
+    return count, listed
 
 
 def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
