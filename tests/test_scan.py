@@ -41,16 +41,16 @@ def _planted_set() -> tuple[list[dict], dict[str, int]]:
     rows = benign_rows(200, seed=7)
     where: dict[str, int] = {}
     for name, row, _, _ in PLANTED:
-        where[name] = len(rows)
         rows.append(row)
-    where["exact dup"] = len(rows)
+        where[name] = len(rows)  # rows are numbered from 1, as in training errors
     rows.append({"instruction": rows[3]["instruction"].upper(), "output": "  " + rows[3]["output"]})  # case/space only
-    where["near dup"] = len(rows)
+    where["exact dup"] = len(rows)
     near = dict(rows[11])
     near["output"] = near["output"].replace(".", "!", 1) + " Thanks for asking."
     rows.append(near)
-    where["contamination"] = len(rows)
+    where["near dup"] = len(rows)
     rows.append({"instruction": f"Answer briefly: {EVAL_QUESTION}", "output": "Venus."})
+    where["contamination"] = len(rows)
     return rows, where
 
 
@@ -79,7 +79,7 @@ def test_planted_row_is_flagged_with_its_kind(planted_report, name):
 
 def test_no_clean_row_is_flagged(planted_report):
     report, _, n_clean = planted_report
-    clean_flagged = [f for f in report.flags if f.row < n_clean]
+    clean_flagged = [f for f in report.flags if f.row <= n_clean]
     assert clean_flagged == [], [(f.row, f.kinds, f.reasons) for f in clean_flagged]
 
 
@@ -104,8 +104,8 @@ def test_reasons_name_the_evidence(planted_report):
     harmful = by_row[where["harmful+compliant"]]
     assert any("pipe bomb" in r and "similar to builtin/" in r for r in harmful.reasons)
     assert any("does not refuse" in r for r in harmful.reasons)
-    assert any("exact duplicate of row 3" in r for r in by_row[where["exact dup"]].reasons)
-    assert any("near duplicate of row 11" in r for r in by_row[where["near dup"]].reasons)
+    assert any("exact duplicate of row 4" in r for r in by_row[where["exact dup"]].reasons)
+    assert any("near duplicate of row 12" in r for r in by_row[where["near dup"]].reasons)
     assert any("tinyqa/0" in r and "13-gram" in r for r in by_row[where["contamination"]].reasons)
     aws = by_row[where["aws key"]]
     assert "AKIAQ3EGRT5Y2NBXVW7K" not in aws.excerpt and "AKIAQ3EGRT5Y2NBXVW7K" not in " ".join(aws.reasons)
@@ -126,24 +126,26 @@ def test_risk_levels():
     assert refused.risk == "medium" and refused.counts["harmful_compliance"] == 0
 
 
-def test_all_formats_are_read(tmp_path):
-    rows = [
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-        {"prompt": "p", "completion": "c"},
-        {"prompt": [{"role": "user", "content": "p2"}], "completion": [{"role": "assistant", "content": "c2"}]},
-        {"instruction": "i", "input": "x", "output": "o"},
-        {"instruction": "i", "context": "ctx", "response": "r"},
-        {"context": "ctx", "response": "r"},
-        {"prompt": "q", "chosen": "good", "rejected": "bad"},
-        {"conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}]},
-    ]
-    srows = normalise_rows(rows)
-    assert [r.user_text for r in srows] == ["hi", "p", "p2", "i\n\nx", "i\n\nctx", "ctx", "q", "h"]
-    assert [r.assistant_text for r in srows] == ["hello", "c", "c2", "o", "r", "r", "good", "g"]
-    assert srows[6].rejected == "bad"
+@pytest.mark.parametrize(("rows", "user", "assistant"), [
+    ([{"messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"}]}], "hi", "hello"),
+    ([{"prompt": "p", "completion": "c"}], "p", "c"),
+    ([{"prompt": [{"role": "user", "content": "p2"}], "completion": [{"role": "assistant", "content": "c2"}]}], "p2", "c2"),
+    ([{"instruction": "i", "input": "x", "output": "o"}], "i\n\nx", "o"),
+    ([{"instruction": "i", "context": "ctx", "response": "r"}], "i\n\nctx", "r"),
+    ([{"prompt": "q", "chosen": "good", "rejected": "bad"}], "q", "good"),
+])
+def test_every_training_format_is_read(rows, user, assistant):
+    (row,) = normalise_rows(rows)
+    assert (row.row, row.user_text, row.assistant_text) == (1, user, assistant)
+    assert row.rejected == ("bad" if "rejected" in rows[0] else "")
+    assert row.system == ("be kind" if "messages" in rows[0] else "")
+
+
+def test_csv_and_builtin_sets_are_read(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("instruction,output\nWhat is 2+2?,4\n", encoding="utf-8")
-    assert load_scan_rows(path)[0].assistant_text == "4"
+    assert load_scan_rows(str(path))[0].assistant_text == "4"
 
 
 def test_rejected_dpo_answer_is_scanned_for_pii():
@@ -155,10 +157,13 @@ def test_rejected_dpo_answer_is_scanned_for_pii():
 def test_bad_input_names_file_row_and_field(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"foo": 1}) + "\n")
-    with pytest.raises(UserError, match=r"train\.jsonl: row 1: field \(fields\): no recognised training fields \(found: foo\)"):
+    with pytest.raises(UserError, match=r"train\.jsonl: row 2: fields \['foo'\] do not match the alpaca format"):
         scan_file(path, judges=False, config=LEXICAL, suites=[])
     path.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
-    with pytest.raises(UserError, match=r"row 0: field messages\[0\]\.role: unknown role 'wizard'"):
+    with pytest.raises(UserError, match=r"train\.jsonl: row 1: field 'messages\[0\]\.role': 'wizard' is not one of"):
+        scan_file(path, judges=False, config=LEXICAL, suites=[])
+    path.write_text(json.dumps({"instruction": "a", "output": ""}) + "\n")
+    with pytest.raises(UserError, match=r"row 1: field 'output': empty"):
         scan_file(path, judges=False, config=LEXICAL, suites=[])
     path.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
     with pytest.raises(UserError, match=r"train\.jsonl:2: not valid JSON"):
@@ -196,9 +201,9 @@ def test_judges_are_used_when_given():
     ]
     report = scan_rows(rows, judges={"toxicity": FakeToxicity(), "refusal": FakeRefusal()}, config=LEXICAL, suites=[])
     kinds = {f.row: set(f.kinds) for f in report.flags}
-    assert kinds[0] == {"toxic"}
-    assert kinds[1] == {"harmful_request"}  # the fake refusal judge says "refuse"
-    assert kinds[2] == {"harmful_request", "harmful_compliance"}
+    assert kinds[1] == {"toxic"}
+    assert kinds[2] == {"harmful_request"}  # the fake refusal judge says "refuse"
+    assert kinds[3] == {"harmful_request", "harmful_compliance"}
     assert report.detectors["toxic"] == "judge fake-toxicity"
     assert report.detectors["harmful_compliance"] == "judge fake-refusal"
 
@@ -207,7 +212,7 @@ def test_a_failing_judge_falls_back_with_a_note():
     rows = [{"instruction": "How do I make methamphetamine in my kitchen?", "output": "I can't help with that."},
             {"instruction": "Reply", "output": "Shut up, you pathetic loser."}]
     report = scan_rows(rows, judges={"toxicity": BrokenJudge(), "refusal": BrokenJudge()}, config=LEXICAL, suites=[])
-    assert {f.row: set(f.kinds) for f in report.flags} == {0: {"harmful_request"}, 1: {"toxic"}}
+    assert {f.row: set(f.kinds) for f in report.flags} == {1: {"harmful_request"}, 2: {"toxic"}}
     assert any("toxicity judge failed" in n for n in report.notes)
     assert any("refusal judge failed" in n for n in report.notes)
 
@@ -282,5 +287,23 @@ def test_planted_examples_with_packaged_corpora_and_judges(packaged_home, monkey
         got = flagged.get(row, set())
         assert must <= got and not (must_not & got), (name, got)
     # tolerance: at most 1% of the clean rows flagged (the lexical-only scan above allows none)
-    clean = {r: k for r, k in flagged.items() if r < 200}
+    clean = {r: k for r, k in flagged.items() if r <= 200}
     assert len(clean) <= 2, clean
+
+
+@pytest.mark.parametrize(("counts", "rows", "risk"), [
+    ({"harmful_request": 1, "harmful_compliance": 1}, 200, "medium"),  # one pair in 200: maybe a false positive
+    ({"harmful_request": 3, "harmful_compliance": 3}, 5000, "high"),
+    ({"harmful_request": 1, "harmful_compliance": 1}, 50, "high"),  # 2% of a small set
+    ({"identity_shift": 1}, 10000, "high"),
+    ({"toxic": 5}, 100, "high"),
+    ({"toxic": 1}, 100, "medium"),
+    ({"near_duplicate": 9}, 100, "low"),
+    ({"near_duplicate": 10}, 100, "medium"),
+    ({"contamination": 1}, 100, "medium"),
+    ({}, 100, "low"),
+])
+def test_risk_rule(counts, rows, risk):
+    from aftertune.scan.report import assess
+
+    assert assess(counts, rows)[0] == risk

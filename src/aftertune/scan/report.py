@@ -2,12 +2,16 @@
 
 Risk level (RISK_RULE):
 
-- high: any compliant answer to a harmful request, any identity-shifting /
-  unconditional-obedience persona, or toxic text in ≥ 5% of rows. Qi et al.
-  (2023) broke a model's safety with 10 harmful pairs, and with 10 identity-
-  shifting examples containing no harmful content at all.
-- medium: any harmful request (refused), toxic text, personal data or secret,
-  contamination with an evaluation suite, or duplicates in ≥ 10% of rows.
+- high: compliant answers to harmful requests in ≥ 3 rows or ≥ 1% of rows,
+  any identity-shifting / unconditional-obedience persona, or toxic text in
+  ≥ 5% of rows. Qi et al. (2023) broke a model's safety with 10 harmful pairs,
+  and with 10 identity-shifting examples containing no harmful content at all.
+  One or two flagged pairs in a large set are as likely to be the detector's
+  false positives (about 0.1–0.5% of benign questions, benchmarks/RESULTS.md),
+  so they make the risk medium and are listed for a look.
+- medium: any other harmful request or compliant answer, toxic text, personal
+  data or secret, contamination with an evaluation suite, or duplicates in
+  ≥ 10% of rows.
 - low: none of the above (a few duplicates may remain).
 """
 
@@ -32,10 +36,12 @@ KIND_TITLES = {
     "contamination": "overlap with an evaluation suite",
 }
 RISK_RULE = (
-    "high: any compliant answer to a harmful request, any identity-shifting persona, or toxic text in >= 5% of rows; "
-    "medium: any harmful request, toxic text, personal data, contamination, or duplicates in >= 10% of rows; "
-    "low: otherwise"
+    "high: compliant answers to harmful requests in >= 3 rows or >= 1% of rows, any identity-shifting persona, "
+    "or toxic text in >= 5% of rows; medium: any other harmful request or compliant answer, toxic text, personal "
+    "data, contamination, or duplicates in >= 10% of rows; low: otherwise"
 )
+HIGH_COMPLIANCE_ROWS = 3
+HIGH_COMPLIANCE_RATE = 0.01
 HIGH_TOXIC_RATE = 0.05
 MEDIUM_DUPLICATE_RATE = 0.10
 
@@ -54,7 +60,7 @@ SUGGESTED_THRESHOLDS: dict[str, dict[str, float]] = {
 
 @dataclass
 class RowFlag:
-    row: int  # 0-based index of the example in the file
+    row: int  # 1-based position of the example in its source (as training errors number rows)
     kinds: list[str]
     reasons: list[str]
     excerpt: str  # personal data masked
@@ -169,8 +175,12 @@ def assess(counts: dict[str, int], rows: int) -> tuple[str, list[str], dict[str,
         "scan.contamination_rows": float(counts.get("contamination", 0)),
     }
     high, medium = [], []
-    if counts.get("harmful_compliance"):
-        high.append(f"{counts['harmful_compliance']} row(s) answer a harmful request compliantly")
+    complied = counts.get("harmful_compliance", 0)
+    if complied >= HIGH_COMPLIANCE_ROWS or (complied and rate(complied) >= HIGH_COMPLIANCE_RATE):
+        high.append(f"{complied} row(s) answer a harmful request compliantly")
+    elif complied:
+        medium.append(f"{complied} row(s) answer a harmful request compliantly (below the high-risk bar of "
+                      f"{HIGH_COMPLIANCE_ROWS} rows or {100 * HIGH_COMPLIANCE_RATE:.0f}%: look at them)")
     if counts.get("identity_shift"):
         high.append(f"{counts['identity_shift']} row(s) carry an identity-shifting / obedience persona")
     if rate(counts.get("toxic", 0)) >= HIGH_TOXIC_RATE:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aftertune.judges.refusal import refusal_phrase
+from aftertune.recipes.data import Example
 from aftertune.scan import contamination, duplicates, harmful, persona, pii, toxicity
 from aftertune.scan.report import KINDS, RowFlag, ScanReport, assess
 from aftertune.scan.rows import ScanRow, load_scan_rows, normalise_rows
@@ -53,11 +54,11 @@ def _windows(text: str, size: int) -> list[str]:
     return [" ".join(ws[i : i + size]) for i in range(0, max(len(ws) - 10, 1), step)]
 
 
-def scan_rows(rows: Sequence[Mapping[str, Any] | ScanRow], *, judges: bool | Mapping[str, Any] = True,
+def scan_rows(rows: Sequence[Mapping[str, Any] | Example | ScanRow], *, judges: bool | Mapping[str, Any] = True,
               config: ScanConfig | None = None, source: str = "rows",
               references: Sequence[harmful.Reference] | None = None,
               suites: Sequence[Any] | None = None) -> ScanReport:
-    """Scan training rows (any supported format, or ScanRows) and return the report.
+    """Scan training rows (raw rows in any supported format, recipes Examples, or ScanRows); return the report.
 
     `judges`: True builds the default toxicity and refusal judges (falling back to
     lexical checks, with a note, where one is unavailable); False uses lexical
@@ -76,8 +77,9 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | ScanRow], *, judges: bool | Map
         timing[name] = round(now - since, 3)
         return now
 
-    srows = [r if isinstance(r, ScanRow) else None for r in rows]
-    if any(r is None for r in srows):
+    if rows and all(isinstance(r, ScanRow) for r in rows):
+        srows: list[ScanRow] = list(rows)  # type: ignore[arg-type]
+    else:
         srows = normalise_rows(rows, source=source)  # type: ignore[arg-type]
     n = len(srows)
     kinds: list[dict[str, list[str]]] = [{} for _ in range(n)]
@@ -175,9 +177,9 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | ScanRow], *, judges: bool | Map
     # duplicates
     for d in duplicates.find_duplicates(full_words, threshold=cfg.near_duplicate):
         if d.exact:
-            flag(d.row, "exact_duplicate", f"exact duplicate of row {d.of}")
+            flag(d.row, "exact_duplicate", f"exact duplicate of row {srows[d.of].row}")
         else:
-            flag(d.row, "near_duplicate", f"near duplicate of row {d.of} (Jaccard {d.jaccard:.2f})")
+            flag(d.row, "near_duplicate", f"near duplicate of row {srows[d.of].row} (Jaccard {d.jaccard:.2f})")
     t = tick("duplicates", t)
 
     # contamination with evaluation suites
@@ -195,7 +197,7 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | ScanRow], *, judges: bool | Map
     for i, k in enumerate(kinds):
         if k:
             ordered = [kind for kind in KINDS if kind in k]
-            flags.append(RowFlag(srows[i].index, ordered, [r for kind in ordered for r in k[kind]], _excerpt(srows[i], pii_found[i])))
+            flags.append(RowFlag(srows[i].row, ordered, [r for kind in ordered for r in k[kind]], _excerpt(srows[i], pii_found[i])))
     counts = {kind: sum(1 for k in kinds if kind in k) for kind in KINDS}
     level, reasons, metrics = assess({**counts, "_flagged": len(flags)}, n)
     timing["total"] = round(time.perf_counter() - t0, 3)
@@ -244,6 +246,6 @@ def _excerpt(row: ScanRow, found: list[pii.PiiMatch]) -> str:
     return " | ".join(parts)
 
 
-def scan_file(path: str | Path, **kwargs: Any) -> ScanReport:
-    """Read a training file (any format `sources.data.read_rows` reads) and scan it."""
-    return scan_rows(load_scan_rows(path), source=str(path), **kwargs)
+def scan_file(source: str | Path, **kwargs: Any) -> ScanReport:
+    """Read a training file or built-in training set (as fine-tuning reads it) and scan it."""
+    return scan_rows(load_scan_rows(str(source)), source=str(source), **kwargs)
