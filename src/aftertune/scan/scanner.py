@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,61 +117,13 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | Example | ScanRow], *, judges: 
     judge_map = _default_judges(judges, notes)
     refs = list(references) if references is not None else _references(cfg, notes)
     detector = harmful.HarmfulRequestDetector(refs, threshold=cfg.harmful_threshold, near_copy=cfg.harmful_near_copy)
-    turn_owner: list[tuple[int, str, str]] = [(i, u, a) for i, r in enumerate(srows) for u, a in r.exchanges() if u.strip()]
-    hits = detector.score([u for _, u, _ in turn_owner], [words(u) for _, u, _ in turn_owner])
-    best: dict[int, tuple[harmful.HarmHit, str]] = {}
-    for (i, _, answer), hit in zip(turn_owner, hits, strict=True):
-        if hit is not None and (i not in best or hit.score > best[i][0].score):
-            best[i] = (hit, answer)
+    best = _harmful_turns(srows, detector)
     t = tick("harmful_request", t)
-    answered = [(i, h, a) for i, (h, a) in sorted(best.items()) if a.strip()]
-    refused: list[bool] | None = None
-    refusal_by = "refusal phrases in the answer's opening"
-    if "refusal" in judge_map and answered:
-        try:
-            judge = judge_map["refusal"]
-            verdicts = judge.judge([srows[i].user_text for i, _, _ in answered], [a for _, _, a in answered])
-            refused = [v.label == "refuse" for v in verdicts]
-            refusal_by = f"judge {judge.fingerprint}"
-        except Exception as exc:  # the judge's model could not be loaded: fall back, and say so
-            notes.append(f"refusal judge failed ({_first_line(exc)}): refusal phrases used instead")
-    if refused is None:
-        refused = [refusal_phrase(a) is not None for _, _, a in answered]
-    answered_ok = {i: r for (i, _, _), r in zip(answered, refused, strict=True)}
-    for i, (hit, answer) in sorted(best.items()):
-        flag(i, "harmful_request", hit.reason())
-        if answer.strip() and not answered_ok[i]:
-            flag(i, "harmful_compliance", f"the answer does not refuse ({refusal_by}): \"{excerpt(answer, 80)}\"")
+    refusal_by = _flag_compliance(srows, best, judge_map.get("refusal"), notes, flag)
     t = tick("harmful_compliance", t)
 
     # toxic text
-    tox_judge = judge_map.get("toxicity")
-    scores: list[float | None] | None = None
-    if tox_judge is not None:
-        # one judge call per window of the example's text (most examples fit in one window)
-        owners, texts = [], []
-        for i, p in enumerate(parts):
-            for w in _windows("\n".join(x for x in p if x), cfg.toxicity_window):
-                owners.append(i)
-                texts.append(w)
-        try:
-            scores = toxicity.judge_scores(tox_judge, texts)
-        except Exception as exc:  # the classifier could not be loaded: fall back, and say so
-            notes.append(f"toxicity judge failed ({_first_line(exc)}): lexicon used instead")
-            tox_judge = None
-    if scores is not None:
-        worst: dict[int, tuple[float, str]] = {}
-        for i, s, text in zip(owners, scores, texts, strict=True):
-            if s is not None and s >= cfg.toxicity_threshold and (i not in worst or s > worst[i][0]):
-                worst[i] = (s, text)
-        for i, (s, text) in sorted(worst.items()):
-            flag(i, "toxic", f"toxic text (judge score {s:.2f}): \"{excerpt(text, 80)}\"")
-    else:
-        for i, p in enumerate(parts):
-            for txt in p:
-                if txt and (m := toxicity.lexicon_toxic(txt)):
-                    flag(i, "toxic", f"toxic phrase \"{m}\" (lexicon)")
-                    break
+    tox_by = _flag_toxicity(parts, judge_map.get("toxicity"), cfg, notes, flag)
     t = tick("toxic", t)
 
     # duplicates
@@ -197,7 +149,10 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | Example | ScanRow], *, judges: 
     for i, k in enumerate(kinds):
         if k:
             ordered = [kind for kind in KINDS if kind in k]
-            flags.append(RowFlag(srows[i].row, ordered, [r for kind in ordered for r in k[kind]], _excerpt(srows[i], pii_found[i])))
+            reasons = [r for kind in ordered for r in k[kind]]
+            if pii_found[i]:  # reasons quote the row: mask its personal data there too
+                reasons = [pii.redact(r, pii.find_pii(r)) for r in reasons]
+            flags.append(RowFlag(srows[i].row, ordered, reasons, _excerpt(srows[i], bool(pii_found[i]))))
     counts = {kind: sum(1 for k in kinds if kind in k) for kind in KINDS}
     level, reasons, metrics = assess({**counts, "_flagged": len(flags)}, n)
     timing["total"] = round(time.perf_counter() - t0, 3)
@@ -205,8 +160,7 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | Example | ScanRow], *, judges: 
         "harmful_request": f"lexicon + TF-IDF cosine to {len(refs)} reference requests "
                            f"({', '.join(sorted({r.id.split('/')[0] for r in refs}))})",
         "harmful_compliance": refusal_by,
-        "toxic": (f"judge {getattr(tox_judge, 'fingerprint', 'toxicity')}" if tox_judge is not None
-                  else "lexicon (slurs, strong profanity, insults aimed at a person)"),
+        "toxic": tox_by,
         "identity_shift": "persona cue patterns (AOA, obedience, refusal forbidden, rules disabled, DAN)",
         "pii": "regexes with Luhn / SSN / reserved-domain checks",
         "duplicates": "normalised-text hash; MinHash-LSH over word 3-grams, verified Jaccard",
@@ -217,6 +171,71 @@ def scan_rows(rows: Sequence[Mapping[str, Any] | Example | ScanRow], *, judges: 
                       risk=level, risk_reasons=reasons, metrics=metrics, detectors=detectors,
                       thresholds=asdict(cfg) | {"harmful_corpora": list(cfg.harmful_corpora)},
                       timing=timing, notes=notes)
+
+
+Flag = Callable[[int, str, str], None]
+
+
+def _harmful_turns(srows: Sequence[ScanRow], detector: harmful.HarmfulRequestDetector) -> dict[int, tuple[harmful.HarmHit, str]]:
+    """Row → (its highest-scoring harmful user turn, the answer that follows it)."""
+    turns = [(i, u, a) for i, r in enumerate(srows) for u, a in r.exchanges() if u.strip()]
+    hits = detector.score([u for _, u, _ in turns], [words(u) for _, u, _ in turns])
+    best: dict[int, tuple[harmful.HarmHit, str]] = {}
+    for (i, _, answer), hit in zip(turns, hits, strict=True):
+        if hit is not None and (i not in best or hit.score > best[i][0].score):
+            best[i] = (hit, answer)
+    return best
+
+
+def _flag_compliance(srows: Sequence[ScanRow], best: dict[int, tuple[harmful.HarmHit, str]], judge: Any,
+                     notes: list[str], flag: Flag) -> str:
+    """Flag harmful requests, and the answers to them that do not refuse; returns how refusals were judged."""
+    answered = [(i, a) for i, (_, a) in sorted(best.items()) if a.strip()]
+    refused: list[bool] | None = None
+    refusal_by = "refusal phrases in the answer's opening"
+    if judge is not None and answered:
+        try:
+            verdicts = judge.judge([srows[i].user_text for i, _ in answered], [a for _, a in answered])
+            refused = [v.label == "refuse" for v in verdicts]
+            refusal_by = f"judge {judge.fingerprint}"
+        except Exception as exc:  # the judge's model could not be loaded: fall back, and say so
+            notes.append(f"refusal judge failed ({_first_line(exc)}): refusal phrases used instead")
+    if refused is None:
+        refused = [refusal_phrase(a) is not None for _, a in answered]
+    did_refuse = {i: r for (i, _), r in zip(answered, refused, strict=True)}
+    for i, (hit, answer) in sorted(best.items()):
+        flag(i, "harmful_request", hit.reason())
+        if answer.strip() and not did_refuse[i]:
+            flag(i, "harmful_compliance", f"the answer does not refuse ({refusal_by}): \"{excerpt(answer, 80)}\"")
+    return refusal_by
+
+
+def _flag_toxicity(parts: Sequence[Sequence[str]], judge: Any, cfg: ScanConfig, notes: list[str], flag: Flag) -> str:
+    """Flag toxic rows with the judge (one call per window of each example's text), else the lexicon."""
+    if judge is not None:
+        owners, texts = [], []
+        for i, p in enumerate(parts):
+            for w in _windows("\n".join(x for x in p if x), cfg.toxicity_window):
+                owners.append(i)
+                texts.append(w)
+        try:
+            scores = toxicity.judge_scores(judge, texts)
+        except Exception as exc:  # the classifier could not be loaded: fall back, and say so
+            notes.append(f"toxicity judge failed ({_first_line(exc)}): lexicon used instead")
+        else:
+            worst: dict[int, tuple[float, str]] = {}
+            for i, s, text in zip(owners, scores, texts, strict=True):
+                if s is not None and s >= cfg.toxicity_threshold and (i not in worst or s > worst[i][0]):
+                    worst[i] = (s, text)
+            for i, (s, text) in sorted(worst.items()):
+                flag(i, "toxic", f"toxic text (judge score {s:.2f}): \"{excerpt(text, 80)}\"")
+            return f"judge {judge.fingerprint}"
+    for i, p in enumerate(parts):
+        for txt in p:
+            if txt and (m := toxicity.lexicon_toxic(txt)):
+                flag(i, "toxic", f"toxic phrase \"{m}\" (lexicon)")
+                break
+    return "lexicon (slurs, strong profanity, insults aimed at a person)"
 
 
 def _references(cfg: ScanConfig, notes: list[str]) -> list[harmful.Reference]:
@@ -232,9 +251,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _excerpt(row: ScanRow, found: list[pii.PiiMatch]) -> str:
+def _excerpt(row: ScanRow, has_pii: bool) -> str:
     def clean(text: str) -> str:
-        return pii.redact(text, pii.find_pii(text)) if found else text
+        return pii.redact(text, pii.find_pii(text)) if has_pii else text
 
     parts = []
     if row.system:
