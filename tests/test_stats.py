@@ -164,6 +164,16 @@ def test_paired_bootstrap_is_seeded_and_centred():
     assert hi == pytest.approx(d + 1.96 * se, abs=0.01)
 
 
+def test_one_sample_bootstrap_matches_scipy():
+    rng = np.random.default_rng(4)
+    x = rng.exponential(1.0, 150)
+    ours = stats.bootstrap_ci(x, seed=1, resamples=4000)
+    theirs = sps.bootstrap((x,), np.mean, n_resamples=4000, method="percentile", random_state=1).confidence_interval
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.03)
+    assert stats.bootstrap_ci(x.tolist(), lambda v: float(np.mean(v)), seed=1, resamples=1000) == pytest.approx(
+        ours, abs=0.03)
+
+
 def test_paired_bootstrap_generic_statistic_agrees_with_mean_path():
     rng = np.random.default_rng(2)
     ref = rng.random(60).tolist()

@@ -323,9 +323,8 @@ def _one_sample(values: list[Any], metric: _MetricSpec, statistic: Callable[[Seq
         return {"value": k / n, "ci": list(stats.wilson_ci(k, n, settings.confidence)), "n": n}
     value = statistic(values) if statistic else float(np.mean(values))
     resamples = _generic_budget(statistic, values)[0] if statistic else settings.resamples
-    boot = stats.paired_bootstrap(values, values, statistic, resamples=resamples, seed=seed,
-                                  confidence=settings.confidence)
-    return {"value": value, "ci": list(boot.new_ci), "n": n}
+    ci = stats.bootstrap_ci(values, statistic, resamples=resamples, seed=seed, confidence=settings.confidence)
+    return {"value": value, "ci": list(ci), "n": n}
 
 
 def _is_binary(values: list[float]) -> bool:

@@ -257,6 +257,34 @@ def paired_bootstrap(
     )
 
 
+def bootstrap_ci(
+    values: Sequence[Any],
+    statistic: Statistic | None = None,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of one model's aggregate (the mean when `statistic` is None)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    draws = np.empty(resamples)
+    pos = 0
+    if statistic is None:
+        v = np.asarray(values, dtype=float)
+        for idx in _bootstrap_draws(n, resamples, seed, max(1, min(resamples, 2_000_000 // n))):
+            draws[pos : pos + len(idx)] = v[idx].mean(axis=1)
+            pos += len(idx)
+    else:
+        items = list(values)
+        for idx in _bootstrap_draws(n, resamples, seed, 256):
+            for row in idx:
+                draws[pos] = statistic([items[i] for i in row])
+                pos += 1
+    return _percentile(draws, confidence)
+
+
 def paired_permutation_pvalue(
     reference: Sequence[Any],
     new: Sequence[Any],
