@@ -174,3 +174,25 @@ def test_cli_audit_and_list(packaged, engines, tmp_path, monkeypatch, capsys):
     listing = capsys.readouterr().out
     for name in ("capability", "perplexity", "task", "ood", "bias", "diversity"):
         assert name in listing
+
+
+def test_audit_on_a_real_tiny_model(packaged, tiny_model_dir, tmp_path):
+    """The whole path on the hf engine: chat generation with seeds, log-likelihoods, rolling perplexity."""
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                          for q, a in [("What is two plus two?", "four"), ("Capital of France?", "Paris")]))
+    store = Store(tmp_path / "store.sqlite")
+    suites = [("capability", {"tasks": "arc_easy+boolq"}), "perplexity", ("diversity", {"samples": 2,
+              "max_new_tokens": 8}), ("task", {"data": str(qa)}), ("bias", {"benchmarks": "bbq+crows_pairs"})]
+    run_id = audit({"base": str(tiny_model_dir), "again": str(tiny_model_dir)}, suites, store=store,
+                   out_dir=tmp_path / "out", limit=3, progress=False, reports=False)
+    base, again = store.records(run_id, model="base"), store.records(run_id, model="again")
+    assert len(base) == len(again) > 0
+    # identical weights, identical requests: identical answers, the second model served from the cache
+    assert [(r.item_id, r.response, r.scores) for r in base] == [(r.item_id, r.response, r.scores) for r in again]
+    timing = {e["payload"]["model"]: e["payload"] for e in store.events(run_id, kind="timing")
+              if e["payload"].get("suite") == "capability"}
+    assert timing["base"]["cache_misses"] > 0 and timing["again"]["cache_misses"] == 0
+    div = store.records(run_id, model="base", suite="diversity")
+    assert all(len(r.details["samples"]) == 2 for r in div)
+    assert all(r.scores["perplexity"] > 1 for r in store.records(run_id, model="base", suite="perplexity"))

@@ -36,6 +36,7 @@ from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
 SuiteSpec = str | tuple[str, Mapping[str, Any]]
 RUN_FILE = "run.json"
 CHUNK_ITEMS = 64  # items per suite.run call: the records of one chunk are committed together
+CACHE_BATCHES = 8  # engine batches per cache commit (the engine sorts and shares contexts within one call)
 
 
 @dataclass
@@ -166,6 +167,14 @@ def _judge_validity(judge: Any) -> dict[str, Any] | None:
     return validity(judge)
 
 
+def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """The backend's options; local backends also get the batch size (an API endpoint has concurrency instead)."""
+    out = dict(options)
+    if engine != "openai" and not ref.startswith("openai:"):
+        out.setdefault("batch_size", batch_size)
+    return out
+
+
 def _free(engine: Any) -> None:
     engine.close()
     del engine
@@ -213,7 +222,7 @@ def audit(
     limit: int | str | None = None,
     seed: int = 0,
     judges: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 16,
     run_id: str | None = None,
     progress: bool = True,
     engine: str | None = None,
@@ -226,8 +235,9 @@ def audit(
     `limit` is items per suite (None: each suite's default; 0 or "all": every
     item); `seed` fixes which items are sampled. `judges` maps a role
     ("refusal", "toxicity", ...) to a judge spec for `aftertune.judges.build_judge`.
-    `batch_size` is how many engine requests are computed and committed to the
-    cache at a time. Re-running with the same `out_dir` and arguments resumes.
+    `batch_size` is the model batch of local engines; results are committed to
+    the store's cache every `CACHE_BATCHES` batches. Re-running with the same
+    `out_dir` and arguments resumes.
     """
     if not models:
         raise UserError("no models to audit; pass at least one --model")
@@ -318,10 +328,11 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
             continue
         t0 = time.monotonic()
         model = models[label]
-        eng = load_engine(model if isinstance(model, ModelRef) else ref, engine=engine, **engine_options)
+        eng = load_engine(model if isinstance(model, ModelRef) else ref, engine=engine,
+                          **_engine_options(ref, engine, engine_options, batch_size))
         store.add_event(run_id, f"load:{label}", "timing",
                         {"step": f"load {label}", "seconds": round(time.monotonic() - t0, 3), "model": label})
-        cached = CachedEngine(eng, store, batch_size=batch_size)
+        cached = CachedEngine(eng, store, batch_size=batch_size * CACHE_BATCHES)
         try:
             store.add_model(run_id, label, ref, eng.fingerprint, {**eng.describe(), "label": label})
             for p in prepared:

@@ -43,7 +43,7 @@ def audit_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Which items are sampled (the same for every model).")] = 0,
     judge: Annotated[list[str] | None, typer.Option(
         "--judge", "-j", help="ROLE=SPEC, e.g. refusal=keyword; repeatable.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests computed (and cached) per batch.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per model batch (local models).")] = 16,
     engine: Annotated[str | None, typer.Option("--engine", help="Force a backend: hf, openai or vllm.")] = None,
     store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
@@ -66,7 +66,7 @@ def audit_cmd(
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     run_id = audit(models, suite, store=store_path, out_dir=out, limit=limit, seed=seed, judges=judges or None,
-                   batch_size=batch_size, engine=engine, engine_options={"batch_size": batch_size},
+                   batch_size=batch_size, engine=engine,
                    progress=not no_progress)
     typer.echo(f"run {run_id}")
     typer.echo(f"records: {out / 'records.jsonl'}")
