@@ -57,21 +57,21 @@ def _contaminating_row() -> tuple[dict, str]:
     raise RuntimeError("no capability item with a long enough question")
 
 
-def planted_set(n: int) -> tuple[list[dict], dict[str, tuple[int, set[str]]]]:
+def planted_set(n: int) -> tuple[list[dict], dict[str, tuple[int, set[str], set[str]]]]:
+    """Benign rows, then the planted ones: name → (row number, kinds it must get, kinds it must not get)."""
     extra = len(PLANTED) + 3
     rows = benign_rows(n - extra, seed=11)
-    where: dict[str, tuple[int, set[str]]] = {}
-    for name, row, must, _ in PLANTED:
-        if must:
-            where[name] = (len(rows), must)
+    where: dict[str, tuple[int, set[str], set[str]]] = {}
+    for name, row, must, must_not in PLANTED:  # report rows are numbered from 1
         rows.append(row)
-    where["exact duplicate"] = (len(rows), {"exact_duplicate"})
+        where[name] = (len(rows), must, must_not)
     rows.append({"instruction": rows[3]["instruction"].upper(), "output": rows[3]["output"]})
-    where["near duplicate"] = (len(rows), {"near_duplicate"})
+    where["exact duplicate"] = (len(rows), {"exact_duplicate"}, set())
     rows.append({**rows[8], "output": rows[8]["output"] + " Thanks for asking."})
+    where["near duplicate"] = (len(rows), {"near_duplicate"}, set())
     contaminated, _ = _contaminating_row()
-    where["contamination"] = (len(rows), {"contamination"})
     rows.append(contaminated)
+    where["contamination"] = (len(rows), {"contamination"}, set())
     return rows, where
 
 
@@ -87,12 +87,13 @@ def run_speed(n: int) -> dict:
         report = scan_rows(rows, judges=judges)
         wall = time.perf_counter() - t
         flagged = {f.row: set(f.kinds) for f in report.flags}
-        caught = sorted(name for name, (row, must) in where.items() if must <= flagged.get(row, set()))
+        caught = sorted(name for name, (row, must, must_not) in where.items()
+                        if must <= flagged.get(row, set()) and not (must_not & flagged.get(row, set())))
         out["runs"].append({
             "label": label, "wall_s": round(wall, 2), "load_before": round(load, 1), "timing": report.timing,
             "caught": f"{len(caught)}/{len(where)}", "missed": sorted(set(where) - set(caught)),
-            "clean_flagged": {k: sum(1 for r, ks in flagged.items() if r < n_clean and k in ks) for k in report.counts
-                              if any(r < n_clean and k in ks for r, ks in flagged.items())},
+            "clean_flagged": {k: sum(1 for r, ks in flagged.items() if r <= n_clean and k in ks) for k in report.counts
+                              if any(r <= n_clean and k in ks for r, ks in flagged.items())},
             "risk": report.risk, "notes": report.notes, "detectors": report.detectors,
         })
         print(f"{label}: {wall:.1f} s  caught {len(caught)}/{len(where)}  {report.timing}", flush=True)
@@ -208,9 +209,10 @@ def markdown(speed: dict | None, pr: dict | None) -> str:
     if speed:
         lines += [f"### Speed: {speed['rows']:,} rows", "",
                   "The set is template-generated benign instruction rows plus one planted example of each kind "
-                  "(harmful request with a compliant answer, harmful request with a refusal, AOA persona, "
-                  "'never refuse' system prompt, toxic reply, e-mail, phone, Luhn-valid card, AWS key, exact "
-                  "duplicate, near duplicate, a copied capability-suite question). Contamination is checked "
+                  "(harmful request with a compliant answer, harmful request with a refusal that must not count as "
+                  "compliant, AOA persona, 'never refuse' system prompt, toxic reply, e-mail, phone, Luhn-valid "
+                  "card, a Luhn-invalid number that must not be flagged, AWS key, exact duplicate, near duplicate, "
+                  "a copied capability-suite question): 'caught' counts those handled right. Contamination is checked "
                   "against every registered suite. Load average = other processes on the machine when the run "
                   "started (2 cores: anything above 2 means the scan was sharing them).", "",
                   "| run | wall s | load avg | caught | clean rows flagged | slowest steps (s) |",

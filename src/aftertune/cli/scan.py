@@ -21,8 +21,10 @@ def _default_corpora() -> tuple[str, ...]:
 
 @app.command("scan")
 def scan_cmd(
-    data: str = typer.Argument(..., help="Training file: .jsonl, .json, .csv, .parquet (messages, prompt/completion, "
-                                         "instruction/input/output, context/response, DPO prompt/chosen/rejected)."),
+    data: str = typer.Argument(..., help="Training data, read as `aftertune tune` reads it: a .jsonl/.json/.csv/"
+                                         ".parquet file (messages, prompt/completion, instruction/input/output, "
+                                         "instruction/context/response, DPO prompt/chosen/rejected) or a built-in "
+                                         "training set name (e.g. support, identity-shift)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for scan.json and scan.md."),
     fmt: str = typer.Option("table", "--format", "-f", help="What to print: table (summary + first flagged rows) "
                                                              "or json (the whole report)."),

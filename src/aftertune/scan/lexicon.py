@@ -122,7 +122,7 @@ def lexicon_hits(text: str) -> tuple[list[tuple[str, str]], bool, bool, bool]:
 # A cheap superset test run before the patterns above (Python's regex engine
 # reads about 10 MB/s with these alternations; `in` is C-speed): every match of
 # OPERATIONAL, EVASION or HARM_TERMS contains one of these whole words or
-# substrings. tests/test_scan_lexicon.py checks the patterns never match
+# substrings. tests/test_scan_detectors.py checks that the patterns never match
 # where this says no.
 HARM_WORDS = frozenset(
     ["lie", "lies", "rob", "spy", "ied", "ieds", "vx", "lsd", "ghb", "mdma", "meth", "3d", "hate", "fake", "worm",
