@@ -330,7 +330,7 @@ def mix_in(base: list[Example], extra: list[Example], *, n: int, seed: int, excl
     `base` are dropped before sampling. The result's order is a seeded shuffle, so the mixed
     examples are spread over training rather than appended at the end.
     """
-    excluded = set(exclude)
+    excluded = {normalise(x) for x in exclude}
     have = {normalise(e.user_prompt()) for e in base}
     pool, overlap, dup = [], 0, 0
     for e in extra:
