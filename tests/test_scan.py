@@ -8,7 +8,7 @@ import pytest
 
 from aftertune.errors import UserError
 from aftertune.judges.base import Verdict
-from aftertune.scan import ScanConfig, ScanReport, scan_file, scan_rows
+from aftertune.scan import ScanConfig, ScanReport, scan_rows, scan_source
 from aftertune.scan.rows import load_scan_rows, normalise_rows
 from aftertune.suites.base import Item, Suite
 from aftertune.testing.scan_rows import PLANTED, benign_rows
@@ -158,18 +158,18 @@ def test_bad_input_names_file_row_and_field(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"foo": 1}) + "\n")
     with pytest.raises(UserError, match=r"train\.jsonl: row 2: fields \['foo'\] do not match the alpaca format"):
-        scan_file(path, judges=False, config=LEXICAL, suites=[])
+        scan_source(path, judges=False, config=LEXICAL, suites=[])
     path.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
     with pytest.raises(UserError, match=r"train\.jsonl: row 1: field 'messages\[0\]\.role': 'wizard' is not one of"):
-        scan_file(path, judges=False, config=LEXICAL, suites=[])
+        scan_source(path, judges=False, config=LEXICAL, suites=[])
     path.write_text(json.dumps({"instruction": "a", "output": ""}) + "\n")
     with pytest.raises(UserError, match=r"row 1: field 'output': empty"):
-        scan_file(path, judges=False, config=LEXICAL, suites=[])
+        scan_source(path, judges=False, config=LEXICAL, suites=[])
     path.write_text('{"instruction": "a", "output": "b"}\n{not json\n')
     with pytest.raises(UserError, match=r"train\.jsonl:2: not valid JSON"):
-        scan_file(path)
+        scan_source(path)
     with pytest.raises(UserError, match="file not found"):
-        scan_file(tmp_path / "missing.jsonl")
+        scan_source(tmp_path / "missing.jsonl")
 
 
 class FakeToxicity:
@@ -240,6 +240,7 @@ def test_report_json_round_trip_and_files(planted_report, tmp_path):
     data = json.loads(json_path.read_text())
     assert data["flagged_rows"] == report.flagged_rows and data["metrics"] == report.metrics
     assert ScanReport.from_dict(data) == report
+    assert report.summary_line().startswith("scan: 213 rows, 12 flagged, risk high (harmful request 2,")
     md = md_path.read_text()
     assert "**Risk: high**" in md and "| `scan.pii_rows` | 4 |" in md and "AKIAQ3EGRT5Y2NBXVW7K" not in md
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.json", "scan.md"]

@@ -43,7 +43,7 @@ def scan_cmd(
 ) -> None:
     """Scan training data: harmful requests and compliant answers, identity-shifting personas, toxic text,
     personal data and secrets, duplicates, and overlap with evaluation suites."""
-    from aftertune.scan import ScanConfig, scan_file
+    from aftertune.scan import ScanConfig, scan_source
 
     if fmt not in ("table", "json"):
         raise UserError(f"--format {fmt!r}: use table or json")
@@ -52,11 +52,11 @@ def scan_cmd(
     suites = [s.strip() for item in suite for s in item.split(",") if s.strip()] or None
     names = () if corpora.strip().lower() == "none" else tuple(c.strip() for c in corpora.split(",") if c.strip())
     config = ScanConfig(contamination=not no_contamination, harmful_corpora=names)
-    report = scan_file(data, judges=judges, config=config, suites=suites)
+    report = scan_source(data, judges=judges, config=config, suites=suites)
     if out is not None:
         report.write(out)
     if fmt == "json":
-        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         for line in report.summary_lines():
             typer.echo(line)

@@ -9,7 +9,8 @@ level (rule in `report.RISK_RULE`) and `metrics` named `scan.*` for the gate.
 Public API:
 
     scan_rows(rows, *, judges=True, config=None, ...) -> ScanReport
-    scan_file(path, **kwargs) -> ScanReport
+    scan_source(path_or_trainset, **kwargs) -> ScanReport
+    ScanReport.to_json() / .summary_line() / .summary_lines() / .to_markdown()
     ScanReport.write(out_dir)  # scan.json + scan.md, atomically
 
 One module per detector family: `pii`, `persona`, `harmful` (+ `lexicon`,
@@ -20,7 +21,7 @@ data exactly as fine-tuning does (`recipes.data`) and flattens each example to
 
 from aftertune.scan.report import KIND_TITLES, KINDS, RISK_RULE, SUGGESTED_THRESHOLDS, RowFlag, ScanReport
 from aftertune.scan.rows import ScanRow, load_scan_rows, normalise_rows
-from aftertune.scan.scanner import ScanConfig, scan_file, scan_rows
+from aftertune.scan.scanner import ScanConfig, scan_rows, scan_source
 
 __all__ = [
     "KINDS",
@@ -33,6 +34,6 @@ __all__ = [
     "ScanRow",
     "load_scan_rows",
     "normalise_rows",
-    "scan_file",
     "scan_rows",
+    "scan_source",
 ]

@@ -89,7 +89,7 @@ class ScanReport:
     def rows_with(self, kind: str) -> list[int]:
         return [f.row for f in self.flags if kind in f.kinds]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["flagged_rows"] = self.flagged_rows
         return d
@@ -99,6 +99,12 @@ class ScanReport:
         d = {k: v for k, v in d.items() if k != "flagged_rows"}
         d["flags"] = [RowFlag(**f) for f in d.get("flags", [])]
         return cls(**d)
+
+    def summary_line(self) -> str:
+        """One line: rows, flagged rows, risk, and the kinds found."""
+        found = ", ".join(f"{KIND_TITLES[k]} {n}" for k in KINDS if (n := self.counts.get(k, 0)))
+        return (f"scan: {self.rows} rows, {self.flagged_rows} flagged, risk {self.risk}"
+                + (f" ({found})" if found else ""))
 
     def summary_lines(self) -> list[str]:
         width = max(len(t) for t in KIND_TITLES.values())
@@ -145,7 +151,7 @@ class ScanReport:
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write scan.json and scan.md atomically into `out_dir`."""
         out = Path(out_dir)
-        write_json_atomic(out / "scan.json", self.to_dict())
+        write_json_atomic(out / "scan.json", self.to_json())
         write_text_atomic(out / "scan.md", self.to_markdown())
         return out / "scan.json", out / "scan.md"
 

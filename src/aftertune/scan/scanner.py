@@ -284,6 +284,6 @@ def _excerpt(row: ScanRow, has_pii: bool) -> str:
     return " | ".join(parts)
 
 
-def scan_file(source: str | Path, **kwargs: Any) -> ScanReport:
+def scan_source(source: str | Path, **kwargs: Any) -> ScanReport:
     """Read a training file or built-in training set (as fine-tuning reads it) and scan it."""
     return scan_rows(load_scan_rows(str(source)), source=str(source), **kwargs)
