@@ -37,13 +37,22 @@ __all__ = [
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
-    """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm)."""
+    """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm).
+
+    A string reference may end in prompting variants (`REF#icl:k=16`), applied
+    around the loaded engine (see `engines.variants`).
+    """
+    from aftertune.engines.variants import apply_variants, split_variants
     from aftertune.sources import resolve_model
 
+    variants: list[tuple[str, dict[str, str]]] = []
+    if isinstance(ref, str):
+        ref, variants = split_variants(ref)
     model = resolve_model(ref) if isinstance(ref, str) else ref
     name = engine or ("openai" if model.kind == "openai" else "hf")
     _import_backends()
-    return ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
+    loaded = ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
+    return apply_variants(loaded, variants)
 
 
 def _import_backends() -> None:

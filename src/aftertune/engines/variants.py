@@ -1,0 +1,143 @@
+"""Model variants that are prompting strategies rather than new weights.
+
+A variant wraps an engine and changes what the model is shown, never the
+decoding, so it is audited and compared exactly like another model. Written as
+a suffix of the model reference: `REF#icl:k=16,seed=0,data=support`.
+
+- `icl` — in-context learning (Mosbach et al. 2023): the base model is shown `k`
+  demonstrations drawn (seeded) from the training data before every request.
+  Chat requests get them as earlier user/assistant turns (after any system
+  message); raw prompts and log-likelihood contexts get them as
+  "User: …\\nAssistant: …" blocks, so multiple-choice suites see the same
+  demonstrations. The demonstrations are part of the fingerprint, so the store
+  never confuses the variant with its base model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from aftertune.engines.base import (
+    Engine,
+    GenerateRequest,
+    GenerateResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    Message,
+    Progress,
+    RollingRequest,
+    RollingResult,
+)
+from aftertune.errors import UserError
+from aftertune.fileio import canonical_json, sha256_text
+from aftertune.registry import Registry
+
+Demo = tuple[str, str]  # (user, assistant)
+
+VariantFactory = Callable[[Engine, dict[str, str]], Engine]
+VARIANTS: Registry[VariantFactory] = Registry("model variant")
+
+
+def split_variants(ref: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+    """`REF#icl:k=16,seed=1#...` → ("REF", [("icl", {"k": "16", "seed": "1"}), ...])."""
+    base, *parts = ref.split("#")
+    variants = []
+    for part in parts:
+        name, _, opts = part.partition(":")
+        options: dict[str, str] = {}
+        for opt in filter(None, (o.strip() for o in opts.split(","))):
+            key, eq, value = opt.partition("=")
+            if not eq:
+                raise UserError(f"model reference {ref!r}: variant option {opt!r} should be key=value "
+                                "(e.g. REF#icl:k=16,seed=0,data=support)")
+            options[key.strip()] = value.strip()
+        variants.append((name.strip(), options))
+    return base, variants
+
+
+def apply_variants(engine: Engine, variants: Sequence[tuple[str, dict[str, str]]]) -> Engine:
+    for name, options in variants:
+        engine = VARIANTS.get(name)(engine, options)
+    return engine
+
+
+class ICLEngine(Engine):
+    """The wrapped model, shown `demos` before every request."""
+
+    name = "icl"
+
+    def __init__(self, inner: Engine, demos: Sequence[Demo], *, info: dict[str, Any] | None = None) -> None:
+        if not demos:
+            raise UserError("the icl variant needs at least one demonstration (k >= 1)")
+        self.inner = inner
+        self.demos = [(u, a) for u, a in demos]
+        self.info = info or {}
+        self._prefix = "".join(f"User: {u}\nAssistant: {a}\n\n" for u, a in self.demos)
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_text(canonical_json({"base": self.inner.fingerprint, "icl": self.demos}))
+
+    @property
+    def version(self) -> str:
+        return f"{self.inner.version}+icl1"
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "variant": {"icl": {"k": len(self.demos), **self.info}},
+                "fingerprint": self.fingerprint, "base_fingerprint": self.inner.fingerprint}
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _with_demos(self, request: GenerateRequest) -> GenerateRequest:
+        if request.prompt is not None:
+            return replace(request, prompt=self._prefix + request.prompt)
+        msgs = list(request.messages or ())
+        head = [m for m in msgs[:1] if m.role == "system"]
+        shots = [Message(role, text) for u, a in self.demos for role, text in (("user", u), ("assistant", a))]
+        return replace(request, messages=tuple(head + shots + msgs[len(head):]))
+
+    def generate(self, requests: Sequence[GenerateRequest], progress: Progress | None = None) -> list[GenerateResult]:
+        return self.inner.generate([self._with_demos(r) for r in requests], progress)
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        shifted = [LoglikelihoodRequest(self._prefix + r.context, r.continuation) for r in requests]
+        return self.inner.loglikelihood(shifted, progress)
+
+    def rolling_loglikelihood(
+        self, requests: Sequence[RollingRequest], progress: Progress | None = None
+    ) -> list[RollingResult]:
+        # Perplexity of a text is a property of the weights; demonstrations would only change its context.
+        return self.inner.rolling_loglikelihood(requests, progress)
+
+
+def draw_demos(pairs: Sequence[Demo], k: int, seed: int) -> list[Demo]:
+    """`k` demonstrations drawn without replacement with a seeded RNG (the data seed of Mosbach et al.)."""
+    if k < 1:
+        raise UserError(f"icl: k={k}; give k >= 1 demonstrations")
+    if k > len(pairs):
+        raise UserError(f"icl: k={k} but the training data has only {len(pairs)} examples; lower k")
+    return random.Random(seed).sample(list(pairs), k)
+
+
+@VARIANTS.register("icl", "in-context learning: k seeded demonstrations from the training data before every request")
+def _icl(engine: Engine, options: dict[str, str]) -> Engine:
+    from aftertune.trainsets import demo_pairs
+
+    unknown = set(options) - {"k", "seed", "data", "max_chars"}
+    if unknown:
+        raise UserError(f"icl: unknown option {sorted(unknown)[0]!r}; options are k, seed, data, max_chars")
+    try:
+        k = int(options.get("k", "16"))
+        seed = int(options.get("seed", "0"))
+        max_chars = int(options.get("max_chars", "600"))
+    except ValueError:
+        raise UserError(f"icl: k, seed and max_chars must be integers, got {options}") from None
+    data = options.get("data", "support")
+    pairs = [(u[:max_chars], a[:max_chars]) for u, a in demo_pairs(data)]
+    return ICLEngine(engine, draw_demos(pairs, k, seed), info={"seed": seed, "data": data, "max_chars": max_chars})

@@ -1,0 +1,181 @@
+"""`aftertune run`: scan → audit base (+ ICL) → fine-tune → audit tuned and checkpoints → compare → report → gate.
+
+Every step is resumable because every step's work is kept: the audits skip
+items already recorded and answer repeated requests from the store's cache,
+the fine-tune resumes from its last checkpoint, and the scan and reports are
+cheap to redo. So the same command, after Ctrl-C or kill -9, continues and ends
+with the results an uninterrupted run would have given. One run in the store
+holds every model's records, so the report compares them all on shared items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aftertune.errors import UserError
+from aftertune.fileio import canonical_json, write_json_atomic
+from aftertune.spec import PipelineSpec
+from aftertune.store import Store
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    out_dir: Path
+    results: dict[str, Any]
+    violations: list[Any] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)  # label → reference
+
+
+def _run_id(out: Path, spec_hash: str, store: Store) -> str:
+    """Reuse the run recorded in out/run.json when the spec is unchanged (resume), else a new id."""
+    try:
+        info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        if info.get("spec_sha256") == spec_hash:
+            store.get_run(info["run_id"])
+            return str(info["run_id"])
+    except (OSError, ValueError, KeyError, UserError):
+        pass
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-run-{spec_hash[:6]}"
+
+
+class _Steps:
+    """Prints a header per step and records its wall time as a `timing` event."""
+
+    def __init__(self, store: Store, run_id: str, say: Callable[[str], None]) -> None:
+        self.store, self.run_id, self.say, self.n = store, run_id, say, 0
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.n += 1
+        self.say(f"[{self.n}] {name}")
+        t0 = time.monotonic()
+        yield
+        secs = round(time.monotonic() - t0, 2)
+        self.store.add_event(self.run_id, f"pipeline:{name}", "timing", {"step": name, "seconds": secs})
+        self.say(f"    done in {secs:.1f}s")
+
+
+def _suites(names: list[str], limits: dict[str, int]) -> list[tuple[str, dict[str, Any]]]:
+    from aftertune.audit import parse_suite_arg
+
+    out = []
+    for text in names:
+        for name, options in parse_suite_arg(text):
+            if name in limits:
+                options = {**options, "limit": limits[name]}
+            out.append((name, options))
+    return out
+
+
+def _task_options(suites: list[tuple[str, dict[str, Any]]], data: str) -> list[tuple[str, dict[str, Any]]]:
+    """The `task` suite scores the fine-tuning task's own held-out split unless told otherwise."""
+    return [(n, {"task": data, **o} if n == "task" and "task" not in o and "data" not in o else o) for n, o in suites]
+
+
+def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None = None, progress: bool = True,
+                 say: Callable[[str], None] | None = None) -> PipelineResult:
+    from aftertune.audit import audit
+    from aftertune.gate import check
+    from aftertune.recipes import tune
+    from aftertune.report import write_reports
+
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    own_store = store is None
+    if store is None:
+        from aftertune.paths import default_store_path
+
+        store = Store(default_store_path())
+    spec_json = spec.model_dump(mode="json")
+    spec_hash = hashlib.sha256(canonical_json(spec_json).encode()).hexdigest()
+    run_id = _run_id(out, spec_hash, store)
+    store.create_run("pipeline", spec.name, spec_json, out_dir=str(out), run_id=run_id)
+    write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "pipeline", "store": str(store.path.resolve()),
+                                       "spec_sha256": spec_hash, "spec": spec_json})
+    say(f"aftertune run {spec.name!r}: run {run_id}, store {store.path}, output {out}")
+    steps = _Steps(store, run_id, say)
+    data = spec.train_data()
+    main_suites = _task_options(_suites(spec.audit.suites, spec.audit.limits), data)
+    audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
+                    batch_size=spec.audit.batch_size, progress=progress, reports=False)
+    models: dict[str, str] = {"base": spec.base}
+
+    if spec.scan:
+        with steps.step(f"scan the training data ({data})"):
+            _scan(store, run_id, data, out, say)
+
+    base_models = dict(models)
+    if spec.icl is not None:
+        icl = spec.icl
+        label = f"icl-{icl.k}"
+        base_models[label] = f"{spec.base}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
+    with steps.step(f"audit the base model{' and the ICL baseline' if spec.icl else ''}"):
+        audit(base_models, main_suites, out_dir=out / "steps" / "audit-base", **audit_kw)
+    models.update(base_models)
+
+    checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
+    configs = spec.tune_configs(out / "tune")
+    start = spec.base
+    lineage: list[dict[str, Any]] = []
+    for i, cfg in enumerate(configs):
+        cfg = cfg.model_copy(update={"model": start})
+        with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
+            result = tune(cfg, store=store, run_id=run_id, progress=progress, lineage=lineage or None,
+                          label=cfg.label())
+        lineage = result.lineage
+        prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
+        for ck in result.checkpoints:
+            checkpoints.append((f"{prefix}checkpoint-{ck.step}", ck.path, ck.step + 1000 * i))
+        label = "tuned" if i == len(configs) - 1 else cfg.label()
+        models[label] = result.model_ref
+        start = result.model_ref
+
+    tuned = {label: ref for label, ref in models.items() if label not in base_models}
+    with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
+        audit(tuned, main_suites, out_dir=out / "steps" / "audit-tuned", **audit_kw)
+
+    if spec.checkpoints is not None and checkpoints:
+        ck = spec.checkpoints
+        ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), data)
+        curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
+        for label, _, step in checkpoints:
+            store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
+        with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(_names(ck.suites))}, {ck.limit} items)"):
+            audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
+
+    with steps.step("compare and write the reports"):
+        results = write_reports(store, run_id, out, reference="base", thresholds=spec.gate or None)
+    violations = check(results, spec.gate) if spec.gate else []
+    store.set_run_status(run_id, "done")
+    say(f"report: {out / 'report.html'}  (summary: {out / 'report.md'})")
+    if own_store:
+        store.close()
+    return PipelineResult(run_id, out, results, violations, models)
+
+
+def _names(suites: list[str]) -> list[str]:
+    from aftertune.audit import parse_suite_arg
+
+    return [n for text in suites for n, _ in parse_suite_arg(text)]
+
+
+def _scan(store: Store, run_id: str, data: str, out: Path, say: Callable[[str], None]) -> None:
+    """Scan the training rows; the findings go to scan.json/scan.md and the store (for the report and gate)."""
+    from aftertune.scan import scan_source
+
+    report = scan_source(data)
+    write_json_atomic(out / "scan.json", report.to_json())
+    store.add_event(run_id, "scan", "scan", report.to_json())
+    say(f"    {report.summary_line()}")
