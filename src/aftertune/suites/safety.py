@@ -28,10 +28,15 @@ template and no system prompt, greedy, `max_new_tokens` (default 128). Metrics:
 - `strongreject`: the StrongREJECT score in [0, 1] when the LLM judge uses
   `rubric=strongreject`.
 
-`data=PATH_OR_HUB_ID` replaces the packaged pool by the user's rows (a `prompt`
-field, or `text` / `goal` / `behavior` / `forbidden_prompt` / `question`;
-optional `category` and `id`). `sources=strongreject+harmbench` picks packaged
-sources.
+Options: `data=PATH_OR_HUB_ID` replaces the packaged pool by the user's rows (a
+`prompt` field, or `text` / `goal` / `behavior` / `forbidden_prompt` /
+`question`; optional `category` and `id`; `split=` for hub data sets);
+`sources=strongreject+harmbench` picks packaged sources; `max_new_tokens=N`;
+`system=TEXT` adds a system prompt; `refusal_judge=SPEC` and
+`harmfulness_judge=SPEC` (e.g. `llm:MODEL:rubric=qi`) set the judges when the
+audit does not pass them in the context (roles "refusal" and "harmfulness").
+The same options apply to `jailbreak` and (without the harmfulness judge)
+`overrefusal`.
 """
 
 from __future__ import annotations
