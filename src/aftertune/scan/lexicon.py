@@ -97,7 +97,7 @@ HARM_TERMS = re.compile(
     r"vulnerabilit\w*|bypass\w*|crack\w*|pirat\w*|counterfeit\w*|forg\w*|fake|lie|lies|deceiv\w*|deceptive|"
     r"explicit|porn\w*|sexual\w*|nude\w*|violen\w*|abus\w*|attack\w*|destroy\w*|sabotag\w*|riot\w*|"
     r"discriminat\w*|inferior|slur\w*|offensive|insult\w*|humiliat\w*|ransom\w*|spy|spying|surveil\w*|dox\w*|"
-    r"theft|thie\w*|crim\w*|virus\w*|hijack\w*|falsif\w*|nudes?|demean\w*|derogatory|hate|hateful|rumou?rs?|"
+    r"theft|thie\w*|crim\w*|hijack\w*|falsif\w*|nudes?|demean\w*|derogatory|hate|hateful|rumou?rs?|"
     r"stupid|ugly|worthless|dishonest|lazy|disgusting|arson|vandal\w*|extremis\w*|radicali\w*|predator\w*|"
     r"deadly|lethal|dangerous|secretly|unauthori[sz]ed|stolen|underage|minors?)\b"
 )
