@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_md import write_section  # noqa: E402
 
 from aftertune import paths  # noqa: E402
 from aftertune.scan import ScanConfig, scan_rows  # noqa: E402
@@ -223,7 +226,14 @@ def markdown(speed: dict | None, pr: dict | None) -> str:
             lines.append(f"| {r['label']} | {r['wall_s']:.1f} | {r['load_before']} | {r['caught']} | {clean} | "
                          + ", ".join(f"{k} {v:.1f}" for k, v in steps) + " |")
         notes = sorted({n for r in speed["runs"] for n in r["notes"]})
-        lines += [""] + [f"- note: {n}" for n in notes] + ([""] if notes else [])
+        lines += ["", "- Near duplicates among the clean rows are real: template rows that share at least 70% of "
+                      "their word 3-grams (the generator fills a few slots per template).",
+                  "- `harmful_compliance` in the default run is mostly loading the MiniLM refusal judge (torch and "
+                  "transformers imports plus the model), paid once per process and only when a harmful request "
+                  "has an answer; `toxic` is the Jigsaw judge on every row, run on one torch thread.",
+                  "- The cold run builds the contamination index of every suite (loading all their items); it is "
+                  "cached on disk and rebuilt only when a suite's code, options or pinned data change."]
+        lines += [f"- note: {n}" for n in notes] + [""]
     if pr:
         lines += ["### Harmful-request detector: recall and false positives", "",
                   "Score = lexicon + TF-IDF cosine to the reference requests (see `aftertune/scan/harmful.py`); "
@@ -251,17 +261,6 @@ def markdown(speed: dict | None, pr: dict | None) -> str:
                       "false-positive rates per benign set."]
     lines.append(END)
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    from aftertune.fileio import write_text_atomic
-
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + text.rstrip("\n") + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    write_text_atomic(path, new)
 
 
 def main() -> None:
