@@ -247,6 +247,7 @@ def test_ood_twins_prompts_and_gap(packaged):
     assert again[b_ood.id] == b_ood.data["mc"]
     # sampling keeps twins together
     sub = suite.sample(items, 6, 0)
+    assert len(sub) == 6 and len({it.data["bench"] for it in sub}) == 3  # 3 pairs from 3 benchmarks
     pairs = {}
     for it in sub:
         pairs.setdefault(it.data["pair"], set()).add(it.data["split"])

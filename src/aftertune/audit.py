@@ -114,12 +114,14 @@ def prepare_suites(suites: Sequence[SuiteSpec], limit: int | str | None, seed: i
 
     prepared = []
     for name, options in _normalize_suites(suites):
+        options = dict(options)
+        own_limit = options.pop("limit", None)  # a per-suite limit (`safety:limit=40`) beats the global one
         suite = SUITES.get(name)(**options)
         items = suite.load_items()
         ids = [it.id for it in items]
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"suite {name}: item ids are not unique")  # a suite bug, not user input
-        n = _limit(limit, suite)
+        n = _limit(own_limit if own_limit is not None else limit, suite)
         sampler: Callable[[Sequence[Item], int | None, int], list[Item]] = getattr(suite, "sample", None) or sample_items
         prepared.append(PreparedSuite(suite, sampler(items, n, seed), len(items), n))
     return prepared
@@ -159,12 +161,12 @@ def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
     return {role: build_judge(spec) for role, spec in judges.items()}
 
 
-def _judge_validity(judge: Any) -> dict[str, Any] | None:
+def _judge_validity(judge: Any, store: Store) -> dict[str, Any] | None:
     try:
         from aftertune.judges import validity
     except ImportError:
         return None
-    return validity(judge)
+    return validity(judge, store)
 
 
 def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
@@ -317,7 +319,7 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
     judge_objs = _build_judges(judges)
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
         for role, judge in judge_objs.items():
-            v = _judge_validity(judge)
+            v = _judge_validity(judge, store)
             if v is not None:
                 store.add_event(run_id, f"judge:{role}", "judge_validity", {"role": role, **v})
 

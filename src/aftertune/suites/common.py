@@ -192,11 +192,13 @@ def balanced_sample(items: Sequence[Item], limit: int | None, seed: int, group: 
 
 
 def paired_sample(items: Sequence[Item], limit: int | None, seed: int, pair: Callable[[Item], str],
-                  stratum: Callable[[Item], str] = lambda it: it.category) -> list[Item]:
-    """Sample whole pairs (items sharing `pair(item)`), stratified by `stratum` of the pair's first item.
+                  stratum: Callable[[Item], str] = lambda it: it.category, *, balanced: bool = False) -> list[Item]:
+    """Sample whole pairs (items sharing `pair(item)`): `limit` // pair size of them, at most `limit` items.
 
-    So an in-distribution item keeps its perturbed twin, and an ambiguous
-    BBQ context keeps its disambiguated version.
+    So an in-distribution item keeps its perturbed twin, and an ambiguous BBQ
+    context keeps its disambiguated version. Pairs are stratified by `stratum`
+    of their first item: proportionally (`sample_items`), or with equal shares
+    per stratum when `balanced`.
     """
     if limit is None or limit >= len(items):
         return list(items)
@@ -204,8 +206,12 @@ def paired_sample(items: Sequence[Item], limit: int | None, seed: int, pair: Cal
     for it in items:
         members[pair(it)].append(it)
     reps = [Item(key, stratum(grp[0]), {}) for key, grp in members.items()]
-    size = max(len(g) for g in members.values())
-    chosen = {r.id for r in sample_items(reps, max(1, limit // size), seed)}
+    n_pairs = limit // max(len(g) for g in members.values())
+    if n_pairs <= 0:
+        return []
+    chosen_reps = (balanced_sample(reps, n_pairs, seed, lambda r: r.category) if balanced
+                   else sample_items(reps, n_pairs, seed))
+    chosen = {r.id for r in chosen_reps}
     return [it for it in items if pair(it) in chosen]
 
 

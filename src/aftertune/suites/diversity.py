@@ -111,12 +111,12 @@ class DiversitySuite(Suite):
         Metric("mean_length", "higher", "score",
                "mean length of a sample in words (not a quality by itself; a drop often goes with collapse)"),
     )
-    default_limit: ClassVar[int | None] = 40
+    default_limit: ClassVar[int | None] = 30  # x 4 samples x 64 tokens: a few minutes on a CPU
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.samples = int(options.get("samples", 4))
-        self.max_new_tokens = int(options.get("max_new_tokens", 128))
+        self.max_new_tokens = int(options.get("max_new_tokens", 64))
         self.temperature = float(options.get("temperature", 1.0))
         self.seed = int(options.get("sample_seed", 1234))
         if self.samples < 2:

