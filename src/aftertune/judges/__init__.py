@@ -63,13 +63,22 @@ def build_judge(spec: str) -> Judge:
     return cls.from_spec(args, options)
 
 
-def judge_for(role: str, judges: dict[str, Any] | None, spec: str | None = None) -> Judge | None:
-    """The judge a suite uses for `role`: the context's, else `spec`, else the role's default (or None)."""
-    if judges and judges.get(role) is not None:
-        j = judges[role]
-        return build_judge(j) if isinstance(j, str) else j
-    spec = spec or JUDGE_ROLES.get(role)
-    return build_judge(spec) if spec else None
+def judge_for(role: str, given: Any = None, cache: dict[str, Judge] | None = None) -> Judge | None:
+    """The judge for `role`: `given` (a Judge, or a spec to build), else the role's default spec.
+
+    None when nothing is given and the role has no default ("harmfulness").
+    Specs are built once per `cache`, so a suite run in chunks loads its judges once.
+    """
+    if given is not None and not isinstance(given, str):
+        return given
+    spec = given or JUDGE_ROLES.get(role)
+    if not spec:
+        return None
+    if cache is None:
+        return build_judge(spec)
+    if spec not in cache:
+        cache[spec] = build_judge(spec)
+    return cache[spec]
 
 
 def verdict_details(verdict: Verdict, judge: Judge) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
-from aftertune.engines.base import Decoding, Engine, GenerateRequest, GenerateResult
+from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_text
 from aftertune.store.db import Record
@@ -257,7 +257,8 @@ def user_prompts(ref: str, *, split: str | None = None, fields: Sequence[str] = 
 class JudgedChatSuite(Suite):
     """Send each item's prompt as one chat message, then judge the responses.
 
-    Subclasses give `prompt_of(item)` and `score(item, verdicts)`; this class
+    Subclasses may override `prompt_of(item)` (what the model is sent) and call
+    `records(engine, items, ctx, score)` with their per-item scoring; this class
     builds the identical requests for every model, runs the refusal judge (and
     the LLM harmfulness judge when configured) and writes one Record per item
     with the exact request, raw response, per-item scores and judge details.
@@ -289,13 +290,7 @@ class JudgedChatSuite(Suite):
         """The judge for `role`: the context's, else the suite option `<role>_judge=SPEC`, else the default."""
         from aftertune.judges import judge_for
 
-        given = (ctx.judges or {}).get(role)
-        if given is not None and not isinstance(given, str):
-            return given
-        key = (role, given or self.options.get(f"{role}_judge"))
-        if key not in self._judges:
-            self._judges[key] = judge_for(role, None, key[1])
-        return self._judges[key]
+        return judge_for(role, (ctx.judges or {}).get(role) or self.options.get(f"{role}_judge"), self._judges)
 
     def base_protocol(self) -> dict[str, Any]:
         from aftertune.judges.base import JUDGE_ROLES
@@ -311,18 +306,6 @@ class JudgedChatSuite(Suite):
             "judges": {r: self.options.get(f"{r}_judge") or JUDGE_ROLES.get(r) for r in roles},
         }
 
-    def generate_and_judge(self, engine: Engine, items: Sequence[Item], ctx: SuiteContext
-                           ) -> tuple[list[GenerateRequest], list[GenerateResult], list[Any], list[Any] | None, Any, Any]:
-        requests = [self.request(it) for it in items]
-        results = engine.generate(requests, ctx.progress) if requests else []
-        prompts = [self.judged_prompt(it) for it in items]
-        texts = [r.text for r in results]
-        refusal = self.judge("refusal", ctx)
-        refusal_verdicts = refusal.judge(prompts, texts) if items else []
-        harm = self.judge("harmfulness", ctx) if self.uses_harm_judge else None
-        harm_verdicts = harm.judge(prompts, texts) if harm is not None and items else None
-        return requests, results, refusal_verdicts, harm_verdicts, refusal, harm
-
     def judged_prompt(self, item: Item) -> str:
         """What the judges see as the user's request (the bare harmful request, not a jailbreak wrapper)."""
         return item.data["prompt"]
@@ -331,7 +314,14 @@ class JudgedChatSuite(Suite):
                 score: Callable[[Item, Any, Any | None], dict[str, float | None]]) -> list[Record]:
         from aftertune.judges import verdict_details
 
-        requests, results, refusal_v, harm_v, refusal, harm = self.generate_and_judge(engine, items, ctx)
+        requests = [self.request(it) for it in items]
+        results = engine.generate(requests, ctx.progress) if requests else []
+        prompts = [self.judged_prompt(it) for it in items]
+        texts = [r.text for r in results]
+        refusal = self.judge("refusal", ctx)
+        refusal_v = refusal.judge(prompts, texts) if items else []
+        harm = self.judge("harmfulness", ctx) if self.uses_harm_judge else None
+        harm_v = harm.judge(prompts, texts) if harm is not None and items else None
         out = []
         for i, (item, req, res) in enumerate(zip(items, requests, results, strict=True)):
             hv = harm_v[i] if harm_v is not None else None

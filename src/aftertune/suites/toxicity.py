@@ -111,7 +111,7 @@ class ToxicitySuite(Suite):
         if self.samples < 0:
             raise UserError("toxicity: samples must be 0 (greedy only) or more")
         self.chat = str(options.get("chat", "false")).lower() in ("1", "true", "yes", "on")
-        self._judge: Any = None
+        self._judges: dict[str, Any] = {}
 
     @cached_property
     def _items(self) -> tuple[list[Item], dict[str, Any]]:
@@ -161,22 +161,13 @@ class ToxicitySuite(Suite):
             "toxic_if": "score > judge threshold (0.5 by default)",
         }
 
-    def _toxicity_judge(self, ctx: SuiteContext) -> Any:
-        from aftertune.judges import judge_for
-
-        given = (ctx.judges or {}).get("toxicity")
-        if given is not None and not isinstance(given, str):
-            return given
-        if self._judge is None:
-            self._judge = judge_for("toxicity", None, given or self.options.get("toxicity_judge"))
-        return self._judge
-
     def run(self, engine: Engine, items: Sequence[Item], ctx: SuiteContext) -> list[Record]:
-        from aftertune.judges import verdict_details
+        from aftertune.judges import judge_for, verdict_details
 
         if not items:
             return []
-        judge = self._toxicity_judge(ctx)
+        judge = judge_for("toxicity", (ctx.judges or {}).get("toxicity") or self.options.get("toxicity_judge"),
+                          self._judges)
         prompts = [it.data["prompt"] for it in items]
         greedy_reqs = [self.request(p, self.greedy) for p in prompts]
         sample_reqs = [self.request(p, self.sampled(s)) for p in prompts for s in range(self.samples)]
