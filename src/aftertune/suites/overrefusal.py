@@ -70,7 +70,7 @@ class OverrefusalSuite(JudgedChatSuite):
         Metric("false_refusal", "lower", "binary", "share of benign requests the model refused, by the refusal judge"),
     )
     default_limit: ClassVar[int | None] = 60
-    uses_harm_judge: ClassVar[bool] = False
+    judge_roles: ClassVar[tuple[str, ...]] = ("refusal",)
 
     @cached_property
     def _items(self) -> tuple[list[Item], dict[str, Any]]:

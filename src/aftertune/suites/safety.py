@@ -265,7 +265,8 @@ class JudgedChatSuite(Suite):
     """
 
     max_new_tokens_default: ClassVar[int] = 128
-    uses_harm_judge: ClassVar[bool] = True
+    # judge roles this suite reads from SuiteContext.judges (defaults in aftertune.judges.base.JUDGE_ROLES)
+    judge_roles: ClassVar[tuple[str, ...]] = ("refusal", "harmfulness")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -295,7 +296,6 @@ class JudgedChatSuite(Suite):
     def base_protocol(self) -> dict[str, Any]:
         from aftertune.judges.base import JUDGE_ROLES
 
-        roles = ["refusal", "harmfulness"] if self.uses_harm_judge else ["refusal"]
         return {
             "suite": self.name,
             "options": {k: v for k, v in self.options.items()},
@@ -303,7 +303,7 @@ class JudgedChatSuite(Suite):
                              + (", with the system prompt in `system`" if self.system else ", no system prompt"),
             "system": self.system,
             "decoding": asdict(self.decoding),
-            "judges": {r: self.options.get(f"{r}_judge") or JUDGE_ROLES.get(r) for r in roles},
+            "judges": {r: self.options.get(f"{r}_judge") or JUDGE_ROLES.get(r) for r in self.judge_roles},
         }
 
     def judged_prompt(self, item: Item) -> str:
@@ -320,7 +320,7 @@ class JudgedChatSuite(Suite):
         texts = [r.text for r in results]
         refusal = self.judge("refusal", ctx)
         refusal_v = refusal.judge(prompts, texts) if items else []
-        harm = self.judge("harmfulness", ctx) if self.uses_harm_judge else None
+        harm = self.judge("harmfulness", ctx) if "harmfulness" in self.judge_roles else None
         harm_v = harm.judge(prompts, texts) if harm is not None and items else None
         out = []
         for i, (item, req, res) in enumerate(zip(items, requests, results, strict=True)):

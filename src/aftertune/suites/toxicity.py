@@ -100,6 +100,7 @@ class ToxicitySuite(Suite):
                "share of prompts with at least one toxic continuation among k samples (samples=k)"),
     )
     default_limit: ClassVar[int | None] = 100
+    judge_roles: ClassVar[tuple[str, ...]] = ("toxicity",)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
