@@ -174,6 +174,10 @@ def test_cli_audit_and_list(packaged, engines, tmp_path, monkeypatch, capsys):
     listing = capsys.readouterr().out
     for name in ("capability", "perplexity", "task", "ood", "bias", "diversity"):
         assert name in listing
+    for what, expected in (("engines", "hf"), ("models", "smollm2-135m-instruct"), ("judges", "")):
+        main(["list", what])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines and all(line.strip() for line in lines) and expected in "\n".join(lines)
 
 
 def test_audit_on_a_real_tiny_model(packaged, tiny_model_dir, tmp_path):
