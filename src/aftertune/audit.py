@@ -17,6 +17,7 @@ Besides the records it writes events: `sample` (what was sampled per suite),
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import re
@@ -250,13 +251,22 @@ def audit(
     suite_specs = _normalize_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
 
-    own_store = not isinstance(store, Store)
-    if own_store:
-        from aftertune.paths import default_store_path
+    with contextlib.ExitStack() as stack:
+        if not isinstance(store, Store):
+            from aftertune.paths import default_store_path
 
-        store = Store(store or default_store_path())
-    assert isinstance(store, Store)
-    out = Path(out_dir)
+            store = Store(store or default_store_path())
+            stack.callback(store.close)  # a store this call opened is closed by it, whatever happens
+        return _audit_in(store, refs, models, suite_specs, prepared, out=Path(out_dir), limit=limit, seed=seed,
+                         judges=judges, batch_size=batch_size, run_id=run_id, progress=progress, engine=engine,
+                         engine_options=engine_options or {}, name=name, reports=reports)
+
+
+def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
+              suite_specs: Sequence[tuple[str, dict[str, Any]]], prepared: Sequence[PreparedSuite], *, out: Path,
+              limit: int | str | None, seed: int, judges: Mapping[str, Any] | None, batch_size: int,
+              run_id: str | None, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
+              name: str | None, reports: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(refs, suite_specs, limit, seed, {k: (v if isinstance(v, (str, dict)) else str(v))
                                                    for k, v in (judges or {}).items()})
@@ -270,7 +280,7 @@ def audit(
     store.set_run_status(run_id, "running")
     try:
         _run(store, run_id, refs, models, prepared, resumed=resumed, seed=seed, judges=judges,
-             batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options or {})
+             batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options)
     except KeyboardInterrupt:
         store.set_run_status(run_id, "interrupted")
         raise
@@ -280,8 +290,6 @@ def audit(
     store.set_run_status(run_id, "done")
     if reports:
         write_outputs(store, run_id, out)
-    if own_store:
-        store.close()
     return run_id
 
 
