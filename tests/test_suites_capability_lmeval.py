@@ -96,3 +96,32 @@ def test_capability_arc_easy_matches_lm_eval_hflm(packaged_home, monkeypatch):
           f"same prediction {same_pred:.0%}, same acc {same_acc:.0%}, same acc_norm {same_norm:.0%}; "
           f"|Δ log-prob| median {diffs[len(diffs) // 2]:.4f}, max {diffs[-1]:.4f}")
     assert same_pred >= 0.98 and same_acc >= 0.98 and same_norm >= 0.98
+
+
+@pytest.mark.slow
+def test_packaged_data_parses_completely(packaged_home, monkeypatch):
+    """Every packaged row of every suite becomes an item; labels are not degenerate (as moonshot's Winogrande is)."""
+    from collections import Counter
+
+    monkeypatch.setenv("AFTERTUNE_HOME", packaged_home)
+    cap = SUITES.get("capability")()
+    items = cap.load_items()
+    sizes = Counter(it.category for it in items)
+    assert sizes == {"mmlu": 2850, "arc_easy": 5197, "arc_challenge": 2590, "hellaswag": 49947, "boolq": 3270,
+                     "piqa": 1500, "truthfulqa_mc1": 483}
+    golds: dict[str, Counter] = {}
+    for it in items:
+        q = cap.question(it)
+        assert q.n_choices >= 2 and all(0 <= g < q.n_choices for g in q.gold)
+        golds.setdefault(it.category, Counter())[q.gold[0]] += 1
+    for task, counts in golds.items():
+        assert max(counts.values()) / sum(counts.values()) < 0.7, (task, counts)
+
+    bias = SUITES.get("bias")().load_items()
+    assert Counter(it.category for it in bias) == {"bbq:ambiguous": 300, "bbq:disambiguated": 300,
+                                                   "crows_pairs": 1018, "stereoset:intersentence": 2123,
+                                                   "stereoset:intrasentence": 2106}
+    ood = SUITES.get("ood")().load_items()
+    assert len(ood) == 2 * (131 + 71 + 133 + 81 + 121 + 119 + 3270)
+    ppl = SUITES.get("perplexity")().load_items()
+    assert Counter(it.category for it in ppl) == {"wiki": 125, "news": 999}  # one XSum row has an empty document
