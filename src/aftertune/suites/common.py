@@ -15,7 +15,6 @@ dividing each by the length of its choice string in characters.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from collections import defaultdict
@@ -69,7 +68,7 @@ def read_user_data(ref: str, *, split: str | None = None, name: str | None = Non
 
 
 def require(row: dict[str, Any], name: str, where: str, rowno: int, *, types: type | tuple[type, ...] = str,
-          alternatives: Sequence[str] = ()) -> Any:
+            alternatives: Sequence[str] = ()) -> Any:
     """row[name] (or the first alternative present), checked; a missing or mistyped field names file, row, field."""
     for key in (name, *alternatives):
         if key in row and row[key] is not None:
@@ -257,14 +256,6 @@ class MCQuestion:
             return {"kind": "loglikelihood", "context": self.contexts[0], "continuations": list(self.continuations)}
         return {"kind": "loglikelihood", "contexts": list(self.contexts), "continuation": self.continuations[0]}
 
-    def to_json(self) -> dict[str, Any]:
-        return {"contexts": list(self.contexts), "continuations": list(self.continuations),
-                "norm_texts": list(self.norm_texts), "gold": list(self.gold)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> MCQuestion:
-        return cls(tuple(d["contexts"]), tuple(d["continuations"]), tuple(d["norm_texts"]), tuple(d["gold"]))
-
 
 def argmax(values: Sequence[float]) -> int:
     """First index of the maximum, as numpy.argmax."""
@@ -308,10 +299,6 @@ def score_questions(engine: Engine, questions: Sequence[MCQuestion], ctx: SuiteC
         flat.extend(reqs)
     results = engine.loglikelihood(flat, ctx.progress) if flat else []
     return [outcome(q, results[a:b]) for q, (a, b) in zip(questions, spans, strict=True)]
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def stable_rng(*parts: Any) -> random.Random:
