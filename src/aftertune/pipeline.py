@@ -176,6 +176,6 @@ def _scan(store: Store, run_id: str, data: str, out: Path, say: Callable[[str], 
     from aftertune.scan import scan_source
 
     report = scan_source(data)
-    write_json_atomic(out / "scan.json", report.to_json())
+    report.write(out)
     store.add_event(run_id, "scan", "scan", report.to_json())
     say(f"    {report.summary_line()}")

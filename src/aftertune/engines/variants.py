@@ -116,6 +116,18 @@ class ICLEngine(Engine):
         return self.inner.rolling_loglikelihood(requests, progress)
 
 
+def demo_pairs(data: str) -> list[Demo]:
+    """(user, assistant) pairs of the training split of `data`, in any training-data format."""
+    from aftertune.recipes.data import load_examples
+
+    pairs = []
+    for ex in load_examples(data, split="train"):
+        msgs = ex.sft_messages()
+        if len(msgs) >= 2 and msgs[-1]["role"] == "assistant":
+            pairs.append((ex.user_prompt(), msgs[-1]["content"]))
+    return pairs
+
+
 def draw_demos(pairs: Sequence[Demo], k: int, seed: int) -> list[Demo]:
     """`k` demonstrations drawn without replacement with a seeded RNG (the data seed of Mosbach et al.)."""
     if k < 1:
@@ -127,8 +139,6 @@ def draw_demos(pairs: Sequence[Demo], k: int, seed: int) -> list[Demo]:
 
 @VARIANTS.register("icl", "in-context learning: k seeded demonstrations from the training data before every request")
 def _icl(engine: Engine, options: dict[str, str]) -> Engine:
-    from aftertune.trainsets import demo_pairs
-
     unknown = set(options) - {"k", "seed", "data", "max_chars"}
     if unknown:
         raise UserError(f"icl: unknown option {sorted(unknown)[0]!r}; options are k, seed, data, max_chars")
