@@ -24,28 +24,30 @@ def parse_model_arg(text: str) -> tuple[str | None, str]:
 def parse_judge_arg(text: str) -> tuple[str, str]:
     role, eq, spec = text.partition("=")
     if not eq or not role.strip() or not spec.strip():
-        raise UserError(f"--judge {text!r}: write ROLE=SPEC, e.g. --judge refusal=keyword")
+        raise UserError(f"--judge {text!r}: write ROLE=SPEC, e.g. --judge harmfulness=llm:MODEL")
     return role.strip(), spec.strip()
 
 
 @app.command("audit")
 def audit_cmd(
     model: Annotated[list[str], typer.Option(
-        "--model", "-m", help="A model to audit: label=REF or REF (packaged name, hub id, local dir, adapter dir, "
+        "--model", "-m", metavar="LABEL=REF", help="A model to audit: label=REF or REF (packaged name, hub id, local dir, adapter dir, "
                               "openai:MODEL@URL). Repeat for several; each is loaded once.")],
     suite: Annotated[list[str], typer.Option(
-        "--suite", "-s", help="Suites, comma-separated or repeated; options after colons, e.g. "
+        "--suite", "-s", metavar="NAME[:KEY=VALUE...]", help="Suites, comma-separated or repeated; options after colons, e.g. "
                               "capability:tasks=arc_easy+piqa or task:task=support. `aftertune list suites` shows them.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for run.json, records.jsonl and the reports.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for run.json, records.jsonl and the reports.")],
     limit: Annotated[str | None, typer.Option(
-        "--limit", "-n", help="Items per suite (default: each suite's own, a few minutes on a CPU); 'all' for every "
+        "--limit", "-n", metavar="N|all", help="Items per suite (default: each suite's own, a few minutes on a CPU); 'all' for every "
                               "item.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Which items are sampled (the same for every model).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Which items are sampled (the same for every model).")] = 0,
     judge: Annotated[list[str] | None, typer.Option(
-        "--judge", "-j", help="ROLE=SPEC, e.g. refusal=keyword; repeatable.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per model batch (local models).")] = 16,
-    engine: Annotated[str | None, typer.Option("--engine", help="Force a backend: hf, openai or vllm.")] = None,
-    store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
+        "--judge", "-j", metavar="ROLE=SPEC",
+        help="Judge for a role, e.g. harmfulness=llm:qwen2.5-coder-1.5b-instruct or refusal=refusal:mode=phrases "
+             "(`aftertune list judges`); repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Requests per model batch (local models).")] = 16,
+    engine: Annotated[str | None, typer.Option("--engine", metavar="NAME", help="Force a backend: hf, openai or vllm.")] = None,
+    store_path: Annotated[Path | None, typer.Option("--store", metavar="FILE", help=_STORE_HELP)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Run suites on one or more models: one record per (model, item), resumable, then the report.
