@@ -162,6 +162,23 @@ def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
     return {role: build_judge(spec) for role, spec in judges.items()}
 
 
+def _with_default_judges(judges: Mapping[str, Any] | None, prepared: Sequence[PreparedSuite]) -> dict[str, Any]:
+    """The judges passed in, plus the default judge of every role a suite reads and no one configured.
+
+    Building the defaults here (not inside each suite) means one instance serves every suite and
+    its validity figures are recorded for the report like those of a configured judge. Suite
+    options (`safety:refusal_judge=SPEC`) still take precedence inside the suite.
+    """
+    from aftertune.judges.base import JUDGE_ROLES
+
+    out = dict(judges or {})
+    for p in prepared:
+        for role in getattr(p.suite, "judge_roles", ()):
+            if role not in out and JUDGE_ROLES.get(role) and not p.suite.options.get(f"{role}_judge"):
+                out[role] = JUDGE_ROLES[role]
+    return out
+
+
 def _judge_validity(judge: Any, store: Store) -> dict[str, Any] | None:
     try:
         from aftertune.judges import validity
@@ -324,7 +341,7 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
             store.add_event(run_id, f"protocol:{p.suite.name}", "protocol",
                             {"suite": p.suite.name, "protocol": p.suite.protocol()})
 
-    judge_objs = _build_judges(judges)
+    judge_objs = _build_judges(_with_default_judges(judges, prepared))
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
         for role, judge in judge_objs.items():
             v = _judge_validity(judge, store)

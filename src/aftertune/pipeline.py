@@ -78,9 +78,29 @@ def _suites(names: list[str], limits: dict[str, int]) -> list[tuple[str, dict[st
     return out
 
 
-def _task_options(suites: list[tuple[str, dict[str, Any]]], data: str) -> list[tuple[str, dict[str, Any]]]:
-    """The `task` suite scores the fine-tuning task's own held-out split unless told otherwise."""
-    return [(n, {"task": data, **o} if n == "task" and "task" not in o and "data" not in o else o) for n, o in suites]
+def _task_options(suites: list[tuple[str, dict[str, Any]]], train: dict[str, Any],
+                  say: Callable[[str], None] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The `task` suite scores the fine-tuning task's held-out data unless the spec names other data.
+
+    A built-in set has its own held-out split; a user file needs `eval_data` in the training
+    config (scoring the training rows themselves would measure memorisation), else the task
+    suite is left out and the run says so.
+    """
+    from aftertune import trainsets
+
+    out = []
+    for name, options in suites:
+        if name == "task" and "task" not in options and "data" not in options:
+            if trainsets.is_builtin(train["data"]):
+                options = {"task": train["data"], **options}
+            elif train.get("eval_data"):
+                options = {"data": train["eval_data"], **options}
+            else:
+                if say:
+                    say("    task suite skipped: the training data is a file without train.eval_data (held-out rows)")
+                continue
+        out.append((name, options))
+    return out
 
 
 def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None = None, progress: bool = True,
@@ -106,8 +126,9 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
                                        "spec_sha256": spec_hash, "spec": spec_json})
     say(f"aftertune run {spec.name!r}: run {run_id}, store {store.path}, output {out}")
     steps = _Steps(store, run_id, say)
-    data = spec.train_data()
-    main_suites = _task_options(_suites(spec.audit.suites, spec.audit.limits), data)
+    train = spec.stages[-1] if spec.stages else spec.train
+    data = train["data"]
+    main_suites = _task_options(_suites(spec.audit.suites, spec.audit.limits), train, say)
     audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
                     batch_size=spec.audit.batch_size, progress=progress, reports=False)
     models: dict[str, str] = {"base": spec.base}
@@ -148,7 +169,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
 
     if spec.checkpoints is not None and checkpoints:
         ck = spec.checkpoints
-        ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), data)
+        ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), train)
         curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
         for label, _, step in checkpoints:
             store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})

@@ -1,4 +1,4 @@
-"""`aftertune list suites|judges|engines|models`: what is registered, one line each."""
+"""`aftertune list suites|judges|engines|models|presets|trainsets`: what is registered, one line each."""
 
 from __future__ import annotations
 
@@ -77,3 +77,19 @@ def list_models() -> None:
     from aftertune.sources.catalog import MODELS
 
     typer.echo(_table((e.name, f"{e.obj.kind}, {e.obj.download_mb:.0f} MB download: {e.description}") for e in MODELS))
+
+
+@list_app.command("presets")
+def list_presets() -> None:
+    """Presets: study protocols for `aftertune run --preset NAME` (each says what it scales down)."""
+    from aftertune.presets import describe, preset_names
+
+    typer.echo(_table((name, describe(name)) for name in preset_names()))
+
+
+@list_app.command("trainsets")
+def list_trainsets() -> None:
+    """Built-in training sets for `aftertune tune --data NAME` (each has a data card and a held-out split)."""
+    from aftertune.trainsets import TRAINSETS
+
+    typer.echo(_table((e.name, e.description) for e in TRAINSETS))

@@ -1,0 +1,89 @@
+"""`aftertune run` end to end on a tiny model: every step, one run holding every model, resume, gate, bad specs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aftertune.errors import UserError
+from aftertune.pipeline import run_pipeline
+from aftertune.spec import load_pipeline_spec
+from aftertune.store import Store
+
+QUESTIONS = ["Where is my parcel?", "How do I reset my password?", "Can I get a refund?",
+             "My order arrived damaged.", "How do I change my address?", "Is the shop open on Sunday?"]
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (ticket {offset + i})"},
+                          {"role": "assistant", "content": "Sure, here is a step by step answer to your question."}]}
+            for i in range(n)]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def spec(tmp_path, tiny_model_dir):
+    train = _write(tmp_path / "train.jsonl", _rows(24))
+    held = _write(tmp_path / "held.jsonl", _rows(6, offset=100))
+    return load_pipeline_spec(None, {
+        "name": "tiny",
+        "base": str(tiny_model_dir),
+        "train": {"data": train, "eval_data": held, "method": "lora", "max_steps": 4, "batch_size": 4,
+                  "max_length": 64, "checkpoint_every": 2, "learning_rate": 0.01},
+        "scan": False,
+        "audit": {"suites": ["task:max_new_tokens=8"], "limits": {"task": 6}, "batch_size": 4},
+        "checkpoints": {"suites": ["task:max_new_tokens=8"], "limit": 3},
+        "icl": {"k": 2},
+        "gate": {"task.rouge_l": {"max_decrease": 1.0}},
+    })
+
+
+def test_pipeline_runs_every_step_and_resumes(spec, tmp_path):
+    store = Store(tmp_path / "store.sqlite")
+    out = tmp_path / "run"
+    first = run_pipeline(spec, out, store=store, progress=False, say=lambda _m: None)
+
+    assert set(first.models) == {"base", "icl-2", "tuned"}
+    labels = {m["label"] for m in store.models(first.run_id)}
+    assert {"base", "icl-2", "tuned", "checkpoint-2", "checkpoint-4"} <= labels
+    # same items for every model of the main audit
+    items = {label: {r.item_id for r in store.records(first.run_id, model=label, suite="task")}
+             for label in ("base", "icl-2", "tuned")}
+    assert items["base"] == items["icl-2"] == items["tuned"] and len(items["base"]) == 6
+    # checkpoints were audited on a subset of the main sample
+    ck_items = {r.item_id for r in store.records(first.run_id, model="checkpoint-2", suite="task")}
+    assert len(ck_items) == 3 and ck_items <= items["base"]
+    for name in ("report.html", "report.md", "results.json", "run.json"):
+        assert (out / name).is_file(), name
+    assert first.violations == []  # a decrease of at most 1.0 in ROUGE-L always holds
+
+    # the same command again: the same run, nothing recomputed, the same results
+    n_cache = store.cache_count()
+    second = run_pipeline(spec, out, store=store, progress=False, say=lambda _m: None)
+    assert second.run_id == first.run_id
+    assert store.cache_count() == n_cache
+    assert json.loads((out / "results.json").read_text())["run"]["id"] == first.run_id
+
+
+def test_gate_violation_is_reported(spec, tmp_path):
+    strict = spec.model_copy(update={"gate": {"task.rouge_l": {"max_increase": -1.0}}, "checkpoints": None,
+                                     "icl": None})
+    result = run_pipeline(strict, tmp_path / "run", store=Store(tmp_path / "s.sqlite"), progress=False,
+                          say=lambda _m: None)
+    assert len(result.violations) == 1
+
+
+def test_bad_specs_fail_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: x\ntrian: {data: support}\n", encoding="utf-8")
+    with pytest.raises(UserError, match="trian"):
+        load_pipeline_spec(bad)
+    with pytest.raises(UserError, match="set by the pipeline"):
+        load_pipeline_spec(None, {"train": {"data": "support", "model": "x"}})
+    with pytest.raises(UserError, match="no such spec file"):
+        load_pipeline_spec(tmp_path / "missing.yaml")
