@@ -328,23 +328,38 @@ def test_loglikelihood_equals_a_full_forward(chaotic):
         assert r.is_greedy == greedy and r.n_tokens == len(cont)
 
 
-def test_shared_context_path_equals_naive_path(chaotic):
+def _paths(eng, pairs, monkeypatch):
+    """The same pairs scored packed, through the KV cache, and through the cache in tiny chunks."""
+    out = {"packed": score_pairs(eng.model, pairs, pad_id=0, batch_size=16, device=eng.device)}
+    with monkeypatch.context() as mp:
+        mp.setattr(batching_mod, "PACK_MAX_LEN", 0)
+        out["cached"] = score_pairs(eng.model, pairs, pad_id=0, batch_size=16, device=eng.device)
+        mp.setattr(batching_mod, "LOGIT_POSITIONS", 3)
+        mp.setattr(batching_mod, "PREFILL_POSITIONS", 2)
+        out["chunked"] = score_pairs(eng.model, pairs, pad_id=0, batch_size=16, device=eng.device)
+    return out
+
+
+def test_shared_context_paths_equal_the_naive_path(chaotic, monkeypatch):
+    """Packed rows, the KV cache and its chunked form all give the full-forward numbers."""
     pairs = [chaotic.encode_pair(r.context, r.continuation) for r in LL_REQUESTS] * 2
-    shared = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
-    naive = [score_pairs(chaotic.model, [p], pad_id=0, batch_size=1, device=chaotic.device)[0] for p in pairs]
-    for (a, ga), (b, gb) in zip(shared, naive, strict=True):
-        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+    naive = [_manual_loglikelihood(chaotic.model, ctx, cont) for ctx, cont in pairs]
+    for name, scores in _paths(chaotic, pairs, monkeypatch).items():
+        for (a, ga), (b, gb) in zip(scores, naive, strict=True):
+            assert a == pytest.approx(b, abs=1e-4), name
+            assert ga == gb, name
 
 
-def test_long_continuations_are_fed_in_chunks(chaotic, monkeypatch):
-    """Small chunk sizes (as for 8k-token windows) give the same answers as one pass."""
-    pairs = [chaotic.encode_pair(r.context, r.continuation) for r in LL_REQUESTS]
-    whole = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
-    monkeypatch.setattr(batching_mod, "LOGIT_POSITIONS", 3)
-    monkeypatch.setattr(batching_mod, "PREFILL_POSITIONS", 2)
-    chunked = score_pairs(chaotic.model, pairs, pad_id=0, batch_size=16, device=chaotic.device)
-    for (a, ga), (b, gb) in zip(whole, chunked, strict=True):
-        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+def test_eager_attention_takes_a_float_mask(chaotic_dir, monkeypatch):
+    eng = _engine(chaotic_dir)
+    eng.model.config._attn_implementation = "eager"
+    assert batching_mod._packed_mask_kind(eng.model) == torch.float32
+    pairs = [eng.encode_pair(r.context, r.continuation) for r in LL_REQUESTS]
+    for (a, _), (ctx, cont) in zip(score_pairs(eng.model, pairs, pad_id=0, batch_size=4, device=eng.device), pairs,
+                                   strict=True):
+        assert a == pytest.approx(_manual_loglikelihood(eng.model, ctx, cont)[0], abs=1e-4)
+    eng.model.config._attn_implementation = "flash_attention_2"
+    assert batching_mod._packed_mask_kind(eng.model) is None  # such models take the KV-cache path
 
 
 def test_lm_eval_tokenization_conventions(chaotic):
@@ -462,6 +477,58 @@ def test_adapter_can_be_loaded_switched_off(chaotic_dir, lora_dir):
     assert off.loglikelihood(LL_REQUESTS[:3]) == base.loglikelihood(LL_REQUESTS[:3])
     with pytest.raises(UserError, match="no adapter"), base.adapter_disabled():
         pass
+
+
+# --------------------------------------------------------------------------- CPU kernels and the cache
+
+
+def test_packed_cpu_weights_give_bitwise_the_same_outputs(chaotic_dir):
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.engines.cpu_linear import pack_linear_weights
+
+    eng = _engine(chaotic_dir, batch_size=4)
+    if not eng.packed_linears:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    assert eng.describe()["packed_linears"] == eng.packed_linears
+    plain = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([eng.tok_encode(p)[:6] for p in ["Paris is the capital of France", "The quick brown fox jumps"]])
+    with torch.no_grad():
+        assert torch.equal(eng.model(ids).logits, plain(ids).logits)
+    assert pack_linear_weights(eng.model) == 0  # already packed: nothing to do
+    bf16 = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.bfloat16)
+    assert pack_linear_weights(bf16) == 0  # MKL packs float32 only
+
+
+def test_packing_steps_aside_when_it_would_not_be_exact(chaotic_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.engines import cpu_linear
+
+    model = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.float32)
+    monkeypatch.setattr(cpu_linear, "_probe", lambda *a: False)
+    assert cpu_linear.pack_linear_weights(model) == 0
+    monkeypatch.setattr(cpu_linear, "_mkl_ops", lambda: None)
+    assert cpu_linear.pack_linear_weights(model) == 0
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+def test_growing_cache_layer_keeps_keys_and_values_in_step():
+    layer = batching_mod.GrowingLayer()
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    keys, values = layer.update(k, v)
+    assert torch.equal(keys, k) and torch.equal(values, v) and layer.get_seq_length() == 5
+    k2, v2 = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+    keys, values = layer.update(k2, v2)  # written into spare capacity, no re-concatenation
+    assert torch.equal(keys, torch.cat([k, k2], 2)) and torch.equal(values, torch.cat([v, v2], 2))
+    # assigning keys then values (as batch selection and trimming do) keeps them consistent
+    layer.keys = layer.keys[:, :, 2:]
+    layer.values = layer.values[:, :, 2:]
+    assert layer.keys.shape == layer.values.shape == (2, 3, 4, 4)
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert layer.keys.shape[0] == 3 and torch.equal(layer.values[2], torch.cat([v, v2], 2)[0, :, 2:])
+    keys, _ = layer.update(torch.zeros(3, 3, 2, 4), torch.zeros(3, 3, 2, 4))
+    assert keys.shape == (3, 3, 6, 4) and layer.get_seq_length() == 6
 
 
 # --------------------------------------------------------------------------- the real SmolLM2 (slow)

@@ -4,13 +4,19 @@ Two routines, both model-agnostic (any transformers causal LM, PEFT-wrapped or n
 
 - `score_pairs`: log P(continuation | context) for many (context, continuation)
   token pairs. Pairs that share a context (the choices of a multiple-choice
-  question) share ONE forward pass of that context: the contexts of a batch run
-  left-padded with a KV cache, the cache is expanded across the choices
-  (`batch_select_indices`), and the continuations run on top of it. A question
-  with four choices therefore costs one context plus four short continuations,
-  where lm-evaluation-harness runs the context four times and computes the
-  full-vocabulary log-softmax at every position. Long inputs are fed in time
-  chunks through the same cache, so memory stays bounded for 8k-token windows.
+  question) share ONE pass over that context. Short groups are packed: one row
+  holds the context followed by every continuation (minus its last token), a
+  4D attention mask lets each continuation see only the context and itself,
+  and position ids restart after the context, so each continuation is scored
+  exactly as if it followed the context alone; the output layer runs only
+  where a token is scored. A four-choice question thus costs one context plus
+  four short continuations in one row, where lm-evaluation-harness runs the
+  context four times and computes the full-vocabulary log-softmax at every
+  position. Long groups (rolling windows, long documents) and models whose
+  attention cannot take a 4D mask go through a KV cache instead: contexts
+  left-padded, the cache expanded across the choices (`batch_select_indices`),
+  continuations fed in time chunks on top, so memory stays bounded for
+  8k-token windows.
 - `decode`: generation with continuous batching. Up to `batch_size` sequences
   decode together; a sequence that ends (EOS, stop string, token limit) leaves
   the batch at once and a waiting prompt takes its slot, so no step is spent on
@@ -19,12 +25,19 @@ Two routines, both model-agnostic (any transformers causal LM, PEFT-wrapped or n
   mask and position ids, so padding never changes what a row computes (up to
   floating-point rounding). Prompts that share a token prefix (the system prompt
   and chat header of an audit) prefill that prefix once per call. Models whose
-  cache layers are not plain `DynamicLayer`s (sliding windows, linear attention)
-  get static batches instead: finished rows still leave, but slots are refilled
-  only when the batch empties.
+  cache layers are not plain full-attention layers (sliding windows, linear
+  attention) get static batches instead: finished rows still leave, but slots
+  are refilled only when the batch empties.
 
 Positions are always passed explicitly (`position_ids` from the attention mask),
-so left padding and mid-sequence padding leave each row's math unchanged.
+so left padding and mid-sequence padding leave each row's math unchanged. Cache
+layers append in place (`GrowingLayer`) rather than re-concatenating the whole
+cache at every step.
+
+In float32 the results equal a plain full forward to within rounding (tests
+check 1e-4); in bfloat16, rounding makes greedy text depend on how prompts are
+batched and padded, in this engine as in any other (lm-eval's own outputs change
+with its batch size).
 """
 
 from __future__ import annotations
@@ -45,9 +58,70 @@ LOGIT_POSITIONS = 1024
 PREFILL_POSITIONS = 8192
 
 
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends into spare capacity instead of re-concatenating.
+
+    transformers' `DynamicLayer.update` does `torch.cat([keys, new])`, copying the
+    whole cache of every layer at every decoding step; for a small model on a CPU
+    that copy is a third of the step. Here new states are written in place into a
+    buffer that grows by half when full (amortised O(1) per token), and `keys` /
+    `values` are views of its filled part: the attention sees the same numbers.
+    Assigning `keys` / `values` (batch selection, merges, trims) replaces the buffer.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = self.values = None
+        self.is_initialized = True
+
+    # keys / values: buffer + filled length, each on its own (callers assign them one after the other)
+    @property  # type: ignore[override]
+    def keys(self) -> torch.Tensor:
+        return self._k[:, :, : self._nk] if self._k is not None else torch.empty(0)
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._k = value
+        self._nk = value.shape[-2] if value is not None and value.dim() == 4 else 0
+
+    @property  # type: ignore[override]
+    def values(self) -> torch.Tensor:
+        return self._v[:, :, : self._nv] if self._v is not None else torch.empty(0)
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._v = value
+        self._nv = value.shape[-2] if value is not None and value.dim() == 4 else 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, t = self._nk, key_states.shape[-2]
+        assert n == self._nv, "keys and values of a cache layer out of step"
+        k, v = self._k, self._v
+        if k is None or v is None or n + t > min(k.shape[-2], v.shape[-2]) or k.shape[0] != key_states.shape[0]:
+            cap = n + t + max(32, (n + t) // 2)
+            new_k = key_states.new_empty((*key_states.shape[:2], cap, key_states.shape[-1]))
+            new_v = value_states.new_empty((*value_states.shape[:2], cap, value_states.shape[-1]))
+            if n:
+                assert k is not None and v is not None
+                new_k[:, :, :n] = k[:, :, :n]
+                new_v[:, :, :n] = v[:, :, :n]
+            k, v = new_k, new_v
+        k[:, :, n: n + t] = key_states
+        v[:, :, n: n + t] = value_states
+        self._k, self._v, self._nk, self._nv = k, v, n + t, n + t
+        return self.keys, self.values
+
+
 def _new_cache(model: torch.nn.Module) -> DynamicCache:
+    """A DynamicCache for `model`; full-attention layers become `GrowingLayer`s."""
     config = getattr(model, "config", None)
-    return DynamicCache(config=config) if config is not None else DynamicCache()
+    cache = DynamicCache(config=config) if config is not None else DynamicCache()
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
 
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
@@ -116,8 +190,12 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
                 progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """(sum of log-probs of the continuation tokens, whether each was the argmax) for every pair.
 
-    Every context and continuation must be non-empty. A batch holds whole groups
-    (pairs with the same context) until it has `batch_size` pairs.
+    Every context and continuation must be non-empty. Pairs are grouped by
+    context; a batch is up to `batch_size` groups (so its context part has
+    `batch_size` rows, like a plain batch). Short groups run packed
+    (`_score_packed`: the context and all its continuations in one row), long
+    ones through the KV cache (`_score_cached`: the context once, then the
+    continuations in chunks on top of it).
     """
     groups: dict[tuple[int, ...], _Group] = {}
     for i, (ctx, cont) in enumerate(pairs):
@@ -125,30 +203,184 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
             raise ValueError("score_pairs needs a non-empty context and continuation")
         key = tuple(ctx)
         groups.setdefault(key, _Group(key)).members.append(i)
+    packable = _packed_mask_kind(model) is not None
     # Longest first (as lm-eval), so padding inside a batch stays small and memory peaks early.
-    ordered = sorted(groups.values(),
-                     key=lambda g: (-(len(g.context) + max(len(pairs[m][1]) for m in g.members)), g.context))
+    ordered = sorted(groups.values(), key=lambda g: (-_packed_len(g, pairs), g.context))
     results: list[tuple[float, bool] | None] = [None] * len(pairs)
     batch: list[_Group] = []
-    n = 0
+    batch_packed = False
     for g in ordered:
+        packed = packable and _packed_len(g, pairs) <= PACK_MAX_LEN
+        if batch and (len(batch) >= batch_size or packed != batch_packed
+                      or (packed and _packed_logit_positions([*batch, g], pairs) > LOGIT_POSITIONS)):
+            _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress)
+            batch = []
         batch.append(g)
-        n += len(g.members)
-        if n >= batch_size:
-            _score_batch(model, pairs, batch, results, pad_id=pad_id, device=device)
-            if progress:
-                progress(n)
-            batch, n = [], 0
+        batch_packed = packed
     if batch:
-        _score_batch(model, pairs, batch, results, pad_id=pad_id, device=device)
-        if progress:
-            progress(n)
+        _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
 
+# Groups whose packed row (context + every continuation but its last token) is longer
+# than this go through the KV cache instead (their logits and 4D mask would be large).
+PACK_MAX_LEN = 1024
+
+
+def _packed_len(g: _Group, pairs: Sequence[tuple[Tokens, Tokens]]) -> int:
+    return len(g.context) + sum(len(pairs[m][1]) - 1 for m in g.members)
+
+
+def _packed_logit_positions(batch: Sequence[_Group], pairs: Sequence[tuple[Tokens, Tokens]]) -> int:
+    """rows x kept positions of a packed batch (its logits tensor is that times the vocabulary)."""
+    keep = max(_packed_len(g, pairs) - len(g.context) + 1 for g in batch)
+    return len(batch) * keep
+
+
+def _run_batch(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], batch: Sequence[_Group],
+               packed: bool, results: list[tuple[float, bool] | None], pad_id: int, device: torch.device,
+               progress: Callable[[int], None] | None) -> None:
+    if packed:
+        _score_packed(model, pairs, batch, results, pad_id=pad_id, device=device)
+    else:
+        _score_cached(model, pairs, batch, results, pad_id=pad_id, device=device)
+    if progress:
+        progress(sum(len(g.members) for g in batch))
+
+
+def _packed_mask_kind(model: torch.nn.Module) -> torch.dtype | None:
+    """The 4D mask dtype the model's attention takes as given (bool for sdpa, float for eager), or None.
+
+    Other attention implementations (flash-attention, flex) cannot take an
+    arbitrary 4D mask; models with a sliding window are left to the cache path.
+    """
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if config is None or getattr(config, "sliding_window", None) or getattr(config, "is_encoder_decoder", False):
+        return None
+    if impl == "sdpa":
+        return torch.bool
+    if impl == "eager":
+        return getattr(model, "dtype", torch.float32)
+    return None
+
+
+# Config fields with which a causal LM post-processes its output layer (softcapping, scaling):
+# such models keep their own forward for logits.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder stack, output layer) when logits are exactly head(last hidden state), else None.
+
+    PEFT LoRA-style adapters live inside the layers, so their base model splits the
+    same way; prompt-learning adapters add virtual tokens in their own forward and
+    keep it.
+    """
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config is not None:
+        if any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+            return None
+        model = model.get_base_model()  # type: ignore[operator]
+    config = getattr(model, "config", None)
+    if config is None or any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
+        return None
+    try:
+        backbone, head = model.get_decoder(), model.get_output_embeddings()  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        return None
+    if backbone is None or backbone is model or not isinstance(head, torch.nn.Linear):
+        return None
+    return backbone, head
+
+
 @torch.inference_mode()
-def _score_batch(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], groups: Sequence[_Group],
+def _score_packed(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], groups: Sequence[_Group],
+                  results: list[tuple[float, bool] | None], *, pad_id: int, device: torch.device) -> None:
+    """One row per group: [pad..., context, cont_1[:-1], cont_2[:-1], ...], one forward pass.
+
+    A 4D attention mask lets each continuation see the context and itself (causally)
+    but not the other continuations, and position ids restart after the context, so
+    every continuation is scored exactly as if it followed the context alone.
+    """
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    spans: list[list[tuple[int, int, int]]] = []  # per row: (pair index, start in row, input length)
+    for g in groups:
+        c = len(g.context)
+        toks, pos, sp = list(g.context), list(range(c)), []
+        for m in g.members:
+            inp = list(pairs[m][1][:-1])
+            sp.append((m, len(toks), len(inp)))
+            toks += inp
+            pos += range(c, c + len(inp))
+        rows.append(toks)
+        positions.append(pos)
+        spans.append(sp)
+    width = max(len(r) for r in rows)
+    keep = max(len(r) - len(g.context) + 1 for r, g in zip(rows, groups, strict=True))
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos_ids = torch.zeros((n, width), dtype=torch.long)
+    allowed = torch.zeros((n, 1, width, width), dtype=torch.bool)
+    allowed[:, 0] = torch.eye(width, dtype=torch.bool)  # padding attends to itself only (no empty rows)
+    # (row, position in row, target token) for every scored continuation token
+    sel_row: list[int] = []
+    sel_pos: list[int] = []
+    targets: list[int] = []
+    owner: list[int] = []
+    for r, (toks, pos, sp, g) in enumerate(zip(rows, positions, spans, groups, strict=True)):
+        off = width - len(toks)
+        c = len(g.context)
+        ids[r, off:] = torch.tensor(toks)
+        pos_ids[r, off:] = torch.tensor(pos)
+        allowed[r, 0, off:off + c, off:off + c] = torch.ones(c, c, dtype=torch.bool).tril()
+        for m, start, k in sp:
+            cont = pairs[m][1]
+            # the first continuation token is predicted from the context's last position
+            sel_row.append(r)
+            sel_pos.append(off + c - 1)
+            targets.append(cont[0])
+            owner.append(m)
+            if k:
+                a = off + start
+                allowed[r, 0, a:a + k, off:off + c] = True
+                allowed[r, 0, a:a + k, a:a + k] = torch.ones(k, k, dtype=torch.bool).tril()
+                sel_row += [r] * k
+                sel_pos += range(a, a + k)
+                targets += cont[1:]
+                owner += [m] * k
+    kind = _packed_mask_kind(model)
+    mask: torch.Tensor = allowed
+    if kind is not None and kind != torch.bool:
+        mask = torch.zeros(allowed.shape, dtype=kind).masked_fill(~allowed, torch.finfo(kind).min)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos_ids.to(device),
+              "use_cache": False}
+    rows_t, pos_t = torch.tensor(sel_row, device=device), torch.tensor(sel_pos, device=device)
+    split = _backbone_and_head(model)
+    if split is not None:
+        # the output layer only where a token is scored (a third of the positions in multiple choice)
+        backbone, head = split
+        hidden = backbone(**inputs).last_hidden_state
+        picked = head(hidden[rows_t, pos_t]).float()
+    else:
+        logits = model(**inputs, logits_to_keep=keep).logits  # rows x keep x vocab
+        picked = logits[rows_t, pos_t - (width - keep)].float()
+    tgt = torch.tensor(targets, device=device)
+    tok_lp = picked.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+    hit = picked.argmax(-1) == tgt
+    lp_sum: dict[int, float] = {}
+    greedy: dict[int, bool] = {}
+    for m, lp, h in zip(owner, tok_lp.double().tolist(), hit.tolist(), strict=True):
+        lp_sum[m] = lp_sum.get(m, 0.0) + lp
+        greedy[m] = greedy.get(m, True) and h
+    for m in lp_sum:
+        results[m] = (lp_sum[m], greedy[m])
+
+
+@torch.inference_mode()
+def _score_cached(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], groups: Sequence[_Group],
                  results: list[tuple[float, bool] | None], *, pad_id: int, device: torch.device) -> None:
     # 1. every distinct context once; keep only the last position's logits (they predict
     #    the first continuation token)
@@ -279,7 +511,7 @@ class _Running:
         assert self.mask is not None and self.cache is not None
         used = self.mask.any(0).nonzero()
         first = int(used[0]) if len(used) else 0
-        if first > 0 and all(type(layer) is DynamicLayer for layer in self.cache.layers):
+        if first > 0 and _mergeable(self.cache):
             for layer in self.cache.layers:
                 layer.keys = layer.keys[:, :, first:]
                 layer.values = layer.values[:, :, first:]
@@ -310,7 +542,8 @@ def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
 
 
 def _mergeable(cache: DynamicCache) -> bool:
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    """Whether the cache is plain full-attention layers that `_Running` may pad, merge and trim."""
+    return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in cache.layers)
 
 
 def common_prefix(prompts: Sequence[Tokens]) -> int:

@@ -15,6 +15,9 @@ Behaviour worth knowing:
   and therefore of every cache key.
 - **Threads.** On CPU, torch uses every core the process may run on
   (`AFTERTUNE_THREADS` overrides, e.g. on a machine shared with other jobs).
+- **CPU float32** multiplies with MKL weights packed once at load
+  (`cpu_linear`): outputs are bitwise those of the plain model, decoding
+  steps about 1.4x faster; it costs one more copy of the Linear weights.
 - **Chat.** Requests with `messages` go through the model's own chat template
   (`apply_chat_template(..., add_generation_prompt=True)`) and the templated
   text is returned as `prompt_text`; it is tokenized without adding special
@@ -68,6 +71,7 @@ from aftertune.engines.base import (
     RollingResult,
 )
 from aftertune.engines.batching import GenSeq, decode, score_pairs
+from aftertune.engines.cpu_linear import pack_linear_weights
 from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
 
@@ -217,6 +221,8 @@ class HFEngine(Engine):
         self.is_adapter = base_fingerprint is not None
         self._adapter_on = adapter_enabled or not self.is_adapter
         self.max_length = max_length or self._resolve_max_length()
+        # float32 on CPU: MKL pre-packed weights, bitwise-identical outputs (see cpu_linear)
+        self.packed_linears = pack_linear_weights(model, batch_size) if device.type == "cpu" else 0
         from transformers import __version__ as tf_version
 
         dtype_name = str(dtype).removeprefix("torch.")
@@ -280,6 +286,7 @@ class HFEngine(Engine):
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "max_length": self.max_length,
+            "packed_linears": self.packed_linears,
             "adapter": self.is_adapter,
             "adapter_active": self.is_adapter and self._adapter_on,
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
