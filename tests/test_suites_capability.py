@@ -217,6 +217,14 @@ def test_perplexity_aggregate_is_token_weighted(packaged):
     assert all(r.request == {"kind": "rolling", "text": it.data["text"]} for r, it in zip(records, items, strict=True))
 
 
+def test_news_passages_are_article_leads():
+    from aftertune.suites.perplexity import lead_passage
+
+    doc = "One two three.\nFour five six seven.\n\nEight nine.\nTen."
+    assert lead_passage(doc, 5) == "One two three. Four five six seven."
+    assert lead_passage(doc, 100) == "One two three. Four five six seven. Eight nine. Ten."
+
+
 def test_perplexity_user_text(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("First paragraph here.\n\nSecond one,\nover two lines.\n\n\n")
