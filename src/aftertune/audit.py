@@ -287,7 +287,9 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(refs, suite_specs, limit, seed, {k: (v if isinstance(v, (str, dict)) else str(v))
                                                    for k, v in (judges or {}).items()})
-    spec["sampling"] = {p.suite.name: {"limit": p.limit, "sampled": len(p.items), "of": p.n_total} for p in prepared}
+    spec["sampling"] = {p.suite.name: {"limit": p.limit, "sampled": len(p.items), "of": p.n_total,
+                                       "protocol_sha256": hashlib.sha256(canonical_json(p.suite.protocol()).encode())
+                                       .hexdigest()} for p in prepared}
     spec_hash = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
     run_id = run_id or _resume_id(out, spec_hash, store) or f"{time.strftime('%Y%m%d-%H%M%S')}-audit-{spec_hash[:6]}"
     resumed = run_id in {r.id for r in store.list_runs()}
