@@ -148,6 +148,14 @@ def test_parse_helpers():
     assert label_for("openai:gpt-4o-mini@http://localhost:8000/v1") == "gpt-4o-mini"
     assert label_for("runs/x/checkpoint-40/") == "checkpoint-40"
     assert label_for("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    from aftertune.suites import SUITES
+
+    ppl = SUITES.get("perplexity")()
+    assert audit_mod._limit(None, ppl) == ppl.default_limit
+    assert audit_mod._limit("all", ppl) is None and audit_mod._limit(0, ppl) is None
+    assert audit_mod._limit("12", ppl) == 12
+    with pytest.raises(UserError, match="'all'"):
+        audit_mod._limit("lots", ppl)
 
 
 def test_cli_audit_and_list(packaged, engines, tmp_path, monkeypatch, capsys):
