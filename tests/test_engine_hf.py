@@ -107,11 +107,12 @@ def test_registered_and_loaded_through_load_engine(tiny_model_dir):
     assert d["engine"] == "hf" and d["dtype"] == "float32" and d["max_length"] == 512 and d["chat_template"]
 
 
-def test_dtype_is_part_of_version(tiny_model_dir):
+def test_dtype_and_window_are_part_of_version(tiny_model_dir):
     a = _engine(tiny_model_dir, dtype="float32")
     b = _engine(tiny_model_dir, dtype="bfloat16")
+    c = _engine(tiny_model_dir, dtype="float32", max_length=64)
     assert b.model.dtype == torch.bfloat16
-    assert a.version != b.version and a.fingerprint == b.fingerprint
+    assert len({a.version, b.version, c.version}) == 3 and a.fingerprint == b.fingerprint == c.fingerprint
 
 
 def test_auto_dtype_follows_hardware():
@@ -360,6 +361,14 @@ def test_eager_attention_takes_a_float_mask(chaotic_dir, monkeypatch):
         assert a == pytest.approx(_manual_loglikelihood(eng.model, ctx, cont)[0], abs=1e-4)
     eng.model.config._attn_implementation = "flash_attention_2"
     assert batching_mod._packed_mask_kind(eng.model) is None  # such models take the KV-cache path
+    assert batching_mod._pack_limit(eng.model) == 0
+
+
+def test_rows_are_packed_only_within_a_sliding_window(chaotic_dir):
+    eng = _engine(chaotic_dir)
+    assert batching_mod._pack_limit(eng.model) == batching_mod.PACK_MAX_LEN
+    eng.model.config.sliding_window = 8
+    assert batching_mod._pack_limit(eng.model) == 8
 
 
 def test_lm_eval_tokenization_conventions(chaotic):

@@ -117,10 +117,10 @@ def test_every_input_format_becomes_chat(tmp_path):
 
 @pytest.mark.parametrize(("rows", "match"), [
     ([{"messages": [{"role": "user", "content": "hi"}]}], r"row 1: field 'messages': no assistant message"),
-    (chat_rows(2) + [{"messages": [{"role": "robot", "content": "x"}]}], r"row 3: field 'messages\[0\]\.role': 'robot'"),
+    ([*chat_rows(2), {"messages": [{"role": "robot", "content": "x"}]}], r"row 3: field 'messages\[0\]\.role': 'robot'"),
     ([{"prompt": "p", "completion": 5}], r"row 1: field 'completion': expected text, got int"),
     ([{"instruction": "i", "output": ""}], r"row 1: field 'output': empty"),
-    (chat_rows(1) + [{"prompt": "p", "completion": "c"}], r"row 2: fields .* do not match the chat format"),
+    ([*chat_rows(1), {"prompt": "p", "completion": "c"}], r"row 2: fields .* do not match the chat format"),
     ([{"text": "hello"}], r"row 1: unrecognised fields \['text'\]"),
     ([{"prompt": "p", "chosen": "c"}], r"row 1: field 'rejected': missing"),
 ])
@@ -256,7 +256,7 @@ def test_metrics_and_checkpoints_go_to_the_store(tmp_path, tiny_model_dir, chat_
     train = store.events(run_id, "tune_train")
     evals = store.events(run_id, "tune_eval")
     assert len(train) >= 4 and all("loss" in e["payload"] for e in train if "loss" in e["payload"])
-    assert [e["payload"]["step"] for e in evals][0] == 0  # eval loss before training, then per checkpoint
+    assert next(e["payload"]["step"] for e in evals) == 0  # eval loss before training, then per checkpoint
     assert (tmp_path / "o" / "metrics.jsonl").is_file() and (tmp_path / "o" / "data.json").is_file()
 
 
@@ -309,7 +309,7 @@ def test_sequential_stages_record_lineage(tmp_path, tiny_model_dir, chat_file):
 def test_prompt_stage_must_be_followed_by_the_same_method(tmp_path, tiny_model_dir, chat_file):
     stages = [small(tiny_model_dir, chat_file, None, method="prompt", name="a"),
               small(tiny_model_dir, chat_file, None, method="lora", name="b")]
-    with pytest.raises(UserError, match="stage 2 .*must use method 'prompt'"):
+    with pytest.raises(UserError, match=r"stage 2 .*must use method 'prompt'"):
         tune_stages(stages, model=str(tiny_model_dir), out=tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
 
@@ -351,3 +351,52 @@ def test_example_roundtrip_to_trl():
     ex = Example("x", prompt=({"role": "user", "content": "q"},), chosen="no", rejected="yes")
     assert ex.to_trl()["chosen"] == [{"role": "assistant", "content": "no"}]
     assert ex.sft_messages()[-1] == {"role": "assistant", "content": "no"}
+
+
+# --------------------------------------------------------------------------- memory planning
+
+
+def test_memory_plan_prefers_micro_batches_to_checkpointing():
+    from aftertune.recipes.memory import plan
+
+    common = dict(grad_accum=1, longest=100, layers=10, hidden=64, value_bytes=4)
+    # the whole batch fits
+    p = plan(batch_size=8, bytes_per_token=1000, budget=8 * 100 * 1000, **common)
+    assert (p.micro_batch, p.grad_accum, p.checkpointing) == (8, 1, False)
+    # a third of it fits: the smallest split into equal micro-batches that fits (8 = 4 x 2)
+    p = plan(batch_size=8, bytes_per_token=1000, budget=3 * 100 * 1000, **common)
+    assert (p.micro_batch, p.grad_accum, p.checkpointing) == (2, 4, False)
+    # not even one example: checkpointing, then as many examples per pass as fit
+    p = plan(batch_size=8, bytes_per_token=1000, budget=50 * 1000, **common)
+    assert p.checkpointing and p.micro_batch >= 1 and p.micro_batch * p.grad_accum == 8
+    # explicit settings are respected
+    p = plan(batch_size=8, bytes_per_token=1000, budget=10**12, micro_batch=3, **common)
+    assert (p.micro_batch, p.grad_accum) == (2, 4)
+    p = plan(batch_size=8, bytes_per_token=1000, budget=10**12, checkpointing=True, **common)
+    assert p.checkpointing and p.micro_batch == 8
+
+
+def test_probe_measures_what_autograd_keeps(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.recipes.memory import probe_bytes_per_token
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rng = torch.get_rng_state()
+    full = probe_bytes_per_token(model, model.config.vocab_size)
+    assert torch.equal(rng, torch.get_rng_state())  # the probe leaves the RNG where it was
+    lora = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with_dropout = probe_bytes_per_token(lora, model.config.vocab_size)
+    assert 0 < full < with_dropout  # LoRA dropout keeps a copy of every adapted input
+
+
+def test_micro_batches_give_the_same_update(tmp_path, tiny_model_dir, chat_file):
+    """Splitting a step's batch into micro-batches (gradient accumulation) changes memory, not the result."""
+    a = tune(small(tiny_model_dir, chat_file, tmp_path / "a", max_steps=2, lora={"dropout": 0.0},
+                   precision="fp32"), progress=False)
+    b = tune(small(tiny_model_dir, chat_file, tmp_path / "b", max_steps=2, lora={"dropout": 0.0},
+                   precision="fp32", micro_batch_size=1), progress=False)
+    assert json.loads((tmp_path / "b" / "data.json").read_text())["memory_plan"]["grad_accum"] == 4
+    wa, wb = load_weights(a.model_ref), load_weights(b.model_ref)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-3) for k in wa)

@@ -235,7 +235,6 @@ def _run_stages(seq: Any, stages: list[Any], store_path: Path | None, no_progres
 
 def _relaunch(processes: int, device: str) -> None:
     """Re-run this command under `accelerate launch` with N processes (gloo on CPU)."""
-    import torch
 
     argv = list(sys.argv[1:])
     cleaned: list[str] = []
@@ -251,7 +250,6 @@ def _relaunch(processes: int, device: str) -> None:
             continue
         cleaned.append(a)
         _ = i
-    use_cpu = device == "cpu" or not torch.cuda.is_available()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port())]

@@ -203,14 +203,14 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
             raise ValueError("score_pairs needs a non-empty context and continuation")
         key = tuple(ctx)
         groups.setdefault(key, _Group(key)).members.append(i)
-    packable = _packed_mask_kind(model) is not None
+    limit = _pack_limit(model)
     # Longest first (as lm-eval), so padding inside a batch stays small and memory peaks early.
     ordered = sorted(groups.values(), key=lambda g: (-_packed_len(g, pairs), g.context))
     results: list[tuple[float, bool] | None] = [None] * len(pairs)
     batch: list[_Group] = []
     batch_packed = False
     for g in ordered:
-        packed = packable and _packed_len(g, pairs) <= PACK_MAX_LEN
+        packed = _packed_len(g, pairs) <= limit
         if batch and (len(batch) >= batch_size or packed != batch_packed
                       or (packed and _packed_logit_positions([*batch, g], pairs) > LOGIT_POSITIONS)):
             _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress)
@@ -249,15 +249,27 @@ def _run_batch(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], b
         progress(sum(len(g.members) for g in batch))
 
 
+def _pack_limit(model: torch.nn.Module) -> int:
+    """The longest packed row this model may take (0: never pack).
+
+    Rows no longer than the model's sliding window (if any) see no difference
+    between sliding and full attention.
+    """
+    if _packed_mask_kind(model) is None:
+        return 0
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    return min(PACK_MAX_LEN, window) if isinstance(window, int) and window > 0 else PACK_MAX_LEN
+
+
 def _packed_mask_kind(model: torch.nn.Module) -> torch.dtype | None:
     """The 4D mask dtype the model's attention takes as given (bool for sdpa, float for eager), or None.
 
     Other attention implementations (flash-attention, flex) cannot take an
-    arbitrary 4D mask; models with a sliding window are left to the cache path.
+    arbitrary 4D mask.
     """
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None)
-    if config is None or getattr(config, "sliding_window", None) or getattr(config, "is_encoder_decoder", False):
+    if config is None or getattr(config, "is_encoder_decoder", False):
         return None
     if impl == "sdpa":
         return torch.bool

@@ -11,8 +11,9 @@ Behaviour worth knowing:
 - **dtype.** `"auto"` is bfloat16 where the hardware computes it natively (a CUDA
   GPU with bf16, or a CPU with AVX512-BF16 or AMX), else float32: emulated bf16
   on an older CPU is about 3x slower than fp32. `dtype="float32"` (or
-  `"bfloat16"`) forces one. The dtype changes outputs, so it is part of `version`
-  and therefore of every cache key.
+  `"bfloat16"`) forces one. The dtype and the window length (`max_length`,
+  default the model's) change outputs, so they are part of `version` and
+  therefore of every cache key.
 - **Threads.** On CPU, torch uses every core the process may run on
   (`AFTERTUNE_THREADS` overrides, e.g. on a machine shared with other jobs).
 - **CPU float32** multiplies with MKL weights packed once at load
@@ -28,7 +29,8 @@ Behaviour worth knowing:
   is refilled at once, results come back in request order. Generation stops per
   sequence at an EOS id (tokenizer and generation_config, e.g. `<|im_end|>`) or a
   stop string (the text is cut before it): finish_reason "stop"; or at
-  max_new_tokens: "length". Prompts longer than the model's window minus
+  max_new_tokens: "length"; `n_new_tokens` counts the EOS token when there is
+  one. Prompts longer than the model's window minus
   max_new_tokens are cut from the left, as lm-eval does, and `prompt_text` then
   shows what was kept.
 - **Seeded sampling** (temperature > 0): each sampled request runs on its own
@@ -226,7 +228,9 @@ class HFEngine(Engine):
         from transformers import __version__ as tf_version
 
         dtype_name = str(dtype).removeprefix("torch.")
-        self._version = f"hf-engine/{ENGINE_CODE_VERSION};transformers/{tf_version};torch/{torch.__version__};dtype/{dtype_name}"
+        # what can change an answer: this code, the libraries, the dtype, the window (truncation, rolling windows)
+        self._version = (f"hf-engine/{ENGINE_CODE_VERSION};transformers/{tf_version};torch/{torch.__version__};"
+                         f"dtype/{dtype_name};max_length/{self.max_length}")
 
     # -- construction ------------------------------------------------------------
     @classmethod

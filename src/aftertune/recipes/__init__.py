@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 from aftertune.recipes.config import (
     DEFAULT_LR,
     METHODS,
-    OBJECTIVES as OBJECTIVE_NAMES,
     LoraParams,
     MixSpec,
     SequentialSpec,
     TuneConfig,
     load_spec,
     parse_config,
+)
+from aftertune.recipes.config import (
+    OBJECTIVES as OBJECTIVE_NAMES,
 )
 
 if TYPE_CHECKING:

@@ -103,7 +103,13 @@ class TuneConfig(_Strict):
         "auto", description="auto: bf16 frozen weights for PEFT methods and bf16 autocast for full tuning where "
                             "the hardware computes bf16 natively, else fp32")
     gradient_checkpointing: Literal["auto"] | bool = Field(
-        "auto", description="auto: on only when the activations would not fit comfortably in memory")
+        "auto", description="auto: only when one example's activations alone exceed the activation budget")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="examples per forward pass; default: the largest that fits the activation budget "
+                                "(the step still covers batch_size examples, by gradient accumulation)")
+    activation_memory_gb: float | None = Field(
+        None, gt=0, description="activation budget in GiB; default min(2, 1/4 of free memory) on CPU, 1/2 of free "
+                                "GPU memory on CUDA")
 
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: 4 per run)")
     eval_every: int | None = Field(None, ge=1, description="steps between eval-loss passes (default: each checkpoint)")

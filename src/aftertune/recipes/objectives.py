@@ -22,7 +22,7 @@ from aftertune.registry import Registry
 class Built:
     trainer: Any
     stats: dict[str, Any]
-    checkpointing: tuple[bool, dict[str, Any]]
+    plan: Any  # memory.MemoryPlan
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,16 @@ class Objective:
 OBJECTIVES: Registry[Objective] = Registry("objective")
 
 
-def common_args(cfg: TuneConfig, *, out: Path, precision: Any, device: str, has_eval: bool, gc: bool
+def common_args(cfg: TuneConfig, *, out: Path, precision: Any, device: str, has_eval: bool, plan: Any
                 ) -> dict[str, Any]:
+    gc = plan.checkpointing
     ckpt: float = cfg.checkpoint_every if cfg.checkpoint_every is not None else 0.25
     ev: float = cfg.eval_every if cfg.eval_every is not None else ckpt
     return {
         "output_dir": str(out / "checkpoints"),
-        "per_device_train_batch_size": cfg.batch_size,
-        "per_device_eval_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "per_device_train_batch_size": plan.micro_batch,
+        "per_device_eval_batch_size": cfg.batch_size,  # no activations are kept in eval
+        "gradient_accumulation_steps": plan.grad_accum,
         "learning_rate": cfg.lr,
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps or -1,
@@ -87,27 +88,46 @@ def _clean(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k in known and v is not None}
 
 
-def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path,
-              peft_config: Any) -> Built:
+def memory_plan(cfg: TuneConfig, model: Any, precision: Any, device: str, longest: int,
+                sequences_per_example: int = 1) -> Any:
+    """Measure bytes per token on the model as it will be trained, then plan micro-batches / checkpointing."""
+    import contextlib
+
+    import torch
+
+    from aftertune.recipes.memory import GIB, default_budget, plan, probe_bytes_per_token
+
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    ctx = torch.autocast(device_type=device, dtype=torch.bfloat16) if precision.autocast_bf16 else \
+        contextlib.nullcontext()
+    with ctx:
+        per_token = probe_bytes_per_token(model, int(getattr(text, "vocab_size", 2)))
+    budget = int(cfg.activation_memory_gb * GIB) if cfg.activation_memory_gb else default_budget(device)
+    value_bytes = 2 if precision.weights == "bfloat16" or precision.autocast_bf16 else 4
+    return plan(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, longest=longest, bytes_per_token=per_token,
+                layers=int(getattr(text, "num_hidden_layers", 1)), hidden=int(getattr(text, "hidden_size", 1)),
+                value_bytes=value_bytes, budget=budget, checkpointing=cfg.gradient_checkpointing,
+                micro_batch=cfg.micro_batch_size, sequences_per_example=sequences_per_example)
+
+
+def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path
+              ) -> Built:
     from datasets import Dataset
     from trl import SFTConfig
 
     from aftertune.errors import UserError
     from aftertune.recipes.tokenize import encode_dataset
-    from aftertune.recipes.train import decide_checkpointing
     from aftertune.recipes.trainers import AftertuneSFTTrainer
 
-    train_rows, train_stats = encode_dataset(tokenizer, [e.sft_messages() for e in _as_rows(data.train)],
-                                             cfg.max_length)
-    eval_rows, eval_stats = encode_dataset(tokenizer, [e.sft_messages() for e in _as_rows(data.eval)],
-                                           cfg.max_length)
+    train_rows, train_stats = encode_dataset(tokenizer, [e.sft_messages() for e in data.train], cfg.max_length)
+    eval_rows, eval_stats = encode_dataset(tokenizer, [e.sft_messages() for e in data.eval], cfg.max_length)
     if not train_rows:
         raise UserError(f"{cfg.data}: no example has an assistant token within max_length={cfg.max_length}; "
                         "raise --max-length")
     longest = cfg.max_length if cfg.packing else max(r["length"] for r in train_rows)
-    gc, gc_info = decide_checkpointing(cfg, model.config, cfg.batch_size * longest, device, precision)
+    mplan = memory_plan(cfg, model, precision, device, longest)
     args = SFTConfig(
-        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(eval_rows), gc=gc)),
+        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(eval_rows), plan=mplan)),
         max_length=cfg.max_length,
         packing=cfg.packing,
         packing_strategy="bfd",
@@ -121,31 +141,35 @@ def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
     )
     trainer.group_by_length_seeded = cfg.group_by_length and not cfg.packing
+    trainer.step_examples = mplan.micro_batch * (mplan.grad_accum // cfg.grad_accum)  # = batch_size
     stats = {"train": train_stats.summary(), "eval": eval_stats.summary()}
-    return Built(trainer, stats, (gc, gc_info))
+    return Built(trainer, stats, mplan)
 
 
-def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path,
-              peft_config: Any) -> Built:
+def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path
+              ) -> Built:
     from datasets import Dataset
     from trl import DPOConfig
 
     from aftertune.errors import UserError
-    from aftertune.recipes.train import decide_checkpointing
     from aftertune.recipes.trainers import AftertuneDPOTrainer
 
     train = [e.to_trl() for e in data.train if e.is_pair]
     held = [e.to_trl() for e in data.eval if e.is_pair]
     if not train:
         raise UserError(f"{cfg.data}: no preference pairs to train on")
-    # chosen and rejected run as one batch of 2 × batch_size sequences
-    gc, gc_info = decide_checkpointing(cfg, model.config, 2 * cfg.batch_size * cfg.max_length // 2, device,
-                                       precision)
+
+    def n_tokens(ex: dict[str, Any], key: str) -> int:
+        text = tokenizer.apply_chat_template(ex["prompt"] + ex[key], tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # chosen and rejected run in one pass: two sequences per example, bounded by max_length each
+    longest = min(cfg.max_length, max(max(n_tokens(e, "chosen"), n_tokens(e, "rejected")) for e in train))
+    mplan = memory_plan(cfg, model, precision, device, longest, sequences_per_example=2)
     args = DPOConfig(
-        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(held), gc=gc)),
+        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(held), plan=mplan)),
         max_length=cfg.max_length,
         beta=cfg.dpo_beta,
     )
@@ -155,14 +179,9 @@ def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(held) if held else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
     )
     stats = {"train_pairs": len(train), "eval_pairs": len(held)}
-    return Built(trainer, stats, (gc, gc_info))
-
-
-def _as_rows(examples: list[Any]) -> list[Any]:
-    return list(examples)
+    return Built(trainer, stats, mplan)
 
 
 OBJECTIVES.register("sft", "supervised fine-tuning on chat examples, loss on the assistant turns only")(

@@ -157,31 +157,6 @@ def available_memory(device: str) -> int:
         return 8 << 30
 
 
-def activation_bytes(model_config: Any, tokens_per_step: int, bytes_per_value: int) -> int:
-    """Rough activation memory of one training step without checkpointing (Korthikanti et al. 2022, §4).
-
-    Per layer and token about 34·h values are kept for the backward pass (attention with a fused
-    kernel, so no s² term), plus the MLP's wider intermediate activations.
-    """
-    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    h = int(getattr(cfg, "hidden_size", 1024))
-    layers = int(getattr(cfg, "num_hidden_layers", 24))
-    inter = int(getattr(cfg, "intermediate_size", 4 * h))
-    per_token_layer = (16 * h + 3 * inter) * bytes_per_value
-    return tokens_per_step * layers * per_token_layer
-
-
-def decide_checkpointing(cfg: TuneConfig, model_config: Any, max_tokens_per_step: int, device: str,
-                         precision: Precision) -> tuple[bool, dict[str, Any]]:
-    if cfg.gradient_checkpointing != "auto":
-        return bool(cfg.gradient_checkpointing), {"reason": "set in the config"}
-    need = activation_bytes(model_config, max_tokens_per_step, 2 if precision.weights == "bfloat16" or
-                            precision.autocast_bf16 else 4)
-    avail = available_memory(device)
-    on = need > 0.4 * avail
-    return on, {"reason": "auto", "estimated_activation_bytes": need, "available_bytes": avail}
-
-
 def set_threads(world_size: int) -> None:
     import torch
 
@@ -274,6 +249,21 @@ def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str)
     return model
 
 
+def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
+    """Wrap `model` with its adapter, seeded like TRL does (adapter weights are initialised randomly)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model = get_peft_model(model, peft_config)
+    if cfg.method == "qlora":  # QLoRA keeps the adapters in bf16 (Dettmers et al. 2023, as TRL does)
+        for name, p in model.named_parameters():
+            if p.requires_grad and "lora_magnitude_vector" not in name:
+                p.data = p.data.to(torch.bfloat16)
+    return model
+
+
 def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
     """Write base + adapter merged into a full model folder (with the tokenizer)."""
     import torch
@@ -331,6 +321,9 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
         train, pair_info = build_pairs(model_for_pairs, limit=cfg.limit, store=store,
                                        max_new_tokens=cfg.dpo_max_new_tokens, out=out)
         info["dpo_safety"] = pair_info
+        if not train:
+            raise UserError(f"dpo-safety: the model refused (or gave no answer to) all {pair_info['prompts']} "
+                            "prompts, so there is no compliant answer to prefer the refusal over")
         held = None
     else:
         train = load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit,
@@ -450,12 +443,14 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     from aftertune.recipes.objectives import OBJECTIVES
 
     objective = OBJECTIVES.get(cfg.objective)
+    if start.adapter_path is None and recipe.peft:
+        model = apply_peft(model, recipe.peft_config(cfg, model), cfg)
     built = objective.build(cfg, model=model, tokenizer=tokenizer, data=data, precision=precision, device=device,
-                            out=out, peft_config=None if start.adapter_path is not None else recipe.peft_config(cfg, model))
+                            out=out)
     trainer = built.trainer
     data.info["tokens"] = built.stats
-    gc_on, gc_info = built.checkpointing
-    data.info["gradient_checkpointing"] = {"on": gc_on, **gc_info}
+    data.info["memory_plan"] = built.plan.as_dict()
+    data.info["gradient_checkpointing"] = {"on": built.plan.checkpointing, "reason": built.plan.reason}
     data.info["precision"] = dataclasses.asdict(precision)
     if is_main:
         write_json_atomic(out / "data.json", data.info)
@@ -488,7 +483,13 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     train_out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.perf_counter() - t0
 
-    final_eval = trainer.evaluate() if data.eval else {}
+    final_eval: dict[str, Any] = {}
+    if data.eval:
+        logged = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if logged and logged[-1].get("step") == trainer.state.global_step:
+            final_eval = {"eval_loss": logged[-1]["eval_loss"]}  # the last step was just evaluated
+        else:
+            final_eval = trainer.evaluate()
     digests = _rank_digests(trainer, state)
 
     model_dir = out / "model"
@@ -503,10 +504,8 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     kind = "full" if (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file() \
         else "adapter"
     merged_ref = None
-    if cfg.merge and is_main:
-        if kind == "adapter":
-            base_for_merge = start.load_path
-            merged_ref = str(merge_adapter(base_for_merge, model_dir, out / "merged"))
+    if cfg.merge and is_main and kind == "adapter":
+        merged_ref = str(merge_adapter(start.load_path, model_dir, out / "merged"))
     barrier()
 
     all_ckpts = [Checkpoint(checkpoint_step(p), str(p), f"{label}/checkpoint-{checkpoint_step(p)}")
@@ -601,5 +600,4 @@ def _register_all(store: Any, run_id: str, result: TuneResult) -> None:
 def total_steps(n_examples: int, cfg: TuneConfig, world: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
-    per_step = cfg.batch_size * cfg.grad_accum * world
     return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum * cfg.epochs))

@@ -18,16 +18,21 @@ from trl import DPOTrainer, SFTTrainer
 
 
 class LengthGroupedBatches(Sampler[int]):
-    """Indices such that each consecutive run of `batch_size` holds examples of similar length.
+    """Indices such that each optimizer step's examples have similar lengths.
 
-    Per epoch: a seeded permutation is cut into windows of `window` batches; each window is
-    sorted by length (longest first) and cut into batches; the full batches are shuffled
-    (seeded) and a final partial batch, if any, comes last so batch boundaries never shift.
+    Per epoch: a seeded permutation is cut into windows of `window` step-batches (`group`
+    examples each); each window is sorted by length (longest first) and cut into
+    step-batches; the full ones are shuffled (seeded) and a final partial one, if any, comes
+    last so boundaries never shift. The DataLoader then cuts the stream into micro-batches
+    of `batch_size`: when a step is split into micro-batches, each step still holds the
+    same examples as without the split.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: int | None = None,
+                 window: int = 50) -> None:
         self.lengths = list(lengths)
         self.batch_size = max(1, batch_size)
+        self.group = max(self.batch_size, group or self.batch_size)
         self.seed = seed
         self.window = window
         self.epoch = 0
@@ -39,25 +44,26 @@ class LengthGroupedBatches(Sampler[int]):
         return len(self.lengths)
 
     def batches(self) -> list[list[int]]:
+        """The step-batches of this epoch, in order."""
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.lengths)
         perm = torch.randperm(n, generator=g).tolist()
-        span = self.batch_size * self.window
+        span = self.group * self.window
         full: list[list[int]] = []
         rest: list[int] = []
         for start in range(0, n, span):
             chunk = sorted(perm[start:start + span], key=lambda i: -self.lengths[i])
-            for b in range(0, len(chunk), self.batch_size):
-                batch = chunk[b:b + self.batch_size]
-                if len(batch) == self.batch_size:
+            for b in range(0, len(chunk), self.group):
+                batch = chunk[b:b + self.group]
+                if len(batch) == self.group:
                     full.append(batch)
                 else:
                     rest.extend(batch)
         order = torch.randperm(len(full), generator=g).tolist()
         out = [full[i] for i in order]
         rest.sort(key=lambda i: -self.lengths[i])
-        out += [rest[b:b + self.batch_size] for b in range(0, len(rest), self.batch_size)]
+        out += [rest[b:b + self.group] for b in range(0, len(rest), self.group)]
         return out
 
     def __iter__(self) -> Iterator[int]:
@@ -69,6 +75,7 @@ class _GroupedMixin:
     """Use `LengthGroupedBatches` when `group_by_length_seeded` is set on the trainer."""
 
     group_by_length_seeded: bool = False
+    step_examples: int | None = None  # examples per optimizer step per process (micro-batch x accumulation)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         ds = train_dataset if train_dataset is not None else self.train_dataset  # type: ignore[attr-defined]
@@ -76,7 +83,8 @@ class _GroupedMixin:
             lengths = [len(x) for x in ds["input_ids"]]
             args = self.args  # type: ignore[attr-defined]
             return LengthGroupedBatches(lengths, args.per_device_train_batch_size,
-                                        args.data_seed if args.data_seed is not None else args.seed)
+                                        args.data_seed if args.data_seed is not None else args.seed,
+                                        group=self.step_examples)
         return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
 
 

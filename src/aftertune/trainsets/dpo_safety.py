@@ -36,7 +36,6 @@ def build_pairs(model_ref: str, *, limit: int | None = None, store: Any = None, 
                 out: Path | None = None, split: str = "train") -> tuple[list[Any], dict[str, Any]]:
     """(examples with prompt/chosen/rejected, info) for the `refusals` prompts of `split`."""
     from aftertune import trainsets
-    from aftertune.recipes.data import Example
 
     rows = trainsets.load("refusals", split, limit=limit)
     meta = {"model": str(model_ref), "split": split, "limit": limit, "max_new_tokens": max_new_tokens,
