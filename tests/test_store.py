@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
+import time
 from dataclasses import replace
 
 import pytest
@@ -160,6 +162,30 @@ def test_two_processes_writing_one_store_do_not_corrupt_it(tmp_path):
     assert {r.id for r in store.list_runs()} == {"run-1", "run-2"}
     assert [n for *_, n in store.record_counts()] == [200, 200]
     assert len(store.events("run-1")) == 20
+    store.close()
+
+
+def _opener(path: str, start_at: float) -> None:
+    while time.time() < start_at:
+        pass
+    store = Store(path)
+    store.create_run("test", "opener", {}, run_id=f"run-{os.getpid()}")
+    store.close()
+
+
+def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
+    """The ranks of a multi-process tune open the same not-yet-existing store in the same instant."""
+    path = tmp_path / "fresh.sqlite"
+    ctx = mp.get_context("spawn")
+    start_at = time.time() + 3.0
+    procs = [ctx.Process(target=_opener, args=(str(path), start_at)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    store = Store(path)
+    assert len(store.list_runs()) == 6
     store.close()
 
 

@@ -113,15 +113,33 @@ class Store:
         self._lock = threading.RLock()
         try:
             self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=60000")
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            self._setup()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable aftertune store ({exc}); point --store at another file") from None
+
+    def _setup(self) -> None:
+        """WAL mode and schema. Two processes creating the same new file at once (the ranks of a
+        `tune --processes 2`) can get SQLITE_BUSY from the journal-mode switch without the busy
+        handler being asked, so "locked" is retried here rather than reported as a broken store."""
+        deadline = time.monotonic() + 60.0
+        delay = 0.01
+        while True:
+            try:
+                self._conn.execute("PRAGMA busy_timeout=60000")
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
