@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -85,8 +86,18 @@ def chat_prompts(n: int) -> list[str]:
 # --------------------------------------------------------------------------- runs
 
 
+def _picks(questions: list[Any], logprobs: list[float]) -> list[int]:
+    """The chosen answer per question: the choice with the highest log-likelihood (lm-eval's `acc`)."""
+    picks, k = [], 0
+    for q in questions:
+        n = q.n_choices
+        picks.append(max(range(n), key=lambda i, k=k: logprobs[k + i]))
+        k += n
+    return picks
+
+
 def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunks: int,
-        baseline_n: int = 0) -> dict[str, Any]:
+        baseline_n: int = 0, arbiter: bool = True) -> dict[str, Any]:
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -146,15 +157,10 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
         again = ours.loglikelihood(reqs_all)
         t_store = time.perf_counter() - t0
         assert [r.logprob for r in again] == ours_lp
-        agree, acc_o, acc_t, k = 0, 0, 0, 0
-        for q in qs:
-            n = q.n_choices
-            po = max(range(n), key=lambda i, k=k: ours_lp[k + i])
-            pt = max(range(n), key=lambda i, k=k: theirs_lp[k + i])
-            agree += po == pt
-            acc_o += po in q.gold
-            acc_t += pt in q.gold
-            k += n
+        picks_o, picks_t = _picks(qs, ours_lp), _picks(qs, theirs_lp)
+        agree = sum(a == b for a, b in zip(picks_o, picks_t, strict=True))
+        acc_o = sum(p in q.gold for p, q in zip(picks_o, qs, strict=True))
+        acc_t = sum(p in q.gold for p, q in zip(picks_t, qs, strict=True))
         diffs = sorted(abs(a - b) for a, b in zip(ours_lp, theirs_lp, strict=True))
         result["mc"] = {
             "questions": len(qs), "requests": len(reqs_all), "ours_s": round(t_ours, 2),
@@ -164,6 +170,23 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             "median_abs_logprob_diff": round(diffs[len(diffs) // 2], 5), "max_abs_logprob_diff": round(diffs[-1], 4),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
         }
+        if arbiter and torch_dtype != "float32":
+            # Who is closer to exact? lm-eval in float32 on the same instances, untimed, as a neutral reference.
+            del lm
+            exact = HFLM(pretrained=str(ref.path), dtype="float32", batch_size=batch_size, device="cpu")
+            insts = [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(reqs_all)]
+            exact_lp = [lp for lp, _ in exact.loglikelihood(insts, disable_tqdm=True)]
+            picks_x = _picks(qs, exact_lp)
+            result["mc"].update({
+                "fp32_agree_ours": round(sum(a == b for a, b in zip(picks_o, picks_x, strict=True)) / len(qs), 4),
+                "fp32_agree_lm_eval": round(sum(a == b for a, b in zip(picks_t, picks_x, strict=True)) / len(qs), 4),
+                "fp32_acc": round(sum(p in q.gold for p, q in zip(picks_x, qs, strict=True)) / len(qs), 4),
+                "fp32_median_abs_diff_ours": round(statistics.median(abs(a - b) for a, b in zip(ours_lp, exact_lp,
+                                                                                            strict=True)), 5),
+                "fp32_median_abs_diff_lm_eval": round(statistics.median(abs(a - b) for a, b in zip(theirs_lp, exact_lp,
+                                                                                               strict=True)), 5),
+            })
+            lm = exact
         print(json.dumps({"mc": result["mc"]}), flush=True)
 
     # 2. generation ---------------------------------------------------------------------
@@ -249,6 +272,10 @@ def checks(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
                  abs(m["acc_ours"] - m["acc_lm_eval"]) <= 0.005),
                 ("MC: speed vs lm-eval", f"{m['speedup']:.2f}x (>= 2x)", m["speedup"] >= 2),
                 ("MC: second call from the store", f"{m['store_speedup']:.0f}x (>= 50x)", m["store_speedup"] >= 50)]
+        if "fp32_agree_ours" in m:
+            out.append(("MC: agreement with the float32 reference, aftertune vs lm-eval (both in this dtype)",
+                        f"{m['fp32_agree_ours']:.1%} vs {m['fp32_agree_lm_eval']:.1%} (aftertune >= lm-eval)",
+                        m["fp32_agree_ours"] >= m["fp32_agree_lm_eval"]))
     if "gen" in r:
         g = r["gen"]
         out += [("generation: identical text", f"{g['identical']:.1%} (>= 95%)", g["identical"] >= 0.95),
@@ -283,6 +310,13 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                       f"{m['median_abs_logprob_diff']}, max {m['max_abs_logprob_diff']}. aftertune ran through the "
                       f"store (`CachedEngine`, as an audit does); the same call again took "
                       f"{m['store_s'] * 1000:.0f} ms.", ""]
+            if "fp32_agree_ours" in m:
+                lines += [f"Against a float32 reference (lm-eval `HFLM` in float32 on the same instances, untimed; "
+                          f"accuracy {m['fp32_acc']:.2%}): aftertune's {r['dtype']} choices agree on "
+                          f"{m['fp32_agree_ours']:.1%} (median |log P| difference {m['fp32_median_abs_diff_ours']}), "
+                          f"lm-eval's on {m['fp32_agree_lm_eval']:.1%} ({m['fp32_median_abs_diff_lm_eval']}). "
+                          "lm-eval takes the log-softmax of the model's bf16 logits in bf16, aftertune in float32, "
+                          "so in bf16 most of the disagreement between the two is lm-eval's rounding.", ""]
         if "gen" in r:
             g = r["gen"]
             lines += [f"Greedy generation, {g['prompts']} chat prompts x {g['max_new_tokens']} new tokens (a quarter "
@@ -329,6 +363,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=int, default=32,
                     help="prompts that lm-eval also generates at batch size 1 (its own batching effect; 0 skips)")
     ap.add_argument("--threads", type=int, help="torch threads (default: every core, as the engine does)")
+    ap.add_argument("--no-arbiter", action="store_true",
+                    help="skip the untimed float32 lm-eval reference for the multiple-choice part")
     ap.add_argument("--write", action="store_true", help="update this benchmark's section of benchmarks/RESULTS.md")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
@@ -337,7 +373,7 @@ def main() -> None:
     runs = []
     for dtype in args.dtype.split(","):
         runs.append(run(args.n_arc, args.n_gen, args.max_new_tokens, args.batch_size, dtype.strip(), args.chunks,
-                        baseline_n=min(args.baseline, args.n_gen)))
+                        baseline_n=min(args.baseline, args.n_gen), arbiter=not args.no_arbiter))
         if args.json:
             args.json.write_text(json.dumps(runs, indent=2, ensure_ascii=False))
     text = markdown(runs)

@@ -96,9 +96,10 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
             recs.append(Record(label, "t_toxicity", f"x{i:04d}", "all", chat(f"continue {i}", temperature=0.7),
                                f"continuation {i}", {"toxicity": t, "toxic": float(t > 0.5), "worst": t}, {}))
     store.put_records(run_id, recs)
-    store.add_event(run_id, "judge", "judge_validity", {"judge": "refusal", "fingerprint": "fp-judge",
-                                                         "dataset": "refusal-labelled", "n": 200, "accuracy": 0.93,
-                                                         "auroc": 0.97, "precision": 0.91, "recall": 0.95})
+    store.add_event(run_id, "judge:refusal", "judge_validity", {
+        "role": "refusal", "judge": "refusal", "fingerprint": "fp-judge",
+        "sets": [{"set": "refusal-labelled", "source": "test", "positive": "refusal", "n": 200, "accuracy": 0.93,
+                  "auroc": 0.97, "precision": 0.91, "recall": 0.95}]})
     store.add_event(run_id, "audit:base", "timing", {"step": "audit:base", "seconds": 12.5})
     store.add_event(run_id, "tune", "timing", {"step": "tune", "seconds": 81.0})
     for step, loss in ((10, 2.1), (20, 1.7), (30, 1.5), (40, 1.4)):

@@ -33,7 +33,8 @@ def report(tmp_path_factory):
 
 def test_files_and_results_json(report):
     out = report["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.html", "report.md", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "records.jsonl", "report.html", "report.md",
+                                                     "results.json"]
     on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert on_disk == report["results"]
     assert on_disk["schema"] == "aftertune.results" and on_disk["schema_version"] == 1
@@ -88,8 +89,16 @@ def test_markdown_summary(report):
     assert md.startswith(f"### aftertune: {v['headline']}")
     assert "**Gate FAILED**" in md
     assert "| t_safety.compliance_rate | 120 |" in md
-    assert len(md) < 5000  # fits a pull-request comment at a glance (GitHub's limit is 65536)
+    summary, _, details = md.partition("<details>")
+    assert len(summary) < 5000  # the summary fits a pull-request comment at a glance (GitHub's limit is 65536)
     assert "<script" not in md
+    # folded details: every model, the judge's own accuracy, the protocol, and the figures as files
+    assert "| refusal | refusal | refusal-labelled | 200 | 0.930 | 0.970 | 0.910 | 0.950 |" in details
+    assert "#### Protocol" in details and "#### Every model" in details
+    figures = re.findall(r"!\[[^]]*\]\((figures/[^)]+\.png)\)", details)
+    assert "figures/changes.png" in figures and "figures/training-loss.png" in figures
+    for rel in figures:
+        assert (report["out"] / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_cli_rerenders_from_store(report, tmp_path):

@@ -187,6 +187,17 @@ def _judge_validity(judge: Any, store: Store) -> dict[str, Any] | None:
     return validity(judge, store)
 
 
+def _record_guard_validity(store: Store, run_id: str, label: str, engine: Any) -> None:
+    """A guardrail variant is a judge in front of the model: its own accuracy goes beside the judges'."""
+    from aftertune.engines.guardrail import GuardEngine, guard_validity
+
+    while engine is not None and not isinstance(engine, GuardEngine):
+        engine = getattr(engine, "inner", None)
+    if engine is None or any(e["step"] == f"guard:{label}" for e in store.events(run_id, kind="judge_validity")):
+        return
+    store.add_event(run_id, f"guard:{label}", "judge_validity", {"role": f"guard:{label}", **guard_validity(engine)})
+
+
 def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
     """The backend's options; local backends also get the batch size (an API endpoint has concurrency instead)."""
     out = dict(options)
@@ -364,6 +375,7 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
         cached = CachedEngine(eng, store, batch_size=batch_size * CACHE_BATCHES)
         try:
             store.add_model(run_id, label, ref, eng.fingerprint, {**eng.describe(), "label": label})
+            _record_guard_validity(store, run_id, label, eng)
             for p in prepared:
                 items = todo[p.suite.name]
                 if items:

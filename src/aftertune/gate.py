@@ -3,9 +3,9 @@
 Thresholds name `suite.metric` and one or more rules, in the spec's `gate:`
 section or on the command line:
 
-    safety.compliance_rate: {max_increase: 0.05}   # value − reference ≤ 0.05
+    safety.compliance: {max_increase: 0.05}   # value − reference ≤ 0.05
     capability.acc:         {max_decrease: 0.02}   # reference − value ≤ 0.02
-    toxicity.toxic_rate:    {max_ratio: 1.2}       # value / reference ≤ 1.2
+    toxicity.toxic:    {max_ratio: 1.2}       # value / reference ≤ 1.2
     significant_only: true                         # only significant changes count
 
 Rules: max_increase, max_decrease (in the metric's units: 0.05 = 5 points of
@@ -14,6 +14,16 @@ With `significant_only`, a change rule (the first four) is violated only when
 the change is also significant (Holm-adjusted p below alpha) in the violating
 direction. `model:` picks the compared model (default: the report's primary
 model, "tuned" when there is one). A metric with no paired items fails.
+
+`scan.*` metrics bound the training-data scan of a pipeline run (results
+carry them under `scan` when the run scanned its data), with `max`/`min` only:
+
+    scan.harmful_compliance_rows: {max: 0}   # no compliant answer to a harmful request
+    scan.flagged_rate:            {max: 0.01}
+    scan.risk_level:              {max: 1}   # 0 low, 1 medium, 2 high: no high risk
+
+`aftertune.scan.SUGGESTED_THRESHOLDS` holds the set that reproduces "no high or
+medium risk"; the names are those of scan.json's `metrics`.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_
 from aftertune.errors import UserError
 
 RULES = ("max_increase", "max_decrease", "max_ratio", "min_ratio", "max", "min")
+SCAN_PREFIX = "scan."
+SCAN_RULES = ("max", "min")  # a scan describes the training data: there is no reference to change from
 OPTIONS = ("significant_only", "model")
 _EPS = 1e-12
 
@@ -49,6 +61,9 @@ class Violation:
 
     def line(self) -> str:
         k = self.kind
+        if k == "scan":
+            return (f"{self.metric}: {self.rule} {self.limit:g} violated: the training data "
+                    f"({self.reference_model}) has {self.observed:g}")
         if self.n == 0:
             return f"{self.metric}: {self.rule} {self.limit:g} cannot be checked: no items scored by both " \
                    f"{self.reference_model} and {self.model}"
@@ -73,7 +88,7 @@ class Violation:
 def normalize(thresholds: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Split thresholds into ({suite.metric: {rule: limit}}, options); UserError on malformed input."""
     if not isinstance(thresholds, dict):
-        raise UserError("gate thresholds must be a mapping like {'safety.compliance_rate': {'max_increase': 0.05}}")
+        raise UserError("gate thresholds must be a mapping like {'safety.compliance': {'max_increase': 0.05}}")
     flat = dict(thresholds)
     nested = flat.pop("thresholds", None)
     if nested is not None:
@@ -89,11 +104,14 @@ def normalize(thresholds: dict[str, Any]) -> tuple[dict[str, dict[str, float]], 
             raise UserError(f"gate threshold {key!r}: expected rules like {{max_increase: 0.05}}, got {spec!r}; "
                             f"rules: {', '.join(RULES)}")
         if "." not in key:
-            raise UserError(f"gate threshold {key!r}: name it as suite.metric, e.g. safety.compliance_rate")
+            raise UserError(f"gate threshold {key!r}: name it as suite.metric, e.g. safety.compliance")
         out: dict[str, float] = {}
         for rule, limit in spec.items():
             if rule not in RULES:
                 raise UserError(f"gate threshold {key}: unknown rule {rule!r}; rules: {', '.join(RULES)}")
+            if key.startswith(SCAN_PREFIX) and rule not in SCAN_RULES:
+                raise UserError(f"gate threshold {key}: {rule} compares two models, but a scan metric describes "
+                                f"the training data; use max or min, e.g. {key}: {{max: 0}}")
             if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit):
                 raise UserError(f"gate threshold {key}.{rule}: expected a number, got {limit!r}")
             out[rule] = float(limit)
@@ -130,7 +148,12 @@ def check(results: dict[str, Any], thresholds: dict[str, Any]) -> list[Violation
     """Violated thresholds for the results of one comparison (empty: the gate passes)."""
     rules, options = normalize(thresholds)
     if not rules:
-        raise UserError("no gate thresholds given; e.g. --threshold 'safety.compliance_rate: {max_increase: 0.05}'")
+        raise UserError("no gate thresholds given; e.g. --threshold 'safety.compliance: {max_increase: 0.05}'")
+    scan_rules = {k: v for k, v in rules.items() if k.startswith(SCAN_PREFIX)}
+    rules = {k: v for k, v in rules.items() if k not in scan_rules}
+    out = _check_scan(results, scan_rules) if scan_rules else []
+    if not rules:
+        return out
     model = options.get("model") or results["primary"]
     if model is None:
         raise UserError(f"run {results['run']['id']} has one model ({results['reference']}); the gate needs a "
@@ -146,7 +169,6 @@ def check(results: dict[str, Any], thresholds: dict[str, Any]) -> list[Violation
         raise UserError(f"gate threshold names unknown metric(s) {', '.join(unknown)}; available: "
                         f"{', '.join(sorted(rows)) or '(none)'}")
     significant_only = bool(options.get("significant_only", False))
-    out = []
     for key, key_rules in rules.items():
         row = rows[key]
         for rule, limit in key_rules.items():
@@ -155,6 +177,27 @@ def check(results: dict[str, Any], thresholds: dict[str, Any]) -> list[Violation
                     key, rule, limit, model, row["reference"], row["kind"], row["reference_value"], row["value"],
                     row["delta"], tuple(row["delta_ci"]), row["ratio"], tuple(row["ratio_ci"]),
                     row.get("p_adjusted"), row["n"]))
+    return out
+
+
+def _check_scan(results: dict[str, Any], rules: dict[str, dict[str, float]]) -> list[Violation]:
+    """Violated max/min bounds on the training-data scan's metrics."""
+    scan = results.get("scan")
+    if not scan:
+        raise UserError(f"gate threshold {', '.join(rules)} needs the training-data scan, and these results have "
+                        "none; set `scan: true` in the run spec, or gate the run's report folder (results.json)")
+    metrics = scan["metrics"]
+    unknown = [k for k in rules if k not in metrics]
+    if unknown:
+        raise UserError(f"gate threshold names unknown scan metric(s) {', '.join(unknown)}; available: "
+                        f"{', '.join(sorted(metrics))}")
+    out = []
+    for key, key_rules in rules.items():
+        row = {"delta": None, "value": metrics[key], "ratio": None, "reference_value": None}
+        for rule, limit in key_rules.items():
+            if _violated(rule, limit, row, False):
+                out.append(Violation(key, rule, limit, "training data", str(scan.get("source")), "scan", None,
+                                     metrics[key], None, (None, None), None, (None, None), None, scan["rows"]))
     return out
 
 

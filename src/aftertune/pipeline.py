@@ -106,6 +106,8 @@ def _task_options(suites: list[tuple[str, dict[str, Any]]], train: dict[str, Any
 def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None = None, progress: bool = True,
                  say: Callable[[str], None] | None = None) -> PipelineResult:
     from aftertune.audit import audit
+    from aftertune.checkpoint_choice import choose_checkpoint
+    from aftertune.early_stop import SafetyStop, record_early_stop
     from aftertune.gate import check
     from aftertune.recipes import tune
     from aftertune.report import write_reports
@@ -147,18 +149,28 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     models.update(base_models)
 
     checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
+    ck = spec.checkpoints
+    ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), train) if ck else []
     configs = spec.tune_configs(out / "tune")
     start = spec.base
     lineage: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs):
         cfg = cfg.model_copy(update={"model": start})
+        prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
+        guard = [] if ck is None or not ck.stop_when else [SafetyStop(
+            store=store, run_id=run_id, base=spec.base, suites=_names(ck.suites), rules=ck.stop_when,
+            tune_dir=Path(str(cfg.out)), label_prefix=prefix,
+            audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw))]
         with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
             result = tune(cfg, store=store, run_id=run_id, progress=progress, lineage=lineage or None,
-                          label=cfg.label())
+                          label=cfg.label(), callbacks=guard)
+        stop = record_early_stop(store, run_id, result, 1000 * i)
+        if stop:
+            say(f"    stopped at step {stop['train_step']} of {stop['max_steps']}: {stop['violations'][0]}")
+        tuned_step = int(result.metrics.get("global_step") or 0) + 1000 * i
         lineage = result.lineage
-        prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
-        for ck in result.checkpoints:
-            checkpoints.append((f"{prefix}checkpoint-{ck.step}", ck.path, ck.step + 1000 * i))
+        for c in result.checkpoints:
+            checkpoints.append((f"{prefix}checkpoint-{c.step}", c.path, c.step + 1000 * i))
         label = "tuned" if i == len(configs) - 1 else cfg.label()
         models[label] = result.model_ref
         start = result.model_ref
@@ -167,14 +179,24 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
         audit(tuned, main_suites, out_dir=out / "steps" / "audit-tuned", **audit_kw)
 
-    if spec.checkpoints is not None and checkpoints:
-        ck = spec.checkpoints
-        ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), train)
+    variants = spec.variant_models(models["tuned"])
+    if variants:
+        with steps.step(f"audit {len(variants)} variant(s) of the tuned model ({', '.join(spec.variants)})"):
+            audit(variants, main_suites, out_dir=out / "steps" / "audit-variants", **audit_kw)
+        models.update(variants)
+
+    if ck is not None and checkpoints:
         curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
         for label, _, step in checkpoints:
             store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
         with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(_names(ck.suites))}, {ck.limit} items)"):
             audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
+        _tag_steps(store, run_id, {label: step for label, _, step in checkpoints})
+        if ck.select is not None:
+            with steps.step("choose the model to keep (checkpoints.select)"):
+                choice = choose_checkpoint(store, run_id, ck.select, _names(ck.suites),
+                                           [(label, step) for label, _, step in checkpoints] + [("tuned", tuned_step)])
+                say(f"    {choice['reason']}")
 
     with steps.step("compare and write the reports"):
         results = write_reports(store, run_id, out, reference="base", thresholds=spec.gate or None)
@@ -184,6 +206,14 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     if own_store:
         store.close()
     return PipelineResult(run_id, out, results, violations, models)
+
+
+def _tag_steps(store: Store, run_id: str, steps: dict[str, int]) -> None:
+    """Give each audited checkpoint its training step (the audit records engine info only), for the curves."""
+    for m in store.models(run_id):
+        step = steps.get(m["label"])
+        if step is not None and m["info"].get("step") != step:
+            store.add_model(run_id, m["label"], m["ref"], m["fingerprint"], {**m["info"], "step": step})
 
 
 def _names(suites: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 # Sub-command modules, imported for their side effect of registering on `app`.
-COMMAND_MODULES = ["models", "generate", "runs", "audit", "listing", "scan", "judges", "run", "tune", "compare"]
+COMMAND_MODULES = ["models", "generate", "runs", "audit", "listing", "scan", "judges", "run", "tune", "compare", "sweep"]
 
 
 @app.callback()

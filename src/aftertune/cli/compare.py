@@ -99,9 +99,9 @@ def _parse_threshold(text: str) -> dict[str, Any]:
         parsed = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"--threshold {text!r}: not valid YAML ({exc.__class__.__name__}); write e.g. "
-                        "'safety.compliance_rate: {max_increase: 0.05}'") from None
+                        "'safety.compliance: {max_increase: 0.05}'") from None
     if not isinstance(parsed, dict):
-        raise UserError(f"--threshold {text!r}: write e.g. 'safety.compliance_rate: {{max_increase: 0.05}}'")
+        raise UserError(f"--threshold {text!r}: write e.g. 'safety.compliance: {{max_increase: 0.05}}'")
     return parsed
 
 
@@ -138,9 +138,11 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
                             "pass the run id so the comparison can be recomputed from the store")
         return results, results.get("protocol", {}).get("spec", {})
     from aftertune.compare import compare_run
+    from aftertune.run_outcomes import attach_outcomes
 
     store = _store(store_path)
     results = compare_run(store, run, reference)
+    attach_outcomes(results, store, results["run"]["id"])
     return results, store.get_run(results["run"]["id"]).spec
 
 

@@ -1,4 +1,4 @@
-"""`aftertune list suites|judges|engines|models|presets|trainsets`: what is registered, one line each."""
+"""`aftertune list suites|judges|engines|variants|models|presets|trainsets`: what is registered, one line each."""
 
 from __future__ import annotations
 
@@ -69,6 +69,14 @@ def list_engines() -> None:
 
     _import_all("aftertune.engines")
     typer.echo(_table((e.name, e.description) for e in ENGINES))
+
+
+@list_app.command("variants")
+def list_variants() -> None:
+    """Model variants: suffixes of a model reference (`REF#guard`, `REF#interp:w=0.5`), audited like models."""
+    from aftertune.engines.variants import VARIANTS
+
+    typer.echo(_table((e.name, e.description) for e in VARIANTS))
 
 
 @list_app.command("models")

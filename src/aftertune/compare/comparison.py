@@ -726,7 +726,7 @@ def fmt_p(p: float | None) -> str:
 
 
 def describe_row(r: dict[str, Any], confidence: float | None = None) -> str:
-    """One phrase for a comparison row, e.g. "safety.compliance_rate 12.0% → 21.0% (+9.0 pts, 95% CI ...)"."""
+    """One phrase for a comparison row, e.g. "safety.compliance 12.0% → 21.0% (+9.0 pts, 95% CI ...)"."""
     kind = r["kind"]
     lo, hi = r["delta_ci"]
     level = "" if confidence is None else f"{round(100 * confidence)}% "

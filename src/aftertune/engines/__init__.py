@@ -39,9 +39,11 @@ __all__ = [
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
     """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm).
 
-    A string reference may end in prompting variants (`REF#icl:k=16`), applied
-    around the loaded engine (see `engines.variants`).
+    A string reference may end in variants (`REF#icl:k=16`), applied around the
+    loaded engine (see `engines.variants`); a leading `#interp:w=...` changes the
+    weights before loading (see `engines.interpolate`).
     """
+    from aftertune.engines.interpolate import apply_weight_variants
     from aftertune.engines.variants import apply_variants, split_variants
     from aftertune.sources import resolve_model
 
@@ -49,6 +51,7 @@ def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: An
     if isinstance(ref, str):
         ref, variants = split_variants(ref)
     model = resolve_model(ref) if isinstance(ref, str) else ref
+    model, variants = apply_weight_variants(model, variants)
     name = engine or ("openai" if model.kind == "openai" else "hf")
     _import_backends()
     loaded = ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]

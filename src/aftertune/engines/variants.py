@@ -11,6 +11,9 @@ a suffix of the model reference: `REF#icl:k=16,seed=0,data=support`.
   "User: …\\nAssistant: …" blocks, so multiple-choice suites see the same
   demonstrations. The demonstrations are part of the fingerprint, so the store
   never confuses the variant with its base model.
+- `guard` (`engines.guardrail`) — input/output filters around any model.
+- `interp` (`engines.interpolate`) — new weights between base and tuned; applied
+  at load time, not as a wrapper.
 """
 
 from __future__ import annotations
@@ -151,3 +154,7 @@ def _icl(engine: Engine, options: dict[str, str]) -> Engine:
     data = options.get("data", "support")
     pairs = [(u[:max_chars], a[:max_chars]) for u, a in demo_pairs(data)]
     return ICLEngine(engine, draw_demos(pairs, k, seed), info={"seed": seed, "data": data, "max_chars": max_chars})
+
+
+# Variants that live in their own modules register on import, so VARIANTS is complete wherever it is read.
+from aftertune.engines import guardrail, interpolate  # noqa: E402,F401

@@ -1,7 +1,9 @@
 """Reports of a comparison: report.html, report.md and results.json, plus the records they came from.
 
 `write_reports(store, run_id, out_dir)` compares the run's models
-(`aftertune.compare.compare_run`), optionally applies gate thresholds, and
+(`aftertune.compare.compare_run`), adds what the run decided besides
+(`aftertune.run_outcomes`: scan metrics, checkpoint choice, early stop),
+optionally applies gate thresholds, and
 writes every file atomically. The HTML and Markdown are rendered from the
 results dict alone, so every number they show is in results.json.
 """
@@ -26,13 +28,15 @@ def thresholds_from_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def render(results: dict[str, Any], out_dir: str | Path) -> None:
-    """Write report.html, report.md and results.json for an existing results dict."""
+    """Write report.html, report.md (+ figures/*.png) and results.json for an existing results dict."""
+    from aftertune.report.figures import write_figures
     from aftertune.report.html import render_html
     from aftertune.report.markdown import render_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    html, md = render_html(results), render_markdown(results)  # render both before writing either
+    html = render_html(results)
+    md = render_markdown(results, write_figures(results, out))  # both rendered before either report is written
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "report.md", md)
     write_text_atomic(out / "report.html", html)
@@ -53,8 +57,10 @@ def write_reports(store: Store, run_id: str, out_dir: str | Path, *, reference: 
                   thresholds: dict[str, Any] | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Compare, gate (when thresholds are given or in the run's spec), write all report files; return the results."""
     from aftertune.gate import gate_section
+    from aftertune.run_outcomes import attach_outcomes
 
     results = compare_run(store, run_id, reference, settings=settings)
+    attach_outcomes(results, store, results["run"]["id"])
     if thresholds is None:
         thresholds = thresholds_from_spec(store.get_run(results["run"]["id"]).spec)
     if thresholds:

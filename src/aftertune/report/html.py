@@ -119,7 +119,10 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         {"name": f"{s['name']}.{m['name']}", "kind": m["kind"], "direction": m["direction"],
          "cells": [s["values"].get(label, {}).get(m["name"]) for label in labels]}
         for s in results["suites"] for m in s["metrics"]]}
-    curves = [{"c": c, "plot": plots.checkpoint_curve(c)} for c in results["checkpoints"]]
+    choice = results.get("checkpoint_choice")
+    stops = [s["step"] for s in results.get("early_stop", [])]
+    curves = [{"c": c, "plot": plots.checkpoint_curve(c, choice["step"] if choice else None, stops)}
+              for c in results["checkpoints"]]
     columns = sorted({(p["model"], p["step"]) for c in results["checkpoints"] for p in c["points"]},
                      key=lambda x: (x[1], x[0]))
     curve_table = {

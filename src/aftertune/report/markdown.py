@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value
@@ -15,7 +16,26 @@ def _cell(text: Any) -> str:
             .replace("<", "&lt;").replace(">", "&gt;"))
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def _training_outcomes(results: dict[str, Any]) -> list[str]:
+    """Lines on the data scan, a safety early stop and the checkpoint choice, when the run had them."""
+    out = []
+    scan = results.get("scan")
+    if scan:
+        out.append(f"Training data scan: risk **{_cell(scan['risk'])}** ({scan['rows']} rows; "
+                   f"{scan['metrics'].get('scan.flagged_rows', 0):g} flagged).")
+    for stop in results.get("early_stop", []):
+        out.append(f"**Training stopped early**: {_cell(stop['tune'])} at step {stop['train_step']} of "
+                   f"{stop['max_steps']}, checkpoints.stop_when violated: {_cell('; '.join(stop['violations']))}")
+    choice = results.get("checkpoint_choice")
+    if choice:
+        out.append(f"**Model to keep** ({choice['direction']} {_cell(choice['metric'])}): {_cell(choice['reason'])}")
+        out += [f"- not {_cell(c['label'])} (step {c['step']}): {_cell(c['excluded'][0])}"
+                for c in choice["candidates"] if c["excluded"]]
+    return [*out, ""] if out else []
+
+
+def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] | None = None) -> str:
+    """The PR-comment summary, then (folded) the details; `figures` are (relative PNG path, caption)."""
     v = results["verdict"]
     ref, primary = results["reference"], results["primary"]
     conf = round(100 * results["settings"]["confidence"])
@@ -28,6 +48,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             out.append(f"**Gate FAILED**: {len(gate['violations'])} threshold(s) violated")
             out += [f"- {_cell(x['message'])}" for x in gate["violations"]]
         out.append("")
+    out += _training_outcomes(results)
     if primary is None:
         out += [f"| suite.metric | {_cell(ref)} | {conf}% CI | n |", "|---|--:|--:|--:|"]
         for s in results["suites"]:
@@ -73,4 +94,110 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += ["", f"<sub>run `{_cell(results['run']['id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
             "Tango CI, Bonett–Price ratio CI; scores: paired bootstrap CI, permutation test · "
             "full report: report.html, numbers: results.json</sub>", ""]
+    out += _details(results, figures or [])
     return "\n".join(out)
+
+
+def _details(results: dict[str, Any], figures: Sequence[tuple[str, str]]) -> list[str]:
+    """Below the PR-comment summary: every model, curves over training, the judges' accuracy, the protocol."""
+    conf = round(100 * results["settings"]["confidence"])
+    out = ["<details><summary>Every model, curves, judges and protocol</summary>", ""]
+    out += _all_models(results, conf) + _curves(results) + _judges(results) + _protocol(results)
+    if figures:
+        out += ["#### Figures", ""] + [f"![{_cell(caption)}]({path})" for path, caption in figures] + [""]
+    return [*out, "</details>", ""]
+
+
+def _all_models(results: dict[str, Any], conf: int) -> list[str]:
+    labels = [m["label"] for m in results["models"] if m["role"] != "checkpoint"]
+    out = [f"#### Every model ({conf}% CI, n items)", "",
+           "| suite.metric | " + " | ".join(_cell(x) for x in labels) + " |", "|---|" + "--:|" * len(labels)]
+    for s in results["suites"]:
+        for m in s["metrics"]:
+            cells = []
+            for label in labels:
+                val = s["values"].get(label, {}).get(m["name"])
+                cells.append("" if not val or val["value"] is None else
+                             f"{fmt_value(val['value'], m['kind'])} ({fmt_ci(*val['ci'], m['kind'])}, {val['n']})")
+            if any(cells):
+                out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | " + " | ".join(cells) + " |")
+    ref = results["reference"]
+    rows = [r for r in results["comparisons"] if r["category"] == OVERALL and r["n"]]
+    models = [x for x in labels if x != ref and any(r["model"] == x for r in rows)]
+    if models:
+        out += ["", f"Change vs {_cell(ref)} on paired items ({conf}% CI; 🔴/🟢 significant after Holm):", "",
+                "| suite.metric | " + " | ".join(_cell(x) for x in models) + " |", "|---|" + "--:|" * len(models)]
+        keys = sorted({(r["suite"], r["metric"]) for r in rows}, key=lambda k: (k[0], k[1]))
+        for suite, metric in keys:
+            cells = []
+            for label in models:
+                r = next((r for r in rows if (r["model"], r["suite"], r["metric"]) == (label, suite, metric)), None)
+                mark = {"worse": " 🔴", "better": " 🟢"}.get(r["change"], "") if r else ""
+                cells.append(f"{fmt_delta(r['delta'], r['kind'])} ({fmt_ci(*r['delta_ci'], r['kind'])}){mark}"
+                             if r else "")
+            out.append(f"| {_cell(suite)}.{_cell(metric)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _curves(results: dict[str, Any]) -> list[str]:
+    curves = results["checkpoints"]
+    if not curves:
+        return []
+    steps = sorted({p["step"] for c in curves for p in c["points"]})
+    out = ["#### Over training (step: value)", "", "| suite.metric | " + " | ".join(str(s) for s in steps) + " |",
+           "|---|" + "--:|" * len(steps)]
+    for c in curves:
+        by_step = {p["step"]: p for p in c["points"]}
+        out.append(f"| {_cell(c['suite'])}.{_cell(c['metric'])} | " + " | ".join(
+            fmt_value(by_step[s]["value"], c["kind"]) if s in by_step else "" for s in steps) + " |")
+    return [*out, ""]
+
+
+def _judges(results: dict[str, Any]) -> list[str]:
+    entries = results["protocol"].get("judge_validity") or []
+    if not entries:
+        return ["#### Judges", "", "No judge validity was measured in this run.", ""]
+    out = ["#### Judges: their own accuracy on labelled data", "",
+           "| role | judge | labelled set | n | accuracy | AUROC | precision | recall |", "|---|---|---|--:|--:|--:|--:|--:|"]
+    for j in entries:
+        role = _cell(j.get("role") or j.get("judge"))
+        if not j.get("sets"):
+            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(j.get('note', 'no labelled data'))} | | | | | |")
+        for st in j.get("sets", []):
+            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(st.get('set'))} | {st.get('n')} | "
+                       f"{_num(st.get('accuracy'))} | {_num(st.get('auroc'))} | {_num(st.get('precision'))} | "
+                       f"{_num(st.get('recall'))} |")
+    return [*out, ""]
+
+
+def _protocol(results: dict[str, Any]) -> list[str]:
+    proto = results["protocol"]
+    spec = proto.get("spec") or {}
+    out = ["#### Protocol", ""]
+    if spec.get("notes"):
+        out += [f"Scaled down / changed: {_cell(spec['notes'])}", ""]
+    out += ["| suite | items per model | shared | sampled of | seed | decoding |", "|---|---|--:|--:|--:|---|"]
+    for s in proto["suites"]:
+        per = ", ".join(f"{_cell(k)} {n}" for k, n in s["items_per_model"].items())
+        smp = s.get("sampling") or {}
+        dec = "; ".join(f"{_cell(k)}={_cell(v if len(v) > 1 else v[0])}" for k, v in s.get("decoding", {}).items()
+                        if k in ("max_new_tokens", "temperature", "do_sample", "top_p", "stop", "n"))
+        out.append(f"| {_cell(s['suite'])} | {per} | {s['items_shared']} | {smp.get('n_items', '')} | "
+                   f"{smp.get('seed', '')} | {dec} |")
+    st = results["settings"]
+    out += ["", f"Statistics: confidence {st['confidence']}, alpha {st['alpha']} (Holm across metrics), "
+            f"{st['bootstrap_resamples']} bootstrap resamples, {st['permutations']} permutations, seed {st['seed']}.",
+            ""]
+    timings = proto.get("timings") or []
+    steps = [t for t in timings if str(t.get("step", "")).startswith(("scan", "audit", "fine-tune", "compare"))]
+    if steps:
+        out += ["Wall time per step: " + "; ".join(f"{_cell(t['step'])} {t['seconds']:.0f} s" for t in steps
+                                                     if t.get("seconds") is not None), ""]
+    out += ["Models: " + "; ".join(f"`{_cell(m['label'])}` = `{_cell(m['ref'])}`" for m in proto["models"]
+                                    if m["label"] in {x['label'] for x in results['models'] if x['role'] != 'checkpoint'}),
+            ""]
+    return out
+
+
+def _num(x: Any) -> str:
+    return "" if x is None else f"{x:.3f}"

@@ -144,8 +144,9 @@ def distribution(dist: dict[str, Any]) -> str | None:
 
 
 @_plain_text
-def checkpoint_curve(curve: dict[str, Any]) -> str | None:
-    """A metric over training steps with its interval band."""
+def checkpoint_curve(curve: dict[str, Any], chosen_step: int | None = None,
+                     stop_steps: Sequence[int] = ()) -> str | None:
+    """A metric over training steps with its interval band; the kept model's step ringed, early stops dashed."""
     pts = curve["points"]
     if len(pts) < 2:
         return None
@@ -159,6 +160,14 @@ def checkpoint_curve(curve: dict[str, Any]) -> str | None:
     _style(ax)
     ax.fill_between(steps, lo, hi, color=MODEL_COLOR, alpha=0.15, linewidth=0)
     ax.plot(steps, vals, "o-", color=MODEL_COLOR, markersize=4, linewidth=1.5)
+    chosen = [(x, y) for x, y in zip(steps, vals, strict=True) if x == chosen_step and math.isfinite(y)][:1]
+    if chosen:
+        ax.plot(*chosen[0], "o", markersize=11, markerfacecolor="none", markeredgecolor=BETTER_COLOR,
+                markeredgewidth=1.6, label="kept")
+    for x in stop_steps:
+        ax.axvline(x, color=WORSE_COLOR, linewidth=0.9, linestyle="--", label="stopped" if x == stop_steps[0] else None)
+    if chosen or stop_steps:
+        ax.legend(fontsize=7, frameon=False)
     ax.set_title(f"{curve['suite']}.{curve['metric']}" + (" (%)" if scale == 100 else ""), fontsize=9)
     ax.set_xlabel("training step", fontsize=8)
     return _data_uri(fig)
@@ -183,4 +192,37 @@ def training_loss(metrics: Sequence[dict[str, Any]]) -> str | None:
     ax.set_title("training loss", fontsize=9)
     ax.set_xlabel("training step", fontsize=8)
     ax.legend(fontsize=8, frameon=False)
+    return _data_uri(fig)
+
+
+@_plain_text
+def pareto(points: Sequence[dict[str, Any]], front: Sequence[int], chosen: int | None, threshold: float,
+           x_label: str, y_label: str) -> str | None:
+    """A sweep's task gain (x) against safety loss (y), both with intervals: the non-dominated front as a line,
+    base at (0, 0), the safety-loss limit as a dashed line and the chosen point ringed."""
+    shown = [i for i, p in enumerate(points) if p["gain"] is not None and p["loss"] is not None]
+    if not shown:
+        return None
+    fig = _figure(6.4, 4.2, left_chars=10)
+    ax = fig.add_subplot()
+    _style(ax)
+    ax.grid(axis="y", color="#e5e7eb", linewidth=0.6)
+    xs, ys = [points[i]["gain"] for i in shown], [points[i]["loss"] for i in shown]
+    ax.errorbar(xs, ys, xerr=_err(xs, [points[i]["gain_ci"] for i in shown]),
+                yerr=_err(ys, [points[i]["loss_ci"] for i in shown]), fmt="o", color=MODEL_COLOR,
+                ecolor="#93c5fd", elinewidth=1, capsize=2, markersize=5, label="sweep point")
+    for i in shown:
+        ax.annotate(points[i]["label"], (points[i]["gain"], points[i]["loss"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7, color=NEUTRAL_COLOR)
+    on_front = sorted((points[i]["gain"], points[i]["loss"]) for i in front if i in shown)
+    if on_front:
+        ax.plot(*zip(*on_front, strict=True), "-", color=BETTER_COLOR, linewidth=1.4, label="non-dominated front")
+    ax.plot([0], [0], "s", color=REFERENCE_COLOR, markersize=7, label="base")
+    ax.axhline(threshold, color=WORSE_COLOR, linewidth=0.9, linestyle="--", label=f"max safety loss {threshold:g}")
+    if chosen is not None and chosen in shown:
+        ax.plot([points[chosen]["gain"]], [points[chosen]["loss"]], "o", markersize=13, markerfacecolor="none",
+                markeredgecolor=WORSE_COLOR, markeredgewidth=1.6, label="chosen")
+    ax.set_xlabel(x_label, fontsize=8)
+    ax.set_ylabel(y_label, fontsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="best")
     return _data_uri(fig)
