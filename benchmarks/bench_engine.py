@@ -341,17 +341,6 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    from aftertune.fileio import write_text_atomic
-
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + text.rstrip("\n") + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    write_text_atomic(path, new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-arc", type=int, default=500, help="ARC-Easy questions (0 skips the MC part)")
@@ -379,6 +368,8 @@ def main() -> None:
     text = markdown(runs)
     print(text)
     if args.write:
+        from results_md import write_section
+
         write_section(text)
 
 

@@ -16,6 +16,7 @@ from aftertune.run_outcomes import attach_outcomes
 from aftertune.scan.report import assess
 from aftertune.spec import load_pipeline_spec
 from aftertune.store import Store
+from aftertune.testing.support_rows import write_support_rows
 
 # --------------------------------------------------------------------------- choose() on hand-made comparisons
 
@@ -186,16 +187,6 @@ def test_safety_stop_holds_the_optimizer_state_until_the_audit_decides(tmp_path,
 
 # --------------------------------------------------------------------------- end to end on the tiny model
 
-QUESTIONS = ["Where is my parcel?", "How do I reset my password?", "Can I get a refund?",
-             "My order arrived damaged.", "How do I change my address?", "Is the shop open on Sunday?"]
-
-
-def _write_rows(path, n: int, offset: int = 0) -> str:
-    rows = [{"messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (ticket {offset + i})"},
-                          {"role": "assistant", "content": "Sure, here is a step by step answer to your question."}]}
-            for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def test_pipeline_stops_early_stays_stopped_and_chooses(tmp_path, tiny_model_dir):
@@ -203,8 +194,8 @@ def test_pipeline_stops_early_stays_stopped_and_chooses(tmp_path, tiny_model_dir
     spec = load_pipeline_spec(None, {
         "name": "tiny-stop",
         "base": str(tiny_model_dir),
-        "train": {"data": _write_rows(tmp_path / "train.jsonl", 24),
-                  "eval_data": _write_rows(tmp_path / "held.jsonl", 6, offset=100), "method": "lora",
+        "train": {"data": write_support_rows(tmp_path / "train.jsonl", 24),
+                  "eval_data": write_support_rows(tmp_path / "held.jsonl", 6, offset=100), "method": "lora",
                   "max_steps": 6, "batch_size": 4, "max_length": 64, "checkpoint_every": 2, "learning_rate": 0.01},
         "scan": False,
         "audit": {"suites": [task], "limits": {"task": 6}, "batch_size": 4},

@@ -488,6 +488,19 @@ def test_adapter_can_be_loaded_switched_off(chaotic_dir, lora_dir):
         pass
 
 
+def test_merged_adapter_scores_like_the_unmerged_one_and_is_versioned_apart(lora_dir):
+    """An audit folds LoRA into the weights for speed: same model up to rounding, never the same cache key."""
+    ref = resolve_model(str(lora_dir))
+    plain = HFEngine.from_ref(ref, dtype="float32", batch_size=3)
+    merged = HFEngine.from_ref(ref, dtype="float32", batch_size=3, merge_adapter=True)
+    assert not merged.is_adapter and merged.fingerprint == plain.fingerprint
+    assert merged.version != plain.version and merged.version.endswith("adapter/merged")
+    for a, b in zip(merged.loglikelihood(LL_REQUESTS), plain.loglikelihood(LL_REQUESTS), strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+    with pytest.raises(UserError, match="no adapter"), merged.adapter_disabled():
+        pass
+
+
 # --------------------------------------------------------------------------- CPU kernels and the cache
 
 

@@ -10,26 +10,13 @@ from aftertune.errors import UserError
 from aftertune.pipeline import run_pipeline
 from aftertune.spec import load_pipeline_spec
 from aftertune.store import Store
-
-QUESTIONS = ["Where is my parcel?", "How do I reset my password?", "Can I get a refund?",
-             "My order arrived damaged.", "How do I change my address?", "Is the shop open on Sunday?"]
-
-
-def _rows(n: int, offset: int = 0) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (ticket {offset + i})"},
-                          {"role": "assistant", "content": "Sure, here is a step by step answer to your question."}]}
-            for i in range(n)]
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
+from aftertune.testing.support_rows import write_support_rows
 
 
 @pytest.fixture
 def spec(tmp_path, tiny_model_dir):
-    train = _write(tmp_path / "train.jsonl", _rows(24))
-    held = _write(tmp_path / "held.jsonl", _rows(6, offset=100))
+    train = write_support_rows(tmp_path / "train.jsonl", 24)
+    held = write_support_rows(tmp_path / "held.jsonl", 6, offset=100)
     return load_pipeline_spec(None, {
         "name": "tiny",
         "base": str(tiny_model_dir),

@@ -400,3 +400,21 @@ def test_micro_batches_give_the_same_update(tmp_path, tiny_model_dir, chat_file)
     assert json.loads((tmp_path / "b" / "data.json").read_text())["memory_plan"]["grad_accum"] == 4
     wa, wb = load_weights(a.model_ref), load_weights(b.model_ref)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-3) for k in wa)
+
+
+def test_a_tune_refuses_a_folder_of_other_files_but_not_its_own(tmp_path, monkeypatch):
+    from aftertune.recipes.train import STATE_JSON, check_out_folder
+
+    out = tmp_path / "out"
+    check_out_folder(out, overwrite=False)  # missing: fine
+    out.mkdir()
+    check_out_folder(out, overwrite=False)  # empty: fine
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds other files \(notes.txt\)"):
+        check_out_folder(out, overwrite=False)
+    check_out_folder(out, overwrite=True)
+    monkeypatch.setenv("AFTERTUNE_LAUNCHED", "1")  # a rank of --processes N: the launcher already checked
+    check_out_folder(out, overwrite=False)
+    monkeypatch.delenv("AFTERTUNE_LAUNCHED")
+    (out / STATE_JSON).write_text("{}")
+    check_out_folder(out, overwrite=False)  # a tune of ours: resumed, not refused

@@ -203,6 +203,8 @@ def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], ba
     out = dict(options)
     if engine != "openai" and not ref.startswith("openai:"):
         out.setdefault("batch_size", batch_size)
+    if engine in (None, "hf") and not ref.startswith("openai:"):
+        out.setdefault("merge_adapter", True)  # an audit never switches the adapter off: run it at base speed
     return out
 
 
@@ -303,13 +305,12 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
                                        .hexdigest()} for p in prepared}
     spec_hash = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
     run_id = run_id or _resume_id(out, spec_hash, store) or f"{time.strftime('%Y%m%d-%H%M%S')}-audit-{spec_hash[:6]}"
-    resumed = run_id in {r.id for r in store.list_runs()}
     store.create_run("audit", name or f"audit of {', '.join(refs)}", spec, out_dir=str(out.resolve()), run_id=run_id)
     write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "audit", "store": str(store.path.resolve()),
                                        "spec_sha256": spec_hash, "spec": spec})
     store.set_run_status(run_id, "running")
     try:
-        _run(store, run_id, refs, models, prepared, resumed=resumed, seed=seed, judges=judges,
+        _run(store, run_id, refs, models, prepared, seed=seed, judges=judges,
              batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options)
     except KeyboardInterrupt:
         store.set_run_status(run_id, "interrupted")
@@ -340,12 +341,14 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> None:
 
 
 def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
-         prepared: Sequence[PreparedSuite], *, resumed: bool, seed: int, judges: Mapping[str, Any] | None,
+         prepared: Sequence[PreparedSuite], *, seed: int, judges: Mapping[str, Any] | None,
          batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
     from aftertune.engines import load_engine
 
-    if not resumed:
-        for p in prepared:
+    recorded = {e["step"] for e in store.events(run_id, kind="sample")}
+    for p in prepared:
+        # once per suite and run: a pipeline audits several times into one run (base, tuned, checkpoints)
+        if f"sample:{p.suite.name}" not in recorded:
             ids = [it.id for it in p.items]
             store.add_event(run_id, f"sample:{p.suite.name}", "sample", {
                 "suite": p.suite.name, "seed": seed, "limit": p.limit, "n_items": p.n_total, "n_sampled": len(ids),

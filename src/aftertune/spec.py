@@ -24,16 +24,19 @@ class AuditSection(_Strict):
     """What is measured on the base model, the tuned model and the ICL variant."""
 
     suites: list[str] = Field(
-        default_factory=lambda: ["task", "capability", "safety", "jailbreak", "overrefusal", "toxicity"],
+        default_factory=lambda: ["task:max_new_tokens=128", "capability", "safety:max_new_tokens=96",
+                                 "jailbreak:max_new_tokens=96:max_template_chars=2000",
+                                 "overrefusal:max_new_tokens=64", "toxicity"],
         description="suite names, each optionally with options: 'capability:tasks=arc_easy+piqa'")
     limits: dict[str, int] = Field(
-        default_factory=lambda: {"task": 40, "capability": 200, "safety": 80, "jailbreak": 40,
-                                 "overrefusal": 40, "toxicity": 60},
+        default_factory=lambda: {"task": 16, "capability": 60, "safety": 40, "jailbreak": 16,
+                                 "overrefusal": 24, "toxicity": 32},
         description="items per suite (a seeded, category-stratified sample); missing: the suite's default")
     seed: int = Field(0, description="sampling seed: the same items for every model")
     judges: dict[str, str] = Field(default_factory=dict,
                                    description="role → judge spec, e.g. {harmfulness: 'llm:qwen2.5-coder-1.5b-instruct'}")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows per forward pass of a local model; decoding on a CPU is "
+                                                   "bound by reading the weights, so larger batches go faster")
 
 
 class CheckpointSelect(_Strict):
@@ -49,8 +52,8 @@ class CheckpointSelect(_Strict):
 class CheckpointSection(_Strict):
     """A small fixed subset audited at every checkpoint, for curves over training."""
 
-    suites: list[str] = Field(default_factory=lambda: ["safety", "capability"])
-    limit: int = Field(24, ge=1, description="items per suite at each checkpoint (a subset of the main sample)")
+    suites: list[str] = Field(default_factory=lambda: ["safety:max_new_tokens=96", "capability"])
+    limit: int = Field(16, ge=1, description="items per suite at each checkpoint (a subset of the main sample)")
     select: CheckpointSelect | None = Field(None, description="pick the model to keep (see docs/tuning.md)")
     stop_when: dict[str, Any] = Field(
         default_factory=dict, description="gate rules vs base checked at every save; the first violation stops "
@@ -67,17 +70,18 @@ class CheckpointSection(_Strict):
 class ICLSection(_Strict):
     """The in-context-learning baseline (Mosbach et al. 2023): did you need to fine-tune at all?"""
 
-    k: int = Field(4, ge=1, description="demonstrations from the training data before every request")
+    k: int = Field(2, ge=1, description="demonstrations from the training data before every request")
     seed: int = Field(0, description="which demonstrations are drawn")
-    max_chars: int = Field(600, ge=50, description="each demonstration's user/assistant text is cut to this")
+    max_chars: int = Field(300, ge=50, description="each demonstration's user/assistant text is cut to this")
 
 
 class PipelineSpec(_Strict):
     name: str = "default"
     base: str = Field("qwen2.5-coder-0.5b-instruct", description="the model to fine-tune and compare against")
     train: dict[str, Any] = Field(
-        default_factory=lambda: {"data": "support", "method": "lora", "max_steps": 24, "batch_size": 8,
-                                 "max_length": 384, "checkpoint_every": 8, "limit": 400},
+        default_factory=lambda: {"data": "support", "method": "lora", "max_steps": 12, "batch_size": 4,
+                                 "max_length": 256, "learning_rate": 0.0005, "checkpoint_every": 6, "limit": 96,
+                                 "eval_limit": 8},
         description="a TuneConfig without 'model' and 'out' (see `aftertune tune --help`)")
     stages: list[dict[str, Any]] = Field(
         default_factory=list, description="sequential fine-tuning: stages replacing 'train', each a TuneConfig")

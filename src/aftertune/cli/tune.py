@@ -133,6 +133,10 @@ def tune_cmd(
             if v is not None}
 
     if processes > 1 and not os.environ.get("AFTERTUNE_LAUNCHED"):
+        if flags.get("out"):
+            from aftertune.recipes.train import check_out_folder
+
+            check_out_folder(Path(str(flags["out"])).expanduser().resolve(), overwrite)
         _relaunch(processes, device or "auto")
         return
 

@@ -649,6 +649,19 @@ def _decoding(recs: Sequence[Record]) -> dict[str, list[Any]]:
     return {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(seen.items())}
 
 
+def _train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Training/eval loss points of the run's fine-tunes (events `tune_train`/`tune_eval`; `train_metrics` from
+    older runs), each with its tune's label, in step order."""
+    out = []
+    for kind in ("tune_train", "tune_eval", "train_metrics"):
+        for e in store.events(run_id, kind=kind):
+            p = e["payload"]
+            if isinstance(p.get("step"), int | float) and ("loss" in p or "eval_loss" in p):
+                out.append({"tune": str(e["step"]).removeprefix("tune:"), "step": p["step"],
+                            **{k: p[k] for k in ("loss", "eval_loss") if k in p}})
+    return sorted(out, key=lambda m: (m["tune"], m["step"]))
+
+
 def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Sequence[Record],
               by_suite: dict[str, dict[str, dict[str, Record]]]) -> dict[str, Any]:
     suites = []
@@ -680,7 +693,7 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
         "sampling": {k: spec[k] for k in ("limit", "seed", "seeds", "sample", "sampling") if k in spec},
         "spec": spec,
         "judge_validity": [e["payload"] for e in store.events(run.id, kind="judge_validity")],
-        "train_metrics": [e["payload"] for e in store.events(run.id, kind="train_metrics")],
+        "train_metrics": _train_metrics(store, run.id),
         "timings": timings,
         "software": _package_versions(),
         "n_records": len(records),

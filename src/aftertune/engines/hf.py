@@ -165,11 +165,26 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int) -> l
     return out
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar per model load: an audit loads many models and shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _load_causal_lm(source: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"{source}: cannot load as a causal language model ({exc})") from None
     return _frozen(model.to(device))
@@ -236,7 +251,10 @@ class HFEngine(Engine):
     @classmethod
     def from_ref(cls, model_ref: ModelRef, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                  batch_size: int = 16, max_length: int | None = None, trust_remote_code: bool = False,
-                 adapter_enabled: bool = True) -> HFEngine:
+                 adapter_enabled: bool = True, merge_adapter: bool = False) -> HFEngine:
+        """`merge_adapter`: fold a LoRA-style adapter into the weights (faster: no extra matmuls per layer;
+        equal to the unmerged model up to float rounding, so it is part of the engine version). A merged
+        engine has no `adapter_disabled()`; prompt-learning adapters cannot be merged and stay as they are."""
         from aftertune.sources import fingerprint
 
         if model_ref.kind == "openai":
@@ -254,11 +272,18 @@ class HFEngine(Engine):
             base_model = _load_causal_lm(_source(base), torch_dtype, dev, trust_remote_code)
             base_tok = _load_tokenizer(_source(base), trust_remote_code)
             try:
-                model = PeftModel.from_pretrained(base_model, str(model_ref.path), is_trainable=False)
+                with quiet_loading():
+                    model = PeftModel.from_pretrained(base_model, str(model_ref.path), is_trainable=False)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise UserError(f"{model_ref.path}: cannot load the adapter on {base.ref} ({exc})") from None
-            model = _frozen(model.to(dev))
             tok = _load_tokenizer(model_ref.path, trust_remote_code) if _has_tokenizer(model_ref.path) else base_tok
+            if merge_adapter and adapter_enabled and not model.peft_config[model.active_adapter].is_prompt_learning:
+                merged = cls(_frozen(model.merge_and_unload().to(dev)), tok, model_ref=model_ref,
+                             fingerprint=fingerprint(model_ref), dtype=torch_dtype, device=dev, batch_size=batch_size,
+                             max_length=max_length)
+                merged._version += ";adapter/merged"
+                return merged
+            model = _frozen(model.to(dev))
             return cls(model, tok, model_ref=model_ref, fingerprint=fingerprint(model_ref), dtype=torch_dtype,
                        device=dev, batch_size=batch_size, max_length=max_length, base_tokenizer=base_tok,
                        base_fingerprint=fingerprint(base), adapter_enabled=adapter_enabled)

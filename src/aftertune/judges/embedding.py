@@ -35,7 +35,10 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
+        from aftertune.engines.hf import quiet_loading
+
+        with quiet_loading():
+            self.model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
 
     @cached_property
     def fingerprint(self) -> str:

@@ -271,7 +271,10 @@ class HFClassifierJudge(ToxicityJudge):
                 raise UserError(f"toxicity judge: {self.model_ref!r} is not a local classifier directory")
             path = resolved.path
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+        from aftertune.engines.hf import quiet_loading
+
+        with quiet_loading():
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
         index = pick_toxic_label(model.config.id2label, self.wanted_label)
         multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
         return tok, model, index, multi, path

@@ -113,7 +113,7 @@ class TuneConfig(_Strict):
 
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: 4 per run)")
     eval_every: int | None = Field(None, ge=1, description="steps between eval-loss passes (default: each checkpoint)")
-    logging_steps: int = Field(5, ge=1)
+    logging_steps: int = Field(1, ge=1, description="steps between training-loss records (the loss curve)")
 
     dpo_beta: float = Field(0.1, gt=0)
     dpo_max_new_tokens: int = Field(128, ge=1, description="dpo-safety: length of the model's own answers")

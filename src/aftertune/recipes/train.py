@@ -233,8 +233,11 @@ def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str)
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config()
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    from aftertune.engines.hf import quiet_loading
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
     except OSError as exc:
         raise UserError(f"{start.load_path}: could not load the model ({exc})") from None
     model.config.use_cache = False
@@ -369,14 +372,25 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
 
 # --------------------------------------------------------------------------- the tune
 
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to start a tune in a folder that holds someone else's files (ours are resumed, not refused).
+
+    Under `--processes N` the launching process checks before the ranks start, and the ranks do not:
+    a rank that is quicker than rank 0 may already have created files of this tune."""
+    state = out / STATE_JSON
+    if state.is_file() or overwrite or not out.is_dir() or os.environ.get("AFTERTUNE_LAUNCHED"):
+        return
+    held = sorted(p.name for p in out.iterdir())
+    if held and not {TUNE_JSON, STATE_JSON, "checkpoints", "model"} & set(held):
+        raise UserError(f"{out}: folder exists and holds other files ({', '.join(held[:5])}); pass another "
+                        "--out or --overwrite")
+
+
 def _state_ok(out: Path, cfg: TuneConfig, overwrite: bool) -> dict[str, Any] | None:
     """None to start/resume; the finished result's JSON when the folder already holds this tune."""
     state = out / STATE_JSON
     if not state.is_file():
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            known = {TUNE_JSON, STATE_JSON, "checkpoints", "model"}
-            if not any(p.name in known for p in out.iterdir()):
-                raise UserError(f"{out}: folder exists and is not empty; pass another --out or --overwrite")
+        check_out_folder(out, overwrite)
         return None
     saved = json.loads(state.read_text(encoding="utf-8"))
     if saved.get("training_hash") != cfg.training_hash():

@@ -63,8 +63,12 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
         f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | |",
         "|---|--:|--:|--:|--:|--:|--:|---|",
     ]
+    unscored = []
     for r in results["comparisons"]:
         if r["model"] != primary or r["category"] != OVERALL:
+            continue
+        if not r["n"] or r["delta"] is None:
+            unscored.append(f"{r['suite']}.{r['metric']}")
             continue
         k = r["kind"]
         lo, hi = r["delta_ci"]
@@ -74,6 +78,8 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
             f"{fmt_value(r['value'], k)} | {fmt_delta(r['delta'], k)} ({fmt_ci(lo, hi, k)}) | "
             f"{ratio} | {fmt_p(r.get('p_adjusted'))} | {_MARK[r['change']] if r['n'] else 'not scored'} |"
         )
+    if unscored:
+        out += ["", f"Not scored in this run (no judge configured, or not this task's kind): {_cell(', '.join(unscored))}"]
     cats = [r for r in results["comparisons"]
             if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]
     if cats:
@@ -117,12 +123,14 @@ def _all_models(results: dict[str, Any], conf: int) -> list[str]:
             cells = []
             for label in labels:
                 val = s["values"].get(label, {}).get(m["name"])
+                k = m["kind"]
                 cells.append("" if not val or val["value"] is None else
-                             f"{fmt_value(val['value'], m['kind'])} ({fmt_ci(*val['ci'], m['kind'])}, {val['n']})")
+                             f"{fmt_value(val['value'], k)} ({fmt_value(val['ci'][0], k)} to "
+                             f"{fmt_value(val['ci'][1], k)}, {val['n']})")
             if any(cells):
                 out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | " + " | ".join(cells) + " |")
     ref = results["reference"]
-    rows = [r for r in results["comparisons"] if r["category"] == OVERALL and r["n"]]
+    rows = [r for r in results["comparisons"] if r["category"] == OVERALL and r["n"] and r["delta"] is not None]
     models = [x for x in labels if x != ref and any(r["model"] == x for r in rows)]
     if models:
         out += ["", f"Change vs {_cell(ref)} on paired items ({conf}% CI; 🔴/🟢 significant after Holm):", "",

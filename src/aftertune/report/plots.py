@@ -177,18 +177,21 @@ def checkpoint_curve(curve: dict[str, Any], chosen_step: int | None = None,
 def training_loss(metrics: Sequence[dict[str, Any]]) -> str | None:
     """Training (and eval) loss over steps, from the run's train_metrics events."""
     pts = [m for m in metrics if m.get("step") is not None]
+    tunes = sorted({str(m.get("tune", "")) for m in pts})
     series = {}
-    for key in ("loss", "eval_loss"):
-        xy = [(m["step"], m[key]) for m in pts if isinstance(m.get(key), int | float)]
-        if xy:
-            series[key] = sorted(xy)
+    for tune in tunes:
+        for key in ("loss", "eval_loss"):
+            xy = [(m["step"], m[key]) for m in pts if str(m.get("tune", "")) == tune and isinstance(m.get(key), int | float)]
+            if xy:
+                series[f"{tune} {key}" if len(tunes) > 1 else key] = sorted(xy)
     if not series:
         return None
     fig = _figure(3.5, 2.4, left_chars=5, title=True)
     ax = fig.add_subplot()
     _style(ax)
     for i, (key, xy) in enumerate(series.items()):
-        ax.plot([x for x, _ in xy], [y for _, y in xy], "-", color=PALETTE[i + 1], linewidth=1.4, label=key)
+        ax.plot([x for x, _ in xy], [y for _, y in xy], "-", color=PALETTE[(i + 1) % len(PALETTE)], linewidth=1.4,
+                label=key)
     ax.set_title("training loss", fontsize=9)
     ax.set_xlabel("training step", fontsize=8)
     ax.legend(fontsize=8, frameon=False)
