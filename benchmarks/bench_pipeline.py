@@ -43,18 +43,6 @@ def fresh_home(tmp: Path) -> Path:
     return home
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """float32 matmul speed right before the run: the same machine type runs 1.5x slower on some days."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
 def run_preset(preset: str, out: Path, home: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-c", "from aftertune.cli import main; main()", "run", "--out", str(out), "--no-progress"]
     if preset == "quick":
@@ -64,7 +52,9 @@ def run_preset(preset: str, out: Path, home: Path) -> dict[str, Any]:
     env = dict(os.environ, AFTERTUNE_HOME=str(home))
     env.pop("AFTERTUNE_STORE", None)
     load = round(os.getloadavg()[0], 1)
-    gflops = matmul_gflops()
+    from bench_training import matmul_peak  # the machine's speed right before the run: it varies by day
+
+    gflops = matmul_peak(os.cpu_count() or 1, "cpu")["fp32_matmul_gflops"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -129,7 +119,7 @@ def markdown(name: str, timing: dict[str, Any], run_dir: Path) -> str:
     if timing.get("cpu_s"):
         lines.append(f"| CPU time (user + system) | {timing['cpu_s']:.0f} s | |")
     if timing.get("gflops"):
-        lines.append(f"| machine speed before the run (float32 2048² matmul) | {timing['gflops']:.0f} GFLOP/s | |")
+        lines.append(f"| machine speed before the run (float32 matmul, best of 1024² and 2048²) | {timing['gflops']:.0f} GFLOP/s | |")
     if timing.get("peak_rss_gib"):
         lines.append(f"| peak memory (RSS) | {timing['peak_rss_gib']:.1f} GiB | |")
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {s} | {sec:.0f} |" for s, sec in steps(run_dir)]

@@ -29,14 +29,15 @@ def thresholds_from_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 def render(results: dict[str, Any], out_dir: str | Path) -> None:
     """Write report.html, report.md (+ figures/*.png) and results.json for an existing results dict."""
-    from aftertune.report.figures import write_figures
+    from aftertune.report.figures import draw, write_figures
     from aftertune.report.html import render_html
     from aftertune.report.markdown import render_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    html = render_html(results)
-    md = render_markdown(results, write_figures(results, out))  # both rendered before either report is written
+    figures = draw(results)
+    html = render_html(results, figures)
+    md = render_markdown(results, write_figures(results, figures, out))  # both rendered before either is written
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "report.md", md)
     write_text_atomic(out / "report.html", html)

@@ -1,14 +1,15 @@
-"""The report's plots as PNG files beside report.md, so the Markdown report has its figures too.
+"""The report's plots, drawn once: inline in report.html and as PNG files beside report.md.
 
-The same plot functions draw the HTML report's inline images; here their PNG
-bytes go to `figures/NAME.png` and report.md links them by relative path
-(rendered by GitHub and any Markdown viewer that has the folder).
+`draw` makes every plot the results allow; the HTML embeds the data URIs and
+`write_figures` puts the same PNG bytes in `figures/NAME.png`, which report.md
+links by relative path (rendered by GitHub and any Markdown viewer with the folder).
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +20,44 @@ from aftertune.report import plots
 FOLDER = "figures"
 
 
-def figure_uris(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(file stem, caption, PNG data URI) of every plot the results can draw."""
+@dataclass
+class Figures:
+    """PNG data URIs (None where there is nothing to draw); `curves` aligns with results["checkpoints"]."""
+
+    changes: str | None
+    training_loss: str | None
+    curves: list[str | None] = field(default_factory=list)
+
+    def files(self, results: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """(file stem, caption, data URI) of each drawn plot."""
+        out = [("changes", f"Changes of {results['primary']} vs {results['reference']} with intervals", self.changes),
+               ("training-loss", "Training loss", self.training_loss)]
+        out += [(f"curve-{c['suite']}-{c['metric']}", f"{c['suite']}.{c['metric']} over training", uri)
+                for c, uri in zip(results["checkpoints"], self.curves, strict=True)]
+        return [(re.sub(r"[^A-Za-z0-9_.-]+", "-", stem), caption, uri) for stem, caption, uri in out if uri]
+
+
+def draw(results: dict[str, Any]) -> Figures:
     primary = results["primary"]
-    out: list[tuple[str, str, str | None]] = []
     overall = [r for r in results["comparisons"] if r["model"] == primary and r["category"] == OVERALL]
-    out.append(("changes", f"Changes of {primary} vs {results['reference']} with intervals", plots.forest(overall)))
-    out.append(("training-loss", "Training loss", plots.training_loss(results["protocol"]["train_metrics"])))
     choice = results.get("checkpoint_choice")
     stops = [s["step"] for s in results.get("early_stop", [])]
-    for c in results["checkpoints"]:
-        out.append((f"curve-{c['suite']}-{c['metric']}", f"{c['suite']}.{c['metric']} over training",
-                    plots.checkpoint_curve(c, choice["step"] if choice else None, stops)))
-    return [(re.sub(r"[^A-Za-z0-9_.-]+", "-", stem), caption, uri) for stem, caption, uri in out if uri]
+    return Figures(
+        changes=plots.forest(overall),
+        training_loss=plots.training_loss(results["protocol"]["train_metrics"]),
+        curves=[plots.checkpoint_curve(c, choice["step"] if choice else None, stops) for c in results["checkpoints"]])
 
 
-def write_figures(results: dict[str, Any], out_dir: Path) -> list[tuple[str, str]]:
+def write_figures(results: dict[str, Any], figures: Figures, out_dir: Path) -> list[tuple[str, str]]:
     """Write the PNGs; returns (relative path, caption) for the Markdown report. Stale figures are removed."""
     folder = out_dir / FOLDER
-    figures = figure_uris(results)
-    keep = set()
-    for stem, _caption, uri in figures:
-        dest = folder / f"{stem}.png"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dest) as tmp:
+    files = figures.files(results)
+    for stem, _caption, uri in files:
+        with atomic_path(folder / f"{stem}.png") as tmp:
             tmp.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
-        keep.add(dest.name)
+    keep = {f"{stem}.png" for stem, _, _ in files}
     if folder.is_dir():
         for old in folder.glob("*.png"):
             if old.name not in keep:
                 old.unlink()
-    return [(f"{FOLDER}/{stem}.png", caption) for stem, caption, _ in figures]
+    return [(f"{FOLDER}/{stem}.png", caption) for stem, caption, _ in files]

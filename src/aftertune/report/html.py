@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value
 from aftertune.report import plots
+from aftertune.report.figures import Figures, draw
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -76,7 +77,7 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def _view(results: dict[str, Any]) -> dict[str, Any]:
+def _view(results: dict[str, Any], figures: Figures) -> dict[str, Any]:
     """Group the results for the template and draw the plots (all numbers still come from `results`)."""
     primary = results["primary"]
     rows = results["comparisons"]
@@ -119,10 +120,7 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         {"name": f"{s['name']}.{m['name']}", "kind": m["kind"], "direction": m["direction"],
          "cells": [s["values"].get(label, {}).get(m["name"]) for label in labels]}
         for s in results["suites"] for m in s["metrics"]]}
-    choice = results.get("checkpoint_choice")
-    stops = [s["step"] for s in results.get("early_stop", [])]
-    curves = [{"c": c, "plot": plots.checkpoint_curve(c, choice["step"] if choice else None, stops)}
-              for c in results["checkpoints"]]
+    curves = [{"c": c, "plot": uri} for c, uri in zip(results["checkpoints"], figures.curves, strict=True)]
     columns = sorted({(p["model"], p["step"]) for c in results["checkpoints"] for p in c["points"]},
                      key=lambda x: (x[1], x[0]))
     curve_table = {
@@ -134,18 +132,19 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "r": results,
         "overall_primary": overall_primary,
-        "forest": plots.forest(overall_primary),
+        "forest": figures.changes,
         "others": others,
         "suites": suites,
         "flip_groups": flip_groups,
         "curves": curves,
         "curve_table": curve_table,
         "values_table": values_table,
-        "loss_plot": plots.training_loss(results["protocol"]["train_metrics"]),
+        "loss_plot": figures.training_loss,
         "csp": _csp(),
         "sort_script": Markup(SORT_SCRIPT),
     }
 
 
-def render_html(results: dict[str, Any]) -> str:
-    return _env().get_template("report.html.j2").render(**_view(results))
+def render_html(results: dict[str, Any], figures: Figures | None = None) -> str:
+    """`figures`: the plots when the caller drew them already (`report.render` shares them with report.md)."""
+    return _env().get_template("report.html.j2").render(**_view(results, figures or draw(results)))

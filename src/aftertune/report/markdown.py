@@ -201,9 +201,9 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     if steps:
         out += ["Wall time per step: " + "; ".join(f"{_cell(t['step'])} {t['seconds']:.0f} s" for t in steps
                                                      if t.get("seconds") is not None), ""]
+    shown = {m["label"] for m in results["models"] if m["role"] != "checkpoint"}
     out += ["Models: " + "; ".join(f"`{_cell(m['label'])}` = `{_cell(m['ref'])}`" for m in proto["models"]
-                                    if m["label"] in {x['label'] for x in results['models'] if x['role'] != 'checkpoint'}),
-            ""]
+                                    if m["label"] in shown), ""]
     return out
 
 
