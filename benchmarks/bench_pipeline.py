@@ -108,8 +108,8 @@ def markdown(name: str, timing: dict[str, Any], run_dir: Path) -> str:
     wall = timing["wall_s"]
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     spec = json.loads((run_dir / "run.json").read_text())["spec"]
-    lines = [f"<!-- bench_pipeline_{name}:start -->", f"## `aftertune run{' --quick' if name == 'quick' else ''}` "
-             f"({spec['name']}: {spec['base']})", "",
+    flag = {"default": "", "quick": " --quick"}.get(name, f" --preset {name}")
+    lines = [f"<!-- bench_pipeline_{name}:start -->", f"## `aftertune run{flag}` ({spec['name']}: {spec['base']})", "",
              f"Measured {time.strftime('%Y-%m-%d')} with `benchmarks/bench_pipeline.py` on {platform.machine()} "
              f"({os.cpu_count()} CPUs, {'with' if native else 'without'} native bf16, so float32), torch "
              f"{torch.__version__}: a first run (empty store and caches; packaged models already downloaded). "

@@ -137,6 +137,23 @@ def test_checkpoint_curves(results):
         assert p["ci"][0] <= p["value"] <= p["ci"][1]
 
 
+def test_curve_points_share_the_checkpoints_items(store):
+    """Checkpoints answer a subset of the main sample: the reference's point must use that subset too."""
+    run_id = make_run(store, checkpoints=False)
+    store.add_model(run_id, "checkpoint-10", "out/checkpoint-10", "fp-ck10", {"step": 10})
+    base = {r.item_id: r for r in store.records(run_id, model="base", suite="t_safety")}
+    subset = sorted(base)[:30]
+    store.put_records(run_id, [Record("checkpoint-10", "t_safety", i, base[i].category, base[i].request, "Sure",
+                                      {"compliance_rate": 1.0}, {}) for i in subset])
+    res = compare_run(store, run_id)
+    curve = next(c for c in res["checkpoints"] if (c["suite"], c["metric"]) == ("t_safety", "compliance_rate"))
+    first, last = curve["points"]
+    assert (first["model"], first["n"], last["n"]) == ("base", 30, 30)
+    assert first["value"] == pytest.approx(sum(base[i].scores["compliance_rate"] for i in subset) / 30)
+    full = next(s for s in res["suites"] if s["name"] == "t_safety")["values"]["base"]["compliance_rate"]
+    assert full["n"] == 120  # the main table keeps the reference's whole sample
+
+
 def test_seed_groups(store):
     run_id = store.create_run("audit", "seeds", {})
     store.add_model(run_id, "base", "b", "fb", {})

@@ -45,6 +45,9 @@ def test_pipeline_runs_every_step_and_resumes(spec, tmp_path):
     # checkpoints were audited on a subset of the main sample
     ck_items = {r.item_id for r in store.records(first.run_id, model="checkpoint-2", suite="task")}
     assert len(ck_items) == 3 and ck_items <= items["base"]
+    # the last step's checkpoint has the tuned model's weights, so its fingerprint: answers come from the store
+    fps = {m["label"]: m["fingerprint"] for m in store.models(first.run_id)}
+    assert fps["checkpoint-4"] == fps["tuned"] != fps["checkpoint-2"]
     for name in ("report.html", "report.md", "results.json", "run.json"):
         assert (out / name).is_file(), name
     assert first.violations == []  # a decrease of at most 1.0 in ROUGE-L always holds

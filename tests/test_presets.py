@@ -35,3 +35,21 @@ def test_gate_and_checkpoint_suites_name_real_metrics(name, spec):
         ck = {n for text in spec.checkpoints.suites for n, _ in parse_suite_arg(text)}
         assert ck <= suites | {"task"}, f"{name}: checkpoint suites {ck - suites} are not audited"
     assert spec.notes or name == "default", f"{name}: a preset must say what it scales down (notes)"
+
+
+def test_mosbach_preset_tunes_and_prompts_on_the_pattern_it_scores():
+    """Pattern-based few-shot FT on 16 nli-fewshot rows vs ICL with 16 of them, scored on the ood NLI pairs."""
+    from aftertune.audit import parse_suite_arg
+    from aftertune.pipeline import _suites, _task_options
+    from aftertune.suites.common import option_list
+
+    spec = load_pipeline_spec(None, load_preset("mosbach-icl-vs-ft"))
+    train = spec.train
+    assert (train["data"], train["limit"], train["method"]) == ("nli-fewshot", 16, "lora")
+    assert train["chat_template"] is False  # pattern-based: trained on the raw text the ood suite scores
+    assert spec.icl is not None and spec.icl.k == 16 and spec.icl.seed == train["seed"]  # the same 16 examples
+    suites = dict(_task_options(_suites(spec.audit.suites, spec.audit.limits), train))
+    assert option_list(suites["ood"]["benchmarks"]) == ["advglue-mnli"]
+    assert suites["ood"]["exclude"] == "nli-fewshot" and set(suites) == {"ood", "capability"}
+    assert all(spec.audit.limits[n] <= 40 for n, _ in (p for t in spec.audit.suites for p in parse_suite_arg(t)))
+    assert spec.gate == {} and "HANS" in spec.notes

@@ -95,6 +95,10 @@ def test_markdown_summary(report):
     # folded details: every model, the judge's own accuracy, the protocol, and the figures as files
     assert "| refusal | refusal | refusal-labelled | 200 | 0.930 | 0.970 | 0.910 | 0.950 |" in details
     assert "#### Protocol" in details and "#### Every model" in details
+    # per category (Qi et al. report harmfulness per harm category): each category's paired change
+    for cat in ("fraud", "violence"):
+        assert re.search(rf"^\| t_safety\.compliance_rate \| {cat} \| 40 \| [0-9.]+% \| [0-9.]+% \| [+-]", details, re.M)
+    assert "<i>" not in details  # category names are escaped like every other cell
     figures = re.findall(r"!\[[^]]*\]\((figures/[^)]+\.png)\)", details)
     assert "figures/changes.png" in figures and "figures/training-loss.png" in figures
     for rel in figures:
@@ -110,6 +114,16 @@ def test_report_cli_rerenders_from_store(report, tmp_path):
         res.pop("gate", None)
         res["protocol"] = {**res["protocol"], "timings": []}
     assert again == first
+
+
+def test_report_cli_rerenders_from_results_json_alone(report, tmp_path):
+    out = tmp_path / "from-json"
+    assert run_cli(["report", str(report["out"] / "results.json"), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == (report["out"] / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text()) == json.loads((report["out"] / "results.json").read_text())
+    assert (out / "report.html").is_file() and (out / "figures" / "changes.png").is_file()
+    (tmp_path / "bad.json").write_text('{"comparisons": []}')
+    assert run_cli(["report", str(tmp_path / "bad.json")]) == 2
 
 
 def test_compare_cli_across_selectors(report, tmp_path, capsys):

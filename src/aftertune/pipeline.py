@@ -84,7 +84,8 @@ def _task_options(suites: list[tuple[str, dict[str, Any]]], train: dict[str, Any
 
     A built-in set has its own held-out split; a user file needs `eval_data` in the training
     config (scoring the training rows themselves would measure memorisation), else the task
-    suite is left out and the run says so.
+    suite is left out and the run says so. A built-in set drawn from another suite's items
+    (`nli-fewshot` from `ood`) makes that suite leave them out (`exclude=SET`).
     """
     from aftertune import trainsets
 
@@ -99,6 +100,9 @@ def _task_options(suites: list[tuple[str, dict[str, Any]]], train: dict[str, Any
                 if say:
                     say("    task suite skipped: the training data is a file without train.eval_data (held-out rows)")
                 continue
+        elif (trainsets.is_builtin(train["data"]) and "exclude" not in options
+              and name in trainsets.TRAINSETS.get(train["data"]).drawn_from_suites):
+            options = {**options, "exclude": train["data"]}
         out.append((name, options))
     return out
 

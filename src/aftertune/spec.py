@@ -25,7 +25,7 @@ class AuditSection(_Strict):
 
     suites: list[str] = Field(
         default_factory=lambda: ["task:max_new_tokens=128", "capability", "safety:max_new_tokens=96",
-                                 "jailbreak:max_new_tokens=96:max_template_chars=2000",
+                                 "jailbreak:max_new_tokens=96:max_template_chars=1500",
                                  "overrefusal:max_new_tokens=64", "toxicity"],
         description="suite names, each optionally with options: 'capability:tasks=arc_easy+piqa'")
     limits: dict[str, int] = Field(
@@ -72,7 +72,7 @@ class ICLSection(_Strict):
 
     k: int = Field(2, ge=1, description="demonstrations from the training data before every request")
     seed: int = Field(0, description="which demonstrations are drawn")
-    max_chars: int = Field(300, ge=50, description="each demonstration's user/assistant text is cut to this")
+    max_chars: int = Field(200, ge=50, description="each demonstration's user/assistant text is cut to this")
 
 
 class PipelineSpec(_Strict):

@@ -68,19 +68,48 @@ def compare_cmd(
 
 @app.command("report")
 def report_cmd(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix), or a results.json (or the folder "
+                                            "holding one) to re-render without the store.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder (default: the run's own folder).")] = None,
     reference: Annotated[str | None, typer.Option("--reference", "-r", help="Label of the reference model.")] = None,
     store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
-    """Re-render a run's reports from the store, without running any model."""
+    """Re-render a run's reports from the store, without running any model.
+
+    Given a results.json instead (a shared or committed report whose store is elsewhere), the
+    reports are rendered again from it alone: same numbers, the current report layout.
+    """
     from aftertune.report import write_reports
 
+    source = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
+    if source.suffix == ".json" and source.is_file():
+        results = _read_results(source)
+        if reference:
+            raise UserError(f"{source}: --reference needs the run store (results.json holds the comparison "
+                            f"against {results['reference']!r}); pass the run id instead")
+        from aftertune.report import render
+
+        out = out or source.parent
+        render(results, out)
+        _print_summary(results, out)
+        return
     store = _store(store_path)
     r = store.get_run(run)
     out = out or (Path(r.out_dir) if r.out_dir else _default_out(r.id))
     results = write_reports(store, r.id, out, reference=reference)
     _print_summary(results, out)
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable results.json ({exc})") from None
+    keys = ("schema", "comparisons", "models", "primary", "reference")
+    missing = [k for k in keys if k not in results] if isinstance(results, dict) else ["an object"]
+    if missing:
+        raise UserError(f"{path}: not an aftertune results.json (no {missing[0]!r}); pass the file a run wrote")
+    return results
 
 
 def _parse_threshold(text: str) -> dict[str, Any]:

@@ -84,6 +84,10 @@ def tune_cmd(
                                                        "all-linear (default).")] = None,
     packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack examples into max-length "
                                                  "rows (attention stays within each example).")] = None,
+    chat_template: Annotated[bool | None, typer.Option(
+        "--chat-template/--raw-text", help="sft: render examples with the model's chat template (default), or "
+                                           "train on raw prompt + completion text, loss on the completion "
+                                           "(pattern-based fine-tuning; base models without a template).")] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints "
                                                          "(default: 4 per run).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto, bf16 or fp32 "
@@ -115,7 +119,8 @@ def tune_cmd(
         "out": str(out) if out is not None else None, "limit": limit, "eval_data": eval_data,
         "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
         "grad_accum": grad_accum, "max_length": max_length, "warmup_ratio": warmup_ratio,
-        "weight_decay": weight_decay, "seed": seed, "packing": packing, "checkpoint_every": checkpoint_every,
+        "weight_decay": weight_decay, "seed": seed, "packing": packing, "chat_template": chat_template,
+        "checkpoint_every": checkpoint_every,
         "precision": precision, "device": device,
     }.items() if v is not None}
     if merge:

@@ -397,6 +397,8 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
     flip_counts: list[dict[str, Any]] = []
     distributions: list[dict[str, Any]] = []
     checkpoint_models = {m["label"] for m in models if _step(m) is not None}
+    stepped = _curve_steps(models, reference)
+    curves: list[dict[str, Any]] = []
 
     for suite_name in sorted(by_suite):
         per_model = by_suite[suite_name]
@@ -454,6 +456,10 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                         flips.extend(listed)
             if kind == "score" and not generic:
                 distributions.append(_distribution(suite_name, metric.name, per_model, labels, checkpoint_models))
+            mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
+            curve = _curve(suite_name, mspec, per_model, stepped, generic, statistic, settings)
+            if curve:
+                curves.append(curve)
         suites_out.append(suite_out)
 
     _adjust(rows, settings.alpha)
@@ -471,7 +477,7 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
         "flips": flips,
         "flip_counts": flip_counts,
         "distributions": [d for d in distributions if d],
-        "checkpoints": _checkpoint_curves(models, suites_out, reference),
+        "checkpoints": curves,
         "seed_groups": _seed_groups(models, rows, reference, settings),
         "protocol": _protocol(store, run, models, records, by_suite),
         "warnings": warnings,
@@ -573,25 +579,38 @@ def _distribution(suite: str, metric: str, per_model: dict[str, dict[str, Record
     }
 
 
-def _checkpoint_curves(models: list[dict[str, Any]], suites: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+def _curve_steps(models: list[dict[str, Any]], reference: str) -> list[tuple[str, int]]:
+    """(label, training step) of the models on a curve over training: the checkpoints, and the reference at 0."""
     stepped = [(m["label"], _step(m)) for m in models if _step(m) is not None]
     if not stepped:
         return []
     if reference not in {label for label, _ in stepped} and all(s != 0 for _, s in stepped):
         stepped.append((reference, 0))
-    stepped.sort(key=lambda x: x[1])
-    curves = []
-    for s in suites:
-        for metric in s["metrics"]:
-            points = []
-            for label, step in stepped:
-                v = s["values"].get(label, {}).get(metric["name"])
-                if v and v["n"]:
-                    points.append({"model": label, "step": step, "value": v["value"], "ci": v["ci"], "n": v["n"]})
-            if len(points) >= 2:
-                curves.append({"suite": s["name"], "metric": metric["name"], "direction": metric["direction"],
-                               "kind": metric["kind"], "points": points})
-    return curves
+    return sorted(stepped, key=lambda x: x[1])  # type: ignore[arg-type, return-value]
+
+
+def _curve(suite: str, metric: _MetricSpec, per_model: dict[str, dict[str, Record]], stepped: list[tuple[str, int]],
+           generic: bool, statistic: Callable[[Sequence[Any]], float] | None, settings: Settings
+           ) -> dict[str, Any] | None:
+    """One metric over training, every point on the same items: those every model on the curve answered.
+
+    Checkpoints are audited on a subset of the main sample; the reference's value on its full sample
+    would put the first point on other items than the rest.
+    """
+    on_curve = [(label, step) for label, step in stepped if label in per_model]
+    if len(on_curve) < 2:
+        return None
+    common = set.intersection(*(set(per_model[label]) for label, _ in on_curve))
+    points = []
+    for label, step in on_curve:
+        vals = _metric_values([per_model[label][i] for i in sorted(common)], metric, generic)
+        v = _one_sample(vals, metric, statistic, settings, _row_seed(settings.seed, "curve", suite, metric.name, label))
+        if v["n"]:
+            points.append({"model": label, "step": step, **v})
+    if len(points) < 2:
+        return None
+    return {"suite": suite, "metric": metric.name, "direction": metric.direction, "kind": metric.kind,
+            "points": points}
 
 
 def _seed_groups(models: list[dict[str, Any]], rows: list[dict[str, Any]], reference: str,

@@ -9,8 +9,12 @@ a suffix of the model reference: `REF#icl:k=16,seed=0,data=support`.
   Chat requests get them as earlier user/assistant turns (after any system
   message); raw prompts and log-likelihood contexts get them as
   "User: …\\nAssistant: …" blocks, so multiple-choice suites see the same
-  demonstrations. The demonstrations are part of the fingerprint, so the store
-  never confuses the variant with its base model.
+  demonstrations. With `format=pattern` (the default for a built-in set whose
+  rows are a scored prompt pattern, e.g. `nli-fewshot`) raw contexts get them
+  as the pattern itself, "prompt answer\\n\\n" per demonstration, as
+  lm-evaluation-harness writes few-shot contexts; chat requests are unchanged.
+  The demonstrations (and the pattern format) are part of the fingerprint, so
+  the store never confuses the variant with its base model.
 - `guard` (`engines.guardrail`) — input/output filters around any model.
 - `interp` (`engines.interpolate`) — new weights between base and tuned; applied
   at load time, not as a wrapper.
@@ -72,17 +76,21 @@ class ICLEngine(Engine):
 
     name = "icl"
 
-    def __init__(self, inner: Engine, demos: Sequence[Demo], *, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, inner: Engine, demos: Sequence[Demo], *, info: dict[str, Any] | None = None,
+                 pattern: bool = False) -> None:
         if not demos:
             raise UserError("the icl variant needs at least one demonstration (k >= 1)")
         self.inner = inner
         self.demos = [(u, a) for u, a in demos]
         self.info = info or {}
-        self._prefix = "".join(f"User: {u}\nAssistant: {a}\n\n" for u, a in self.demos)
+        self.pattern = pattern  # raw contexts get "prompt answer" (lm-eval few-shot), not User/Assistant blocks
+        shot = "{u} {a}\n\n" if pattern else "User: {u}\nAssistant: {a}\n\n"
+        self._prefix = "".join(shot.format(u=u, a=a) for u, a in self.demos)
 
     @property
     def fingerprint(self) -> str:
-        return sha256_text(canonical_json({"base": self.inner.fingerprint, "icl": self.demos}))
+        shown = {"icl": self.demos, **({"format": "pattern"} if self.pattern else {})}
+        return sha256_text(canonical_json({"base": self.inner.fingerprint, **shown}))
 
     @property
     def version(self) -> str:
@@ -119,6 +127,15 @@ class ICLEngine(Engine):
         return self.inner.rolling_loglikelihood(requests, progress)
 
 
+def default_format(data: str) -> str:
+    """The demonstrations' format: "pattern" for a built-in set of scored prompt patterns, else "chat"."""
+    from aftertune import trainsets
+    from aftertune.recipes.data import builtin_name
+
+    name = builtin_name(data)
+    return trainsets.TRAINSETS.get(name).icl_format if name is not None else "chat"
+
+
 def demo_pairs(data: str) -> list[Demo]:
     """(user, assistant) pairs of the training split of `data`, in any training-data format."""
     from aftertune.recipes.data import load_examples
@@ -142,9 +159,9 @@ def draw_demos(pairs: Sequence[Demo], k: int, seed: int) -> list[Demo]:
 
 @VARIANTS.register("icl", "in-context learning: k seeded demonstrations from the training data before every request")
 def _icl(engine: Engine, options: dict[str, str]) -> Engine:
-    unknown = set(options) - {"k", "seed", "data", "max_chars"}
+    unknown = set(options) - {"k", "seed", "data", "max_chars", "format"}
     if unknown:
-        raise UserError(f"icl: unknown option {sorted(unknown)[0]!r}; options are k, seed, data, max_chars")
+        raise UserError(f"icl: unknown option {sorted(unknown)[0]!r}; options are k, seed, data, max_chars, format")
     try:
         k = int(options.get("k", "16"))
         seed = int(options.get("seed", "0"))
@@ -152,8 +169,19 @@ def _icl(engine: Engine, options: dict[str, str]) -> Engine:
     except ValueError:
         raise UserError(f"icl: k, seed and max_chars must be integers, got {options}") from None
     data = options.get("data", "support")
-    pairs = [(u[:max_chars], a[:max_chars]) for u, a in demo_pairs(data)]
-    return ICLEngine(engine, draw_demos(pairs, k, seed), info={"seed": seed, "data": data, "max_chars": max_chars})
+    fmt = options.get("format") or default_format(data)
+    if fmt not in ("chat", "pattern"):
+        raise UserError(f"icl: format={fmt!r}; use chat (User/Assistant blocks) or pattern (raw 'prompt answer')")
+    demos = draw_demos(demo_pairs(data), k, seed)
+    if fmt == "pattern":
+        long = max(len(t) for demo in demos for t in demo)
+        if long > max_chars:  # a cut pattern loses its answer cue, so refuse rather than cut
+            raise UserError(f"icl: a {data} demonstration has {long} characters, over max_chars={max_chars}; raise "
+                            "max_chars (icl.max_chars in a spec): format=pattern shows demonstrations uncut")
+    else:
+        demos = [(u[:max_chars], a[:max_chars]) for u, a in demos]
+    return ICLEngine(engine, demos, info={"seed": seed, "data": data, "max_chars": max_chars, "format": fmt},
+                     pattern=fmt == "pattern")
 
 
 # Variants that live in their own modules register on import, so VARIANTS is complete wherever it is read.

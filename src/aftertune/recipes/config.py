@@ -30,6 +30,10 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
 }
 
 
+# Fields added after tune folders were first written (see TuneConfig.training_hash).
+_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -99,6 +103,15 @@ class TuneConfig(_Strict):
 
     packing: bool = Field(False, description="pack examples into max_length rows (no cross-attention between them)")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    chat_template: bool = Field(
+        True, description="sft: render each example through the model's chat template, loss on the assistant "
+                          "turns; false: raw text, the prompt then the completion, split into tokens as the "
+                          "log-likelihood scorer splits a context and its continuation, loss on the completion "
+                          "only, no EOS added (pattern-based fine-tuning; base models without a template); each "
+                          "example must then be one user turn and one assistant turn, no system message")
+    target_delimiter: str = Field(
+        " ", description="raw text: put before the completion unless the prompt already ends, or the completion "
+                         "already starts, with whitespace (lm-eval's target_delimiter); '' joins them as they are")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 frozen weights for PEFT methods and bf16 autocast for full tuning where "
                             "the hardware computes bf16 natively, else fp32")
@@ -138,6 +151,12 @@ class TuneConfig(_Strict):
                              "drop merge")
         if self.packing and self.objective == "dpo":
             raise ValueError("packing applies to sft only")
+        if not self.chat_template and self.objective == "dpo":
+            raise ValueError("chat_template: false (raw-text training) applies to sft only; dpo renders its pairs "
+                             "through the chat template")
+        if self.chat_template and "target_delimiter" in self.model_fields_set:
+            raise ValueError("target_delimiter applies to raw-text training only; set chat_template: false or "
+                             "drop target_delimiter")
         return self
 
     @property
@@ -152,6 +171,9 @@ class TuneConfig(_Strict):
         from aftertune.fileio import canonical_json, sha256_text
 
         d = self.model_dump(mode="json", exclude={"out", "merge", "name"})
+        for key in _LATER_FIELDS:  # counted only when changed, so tune folders written before them still resume
+            if d[key] == TuneConfig.model_fields[key].default:
+                del d[key]
         return sha256_text(canonical_json(d))
 
 

@@ -15,7 +15,8 @@ Row formats (detected per source from the first row, then required of every row)
 | DPO | `prompt`, `chosen`, `rejected` (strings or message lists) | preference pair |
 
 An optional `system` string is put first. A bad row stops everything before training,
-with the file, the row (1-based) and the field named.
+with the file, the row (1-based) and the field named. Raw-text training (`chat_template:
+false`) reads each example as prompt + completion instead (`Example.raw_text`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ class Example:
         if self.is_pair:
             return [*self.prompt, {"role": "assistant", "content": self.chosen}]
         return list(self.messages)
+
+    def raw_text(self, delimiter: str) -> tuple[str, str]:
+        """(prompt, completion) for raw-text training: the user turn, then `delimiter` + the assistant turn.
+
+        The delimiter goes with the completion, as in lm-eval's continuations (" True" after "Answer:"),
+        and is left out where the prompt already ends, or the answer already starts, with whitespace. A
+        system message or more turns have no raw-text form that a scorer would read, so they are refused.
+        """
+        msgs = self.sft_messages()
+        roles = [m["role"] for m in msgs]
+        if roles != ["user", "assistant"]:
+            has = "a system message" if "system" in roles else \
+                f"{roles.count('user')} user and {roles.count('assistant')} assistant turns"
+            where = self.id if self.id.startswith(self.source) else f"{self.source}: example {self.id}"
+            raise UserError(f"{where}: raw-text training (chat_template: false) needs one user turn and one "
+                            f"assistant turn, this example has {has}; drop it or train with the chat template")
+        prompt, answer = msgs[0]["content"], msgs[1]["content"]
+        seam = prompt[-1:].isspace() or answer[:1].isspace()
+        return prompt, answer if seam else delimiter + answer
 
     def to_trl(self) -> dict[str, Any]:
         if self.is_pair:

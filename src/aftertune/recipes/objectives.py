@@ -1,7 +1,8 @@
 """Objectives: each pairs a TRL config with its trainer, as TRL does.
 
 - `sft`: `SFTTrainer` / `SFTConfig` on pre-tokenized chat examples whose labels cover the
-  assistant turns only (see `tokenize`), optionally packed (best-fit, each packed example
+  assistant turns only, or on raw prompt + completion text with labels on the completion
+  (`chat_template: false`; see `tokenize`), optionally packed (best-fit, each packed example
   keeps its own positions, and attention never crosses examples).
 - `dpo`: `DPOTrainer` / `DPOConfig` on (prompt, chosen, rejected) conversations; the
   reference model is the adapter switched off for adapter methods, a frozen copy for full.
@@ -110,19 +111,30 @@ def memory_plan(cfg: TuneConfig, model: Any, precision: Any, device: str, longes
                 micro_batch=cfg.micro_batch_size, sequences_per_example=sequences_per_example)
 
 
+def encode_sft(cfg: TuneConfig, tokenizer: Any, examples: list[Any]) -> tuple[list[dict[str, Any]], Any]:
+    """Examples → token rows: through the chat template, or as raw prompt + completion (`chat_template: false`)."""
+    from aftertune.recipes.tokenize import encode_chat, encode_dataset, encode_raw
+
+    if cfg.chat_template:
+        encoded = (encode_chat(tokenizer, e.sft_messages(), None) for e in examples)
+    else:
+        encoded = (encode_raw(tokenizer, *e.raw_text(cfg.target_delimiter)) for e in examples)
+    return encode_dataset(encoded, cfg.max_length)
+
+
 def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path
               ) -> Built:
     from datasets import Dataset
     from trl import SFTConfig
 
     from aftertune.errors import UserError
-    from aftertune.recipes.tokenize import encode_dataset
     from aftertune.recipes.trainers import AftertuneSFTTrainer
 
-    train_rows, train_stats = encode_dataset(tokenizer, [e.sft_messages() for e in data.train], cfg.max_length)
-    eval_rows, eval_stats = encode_dataset(tokenizer, [e.sft_messages() for e in data.eval], cfg.max_length)
+    train_rows, train_stats = encode_sft(cfg, tokenizer, data.train)
+    eval_rows, eval_stats = encode_sft(cfg, tokenizer, data.eval)
     if not train_rows:
-        raise UserError(f"{cfg.data}: no example has an assistant token within max_length={cfg.max_length}; "
+        what = "an assistant" if cfg.chat_template else "a completion"
+        raise UserError(f"{cfg.data}: no example has {what} token within max_length={cfg.max_length}; "
                         "raise --max-length")
     longest = cfg.max_length if cfg.packing else max(r["length"] for r in train_rows)
     mplan = memory_plan(cfg, model, precision, device, longest)

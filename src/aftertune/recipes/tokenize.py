@@ -10,12 +10,20 @@ and a token is trained on when its characters fall in an assistant span. A templ
 does not render prefixes consistently (some insert dates or drop the system turn) falls
 back to locating each assistant message's text in the rendered conversation.
 
-Truncation keeps the start; an example with no assistant token left is dropped (counted).
+Raw-text examples (`chat_template: false`, pattern-based fine-tuning) skip the template:
+`encode_raw` splits prompt + completion into tokens with the `hf` engine's own
+log-likelihood encoding (lm-eval's: the whole text encoded, split at the encoded prompt's
+length), so training puts its loss on exactly the tokens the scorer reads as the
+continuation, and the prompt is the context the scorer conditions on.
+
+Truncation keeps the start; an example with no trained (assistant or completion) token left is
+dropped (counted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +110,28 @@ def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: 
     return Encoded(ids, labels)
 
 
+@functools.cache
+def _scorer_encoding() -> type:
+    """The hf engine's context/continuation encoding, borrowed so that it needs a tokenizer only (no model)."""
+    from aftertune.engines.hf import HFEngine
+
+    class ScorerEncoding:
+        prefix_token_id = HFEngine.prefix_token_id
+        tok_encode = HFEngine.tok_encode
+        encode_pair = HFEngine.encode_pair
+
+        def __init__(self, tokenizer: Any) -> None:
+            self.tokenizer = tokenizer
+
+    return ScorerEncoding
+
+
+def encode_raw(tokenizer: Any, prompt: str, completion: str) -> Encoded:
+    """Token ids of prompt + completion, split as the engine scores them; labels on the completion only."""
+    context, continuation = _scorer_encoding()(tokenizer).encode_pair(prompt, completion)
+    return Encoded([*context, *continuation], [IGNORE] * len(context) + list(continuation))
+
+
 @dataclass
 class EncodeStats:
     examples: int = 0
@@ -120,13 +150,11 @@ class EncodeStats:
         }
 
 
-def encode_dataset(tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]], max_length: int | None
-                   ) -> tuple[list[dict[str, Any]], EncodeStats]:
-    """Encode conversations (lists of messages); returns rows of input_ids/labels/length and statistics."""
+def encode_dataset(encoded: Iterable[Encoded], max_length: int | None) -> tuple[list[dict[str, Any]], EncodeStats]:
+    """Truncate encoded examples (`encode_chat` / `encode_raw`); rows of input_ids/labels/length and statistics."""
     out: list[dict[str, Any]] = []
     stats = EncodeStats()
-    for messages in conversations:
-        enc = encode_chat(tokenizer, messages, None)
+    for enc in encoded:
         full_len = len(enc.input_ids)
         if max_length is not None and full_len > max_length:
             stats.truncated += 1

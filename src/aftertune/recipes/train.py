@@ -214,7 +214,9 @@ def resolve_start(cfg: TuneConfig, out: Path, is_main: bool, barrier: Any) -> St
     return Start(cfg.model, merged, None, merged)
 
 
-def load_tokenizer(path: Path) -> Any:
+def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
+    """The tokenizer, with a pad token; a template-less one gets the fallback chat template unless told not to
+    (raw-text training keeps it as it is, so the saved model chats exactly like its base)."""
     from transformers import AutoTokenizer
 
     from aftertune.recipes.tokenize import ensure_chat_template
@@ -222,7 +224,8 @@ def load_tokenizer(path: Path) -> Any:
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    ensure_chat_template(tok)
+    if fallback_template:
+        ensure_chat_template(tok)
     return tok
 
 
@@ -281,7 +284,7 @@ def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))
     tok_src = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
-    load_tokenizer(tok_src).save_pretrained(str(tmp))
+    load_tokenizer(tok_src, fallback_template=False).save_pretrained(str(tmp))  # as the adapter saved it
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -366,6 +369,9 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
             d = rep.as_dict()
             d["evaluation_prompts_checked"] = len(eval_keys or ()) if m.dedup_eval else 0
             mixes.append(d)
+    if not cfg.chat_template:
+        for e in [*train, *held]:  # refuse examples without a raw-text form before the model is loaded
+            e.raw_text(cfg.target_delimiter)
     info.update({"train_examples": len(train), "eval_examples": len(held), "mix": mixes})
     return PreparedData(train, held, info)
 
@@ -448,7 +454,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
 
     precision = choose_precision(cfg, device)
     start = resolve_start(cfg, out, is_main, barrier)
-    tokenizer = load_tokenizer(start.tokenizer_path)
+    tokenizer = load_tokenizer(start.tokenizer_path, fallback_template=cfg.chat_template)
     pairs_model = str(start.adapter_path or start.load_path)
     data = prepare_examples(cfg, exclude_prompts=exclude_prompts, model_for_pairs=pairs_model, out=out, store=store,
                             is_main=is_main, barrier=barrier)

