@@ -172,7 +172,7 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
         }
         if arbiter and torch_dtype != "float32":
             # Who is closer to exact? lm-eval in float32 on the same instances, untimed, as a neutral reference.
-            del lm
+            # (`lm` stays in the benchmark's dtype: the generation part below compares against it.)
             exact = HFLM(pretrained=str(ref.path), dtype="float32", batch_size=batch_size, device="cpu")
             insts = [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(reqs_all)]
             exact_lp = [lp for lp, _ in exact.loglikelihood(insts, disable_tqdm=True)]
@@ -186,7 +186,7 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
                 "fp32_median_abs_diff_lm_eval": round(statistics.median(abs(a - b) for a, b in zip(theirs_lp, exact_lp,
                                                                                                strict=True)), 5),
             })
-            lm = exact
+            del exact
         print(json.dumps({"mc": result["mc"]}), flush=True)
 
     # 2. generation ---------------------------------------------------------------------
