@@ -426,11 +426,11 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                     warnings.append(f"{suite_name}.{metric.name} is declared binary but has values other "
                                     "than 0/1; it was compared as a score")
                     kind = "score"
+            mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
             # absolute values per model, over all of that model's items
             for label in labels:
                 recs = list(per_model.get(label, {}).values())
                 vals = _metric_values(recs, metric, generic)
-                mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
                 suite_out["values"].setdefault(label, {})[metric.name] = _one_sample(
                     vals, mspec, statistic, settings, _row_seed(settings.seed, "value", suite_name, metric.name, label))
             # paired comparisons against the reference
@@ -456,7 +456,6 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
                         flips.extend(listed)
             if kind == "score" and not generic:
                 distributions.append(_distribution(suite_name, metric.name, per_model, labels, checkpoint_models))
-            mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
             curve = _curve(suite_name, mspec, per_model, stepped, generic, statistic, settings)
             if curve:
                 curves.append(curve)

@@ -165,6 +165,38 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int) -> l
     return out
 
 
+def prefix_token_id(tok: Any) -> int:
+    """The token a context-free continuation is scored after: BOS, else EOS (lm-eval's rule)."""
+    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+def tok_encode(tok: Any, text: str) -> list[int]:
+    """lm-eval's `tok_encode`: the tokenizer's default special tokens, none if text starts with BOS."""
+    bos_text = tok.decode([prefix_token_id(tok)])
+    special = not (bos_text and text.startswith(bos_text))
+    return list(tok.encode(text, add_special_tokens=special))
+
+
+def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's context/continuation split (`TemplateLM.loglikelihood` + `_encode_pair`).
+
+    A function of the tokenizer alone, so raw-text training (`recipes.tokenize.encode_raw`) splits its
+    examples exactly as this engine scores them.
+    """
+    if context == "":
+        cont = list(tok.encode(continuation, add_special_tokens=False))
+        if cont and cont[0] == prefix_token_id(tok):
+            return cont[:1], cont[1:]
+        return [prefix_token_id(tok)], cont
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok_encode(tok, context + continuation)
+    ctx = tok_encode(tok, context)
+    return ctx, whole[len(ctx):]
+
+
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """No "Loading weights" bar per model load: an audit loads many models and shows its own progress."""
@@ -362,8 +394,7 @@ class HFEngine(Engine):
 
     @property
     def prefix_token_id(self) -> int:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        return prefix_token_id(self.tokenizer)
 
     @property
     def pad_token_id(self) -> int:
@@ -386,26 +417,10 @@ class HFEngine(Engine):
         return ids
 
     def tok_encode(self, text: str) -> list[int]:
-        """lm-eval's `tok_encode`: the tokenizer's default special tokens, none if text starts with BOS."""
-        tok = self.tokenizer
-        bos_text = tok.decode([self.prefix_token_id])
-        special = not (bos_text and text.startswith(bos_text))
-        return list(tok.encode(text, add_special_tokens=special))
+        return tok_encode(self.tokenizer, text)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's context/continuation split (`TemplateLM.loglikelihood` + `_encode_pair`)."""
-        if context == "":
-            cont = list(self.tokenizer.encode(continuation, add_special_tokens=False))
-            if cont and cont[0] == self.prefix_token_id:
-                return cont[:1], cont[1:]
-            return [self.prefix_token_id], cont
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.tok_encode(context + continuation)
-        ctx = self.tok_encode(context)
-        return ctx, whole[len(ctx):]
+        return encode_pair(self.tokenizer, context, continuation)
 
     def prompt_ids(self, request: GenerateRequest) -> tuple[list[int], str]:
         """(token ids, text) of what the model is asked to continue."""

@@ -22,7 +22,6 @@ dropped (counted).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,25 +109,11 @@ def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: 
     return Encoded(ids, labels)
 
 
-@functools.cache
-def _scorer_encoding() -> type:
-    """The hf engine's context/continuation encoding, borrowed so that it needs a tokenizer only (no model)."""
-    from aftertune.engines.hf import HFEngine
-
-    class ScorerEncoding:
-        prefix_token_id = HFEngine.prefix_token_id
-        tok_encode = HFEngine.tok_encode
-        encode_pair = HFEngine.encode_pair
-
-        def __init__(self, tokenizer: Any) -> None:
-            self.tokenizer = tokenizer
-
-    return ScorerEncoding
-
-
 def encode_raw(tokenizer: Any, prompt: str, completion: str) -> Encoded:
     """Token ids of prompt + completion, split as the engine scores them; labels on the completion only."""
-    context, continuation = _scorer_encoding()(tokenizer).encode_pair(prompt, completion)
+    from aftertune.engines.hf import encode_pair
+
+    context, continuation = encode_pair(tokenizer, prompt, completion)
     return Encoded([*context, *continuation], [IGNORE] * len(context) + list(continuation))
 
 
