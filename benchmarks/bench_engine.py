@@ -97,7 +97,7 @@ def _picks(questions: list[Any], logprobs: list[float]) -> list[int]:
 
 
 def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunks: int,
-        baseline_n: int = 0, arbiter: bool = True) -> dict[str, Any]:
+        baseline_n: int = 0, arbiter: bool = True, mc_baseline_n: int = 0) -> dict[str, Any]:
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -170,6 +170,24 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             "median_abs_logprob_diff": round(diffs[len(diffs) // 2], 5), "max_abs_logprob_diff": round(diffs[-1], 4),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
         }
+        if mc_baseline_n:
+            # lm-eval against itself: the first questions again at batch size 1 (other padding, other
+            # matmul shapes). The agreement a second implementation can expect is bounded by this.
+            sub = [r for q in qs[:mc_baseline_n] for r in q.requests()]
+            insts = [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(sub)]
+            lm.batch_size_per_gpu = 1
+            solo_lp = [lp for lp, _ in lm.loglikelihood(insts, disable_tqdm=True)]
+            lm.batch_size_per_gpu = batch_size
+            picks_s = _picks(qs[:mc_baseline_n], solo_lp)
+            result["mc"].update({
+                "baseline_n": mc_baseline_n,
+                "lm_eval_b1_vs_b16": round(sum(a == b for a, b in zip(picks_s, picks_t, strict=False))
+                                           / mc_baseline_n, 4),
+                "lm_eval_b1_vs_ours": round(sum(a == b for a, b in zip(picks_s, picks_o, strict=False))
+                                            / mc_baseline_n, 4),
+                "lm_eval_b1_vs_b16_median_abs_diff": round(statistics.median(
+                    abs(a - b) for a, b in zip(solo_lp, theirs_lp, strict=False)), 5),
+            })
         if arbiter and torch_dtype != "float32":
             # Who is closer to exact? lm-eval in float32 on the same instances, untimed, as a neutral reference.
             # (`lm` stays in the benchmark's dtype: the generation part below compares against it.)
@@ -187,6 +205,21 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
                                                                                                strict=True)), 5),
             })
             del exact
+            # lm-eval's own option for aftertune's choice: the bf16 model, its log-softmax in float32.
+            wide = HFLM(pretrained=str(ref.path), dtype=torch_dtype, batch_size=batch_size, device="cpu",
+                        softmax_dtype="float32")
+            wide_lp = [lp for lp, _ in wide.loglikelihood(insts, disable_tqdm=True)]
+            picks_w = _picks(qs, wide_lp)
+            result["mc"].update({
+                "f32_softmax_agree_ours": round(sum(a == b for a, b in zip(picks_o, picks_w, strict=True))
+                                                / len(qs), 4),
+                "f32_softmax_agree_lm_eval": round(sum(a == b for a, b in zip(picks_t, picks_w, strict=True))
+                                                   / len(qs), 4),
+                "f32_softmax_acc": round(sum(p in q.gold for p, q in zip(picks_w, qs, strict=True)) / len(qs), 4),
+                "f32_softmax_agree_fp32": round(sum(a == b for a, b in zip(picks_w, picks_x, strict=True))
+                                                / len(qs), 4),
+            })
+            del wide
         print(json.dumps({"mc": result["mc"]}), flush=True)
 
     # 2. generation ---------------------------------------------------------------------
@@ -272,6 +305,9 @@ def checks(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
                  abs(m["acc_ours"] - m["acc_lm_eval"]) <= 0.005),
                 ("MC: speed vs lm-eval", f"{m['speedup']:.2f}x (>= 2x)", m["speedup"] >= 2),
                 ("MC: second call from the store", f"{m['store_speedup']:.0f}x (>= 50x)", m["store_speedup"] >= 50)]
+        if "f32_softmax_agree_ours" in m:
+            out.append(("MC: choices agree with lm-eval `softmax_dtype=float32` (its option; aftertune's log-softmax)",
+                        f"{m['f32_softmax_agree_ours']:.1%} (>= 99%)", m["f32_softmax_agree_ours"] >= 0.99))
         if "fp32_agree_ours" in m:
             out.append(("MC: agreement with the float32 reference, aftertune vs lm-eval (both in this dtype)",
                         f"{m['fp32_agree_ours']:.1%} vs {m['fp32_agree_lm_eval']:.1%} (aftertune >= lm-eval)",
@@ -315,8 +351,20 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                           f"accuracy {m['fp32_acc']:.2%}): aftertune's {r['dtype']} choices agree on "
                           f"{m['fp32_agree_ours']:.1%} (median |log P| difference {m['fp32_median_abs_diff_ours']}), "
                           f"lm-eval's on {m['fp32_agree_lm_eval']:.1%} ({m['fp32_median_abs_diff_lm_eval']}). "
-                          "lm-eval takes the log-softmax of the model's bf16 logits in bf16, aftertune in float32, "
-                          "so in bf16 most of the disagreement between the two is lm-eval's rounding.", ""]
+                          "(lm-eval takes the log-softmax of the model's bf16 logits and sums it in bf16, aftertune "
+                          "in float32.)", ""]
+            if "f32_softmax_agree_ours" in m:
+                lines += [f"lm-eval with its option `softmax_dtype=float32` (the same {r['dtype']} model, the "
+                          "log-softmax in float32 as aftertune takes it; untimed; accuracy "
+                          f"{m['f32_softmax_acc']:.2%}): its choices agree with aftertune's on "
+                          f"{m['f32_softmax_agree_ours']:.1%}, with lm-eval's defaults on "
+                          f"{m['f32_softmax_agree_lm_eval']:.1%}, with float32 on {m['f32_softmax_agree_fp32']:.1%}.",
+                          ""]
+            if "baseline_n" in m:
+                lines += [f"lm-eval against itself (its batch size 1 vs {r['batch_size']}, first {m['baseline_n']} "
+                          f"questions): choices agree on {m['lm_eval_b1_vs_b16']:.1%} (median |log P| difference "
+                          f"{m['lm_eval_b1_vs_b16_median_abs_diff']}); aftertune vs lm-eval at batch size 1: "
+                          f"{m['lm_eval_b1_vs_ours']:.1%}.", ""]
         if "gen" in r:
             g = r["gen"]
             lines += [f"Greedy generation, {g['prompts']} chat prompts x {g['max_new_tokens']} new tokens (a quarter "
@@ -351,6 +399,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=4, help="alternating chunks per part")
     ap.add_argument("--baseline", type=int, default=32,
                     help="prompts that lm-eval also generates at batch size 1 (its own batching effect; 0 skips)")
+    ap.add_argument("--mc-baseline", type=int, default=100,
+                    help="ARC questions that lm-eval also scores at batch size 1 (its own batching effect; 0 skips)")
     ap.add_argument("--threads", type=int, help="torch threads (default: every core, as the engine does)")
     ap.add_argument("--no-arbiter", action="store_true",
                     help="skip the untimed float32 lm-eval reference for the multiple-choice part")
@@ -362,7 +412,8 @@ def main() -> None:
     runs = []
     for dtype in args.dtype.split(","):
         runs.append(run(args.n_arc, args.n_gen, args.max_new_tokens, args.batch_size, dtype.strip(), args.chunks,
-                        baseline_n=min(args.baseline, args.n_gen), arbiter=not args.no_arbiter))
+                        baseline_n=min(args.baseline, args.n_gen), arbiter=not args.no_arbiter,
+                        mc_baseline_n=min(args.mc_baseline, args.n_arc)))
         if args.json:
             args.json.write_text(json.dumps(runs, indent=2, ensure_ascii=False))
     text = markdown(runs)

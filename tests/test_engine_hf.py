@@ -512,14 +512,57 @@ def test_packed_cpu_weights_give_bitwise_the_same_outputs(chaotic_dir):
     eng = _engine(chaotic_dir, batch_size=4)
     if not eng.packed_linears:
         pytest.skip("no MKL packed GEMM in this torch build")
-    assert eng.describe()["packed_linears"] == eng.packed_linears
+    assert eng.describe()["packed_linears"] == eng.packed_linears == {"float32": eng.packed_linears["float32"]}
+    assert "linear/" not in eng.version  # bitwise identical: cache entries stay valid
     plain = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.float32).eval()
     ids = torch.tensor([eng.tok_encode(p)[:6] for p in ["Paris is the capital of France", "The quick brown fox jumps"]])
     with torch.no_grad():
         assert torch.equal(eng.model(ids).logits, plain(ids).logits)
-    assert pack_linear_weights(eng.model) == 0  # already packed: nothing to do
-    bf16 = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.bfloat16)
-    assert pack_linear_weights(bf16) == 0  # MKL packs float32 only
+    assert pack_linear_weights(eng.model) == {}  # already packed: nothing to do
+
+
+def test_bf16_weights_are_packed_only_where_bf16_is_emulated(chaotic_dir, monkeypatch):
+    """Packed bf16 = bf16 GEMM arithmetic (exact products, float32 sums, one rounding), torch's own bf16 GEMM up to
+    the summation order; on CPUs with native bf16 the weights stay with oneDNN."""
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.engines import cpu_linear
+
+    if cpu_linear._mkl_ops() is None:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    monkeypatch.setattr(cpu_linear, "_bf16_is_emulated", lambda: False)
+    native = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.bfloat16)
+    assert cpu_linear.pack_linear_weights(native) == {}
+
+    monkeypatch.setattr(cpu_linear, "_bf16_is_emulated", lambda: True)
+    model = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.bfloat16).eval()
+    plain = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.bfloat16).eval()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    counts = cpu_linear.pack_linear_weights(model)
+    assert counts == {"bfloat16": len(linears)}
+    x = torch.randn(3, 5, linears[0].in_features, generator=torch.Generator().manual_seed(1)).bfloat16()
+    got = linears[0](x)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, torch.nn.functional.linear(x.float(), linears[0].weight.float()).bfloat16())
+    plain_out = torch.nn.functional.linear(x, linears[0].weight).float()
+    scale = torch.nn.functional.linear(x.float().abs(), linears[0].weight.float().abs())  # sum of |terms|
+    assert ((got.float() - plain_out).abs() <= plain_out.abs() * 2**-8 + scale * 2**-16).all()
+    ids = torch.tensor([[3, 17, 42, 8, 99, 5]])
+    with torch.no_grad():
+        a, b = model(ids).logits.float(), plain(ids).logits.float()
+    assert torch.allclose(a, b, atol=0.1, rtol=0.05)  # same arithmetic, another summation order
+
+
+def test_engine_version_names_bf16_packing(chaotic_dir, monkeypatch):
+    from aftertune.engines import cpu_linear
+
+    if cpu_linear._mkl_ops() is None:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    monkeypatch.setattr(cpu_linear, "_bf16_is_emulated", lambda: True)
+    eng = _engine(chaotic_dir, dtype="bfloat16")
+    assert "bfloat16" in eng.packed_linears and eng.version.endswith(";linear/bf16-packed-fp32")
+    monkeypatch.setattr(cpu_linear, "_bf16_is_emulated", lambda: False)
+    assert "linear/" not in _engine(chaotic_dir, dtype="bfloat16").version
 
 
 def test_packing_steps_aside_when_it_would_not_be_exact(chaotic_dir, monkeypatch):
@@ -529,9 +572,9 @@ def test_packing_steps_aside_when_it_would_not_be_exact(chaotic_dir, monkeypatch
 
     model = AutoModelForCausalLM.from_pretrained(chaotic_dir, dtype=torch.float32)
     monkeypatch.setattr(cpu_linear, "_probe", lambda *a: False)
-    assert cpu_linear.pack_linear_weights(model) == 0
+    assert cpu_linear.pack_linear_weights(model) == {}
     monkeypatch.setattr(cpu_linear, "_mkl_ops", lambda: None)
-    assert cpu_linear.pack_linear_weights(model) == 0
+    assert cpu_linear.pack_linear_weights(model) == {}
     assert all("forward" not in vars(m) for m in model.modules())
 
 
