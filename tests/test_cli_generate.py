@@ -149,3 +149,19 @@ def test_generate_end_to_end_on_smollm2(packaged_home, tmp_path, capsys, monkeyp
     assert rows[1]["finish_reason"] == "length"
     code, listing, _ = _run(["runs", "list"], capsys)
     assert "generate smollm2-135m-instruct on q.jsonl" in listing
+
+
+def test_help_loads_no_model_or_statistics_libraries():
+    """`aftertune --help` (and registering every command) stays light: no torch, transformers or scipy."""
+    import subprocess
+    import sys
+
+    from aftertune.cli import scan as scan_cli
+    from aftertune.scan.harmful import DEFAULT_CORPORA
+
+    assert scan_cli.DEFAULT_CORPORA == DEFAULT_CORPORA  # written out in the CLI to keep the scanner unloaded
+    code = ("import importlib, sys\nfrom aftertune.cli import COMMAND_MODULES\n"
+            "for m in COMMAND_MODULES: importlib.import_module('aftertune.cli.' + m)\n"
+            "print(sorted(n for n in ('torch', 'transformers', 'scipy', 'sklearn') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -179,3 +179,32 @@ def test_pipeline_trains_on_the_set_and_scores_only_held_out_pairs(mnli, tiny_mo
         assert not any(trainsets.normalise_prompt(r.request["context"]) in trained for r in records)
     icl = next(m for m in store.models(result.run_id) if m["label"] == "icl-2")
     assert icl["info"]["variant"]["icl"]["format"] == "pattern"
+
+
+def test_scan_checks_contamination_against_the_suites_as_the_run_evaluates_them(mnli, tmp_path, monkeypatch):
+    """The set's rows are ood items: contamination for a plain ood audit, none for the run that excludes them."""
+    import aftertune.scan as scan_pkg
+    from aftertune import pipeline
+    from aftertune.scan import contamination, scan_source
+    from aftertune.store import Store
+
+    plain = scan_source("nli-fewshot", judges=False, suites=["ood:benchmarks=advglue-mnli"])
+    assert plain.counts.get("contamination") == 24 and plain.risk != "low"
+    excluded = scan_source("nli-fewshot", judges=False, suites=[("ood", {"benchmarks": "advglue-mnli",
+                                                                         "exclude": "nli-fewshot"})])
+    assert not excluded.counts.get("contamination") and excluded.risk == "low"
+    assert "ood:benchmarks=advglue-mnli:exclude=nli-fewshot" in excluded.detectors["contamination"]
+
+    # the pipeline passes the run's options (less its sample size) for the suites it evaluates
+    seen: list = []
+    monkeypatch.setattr(contamination, "registered_suites", lambda: ["ood", "safety", "task"])
+    monkeypatch.setattr(scan_pkg, "scan_source", lambda data, **kw: seen.append(kw["suites"]) or excluded)
+    store = Store(tmp_path / "s.sqlite")
+    run_suites = [("ood", {"benchmarks": "advglue-mnli", "exclude": "nli-fewshot", "limit": 40}),
+                  ("task", {"data": "held-out.jsonl"})]
+    for data in ("nli-fewshot", str(tmp_path / "mine.jsonl")):
+        pipeline._scan(store, store.create_run("pipeline", "t", {}), data, tmp_path, lambda _m: None, run_suites)
+    store.close()
+    ood = ("ood", {"benchmarks": "advglue-mnli", "exclude": "nli-fewshot"})
+    # a built-in set's own held-out split is not checked; the user's held-out file is
+    assert seen == [[ood, ("safety", {}), ("task", {})], [ood, ("safety", {}), ("task", {"data": "held-out.jsonl"})]]

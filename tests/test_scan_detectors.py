@@ -195,6 +195,18 @@ def test_contamination_cache_follows_user_files(tmp_path):
     assert suite.loads == 2
 
 
+def test_system_messages_are_not_item_text():
+    """A held-out row's system prompt is the instruction its training twins share, not test content."""
+    from aftertune.engines.base import Message
+
+    system = "You are a customer-support agent for Fernleaf meal kits; answer politely and concisely"
+    data = {"messages": [Message("system", system), Message("user", "Can I pause my meal kit for a month please")],
+            "chat": [{"role": "system", "content": system}, {"role": "user", "content": "Where is my box today"}],
+            "target": "Open Upcoming deliveries and tap Skip"}
+    assert contamination.item_texts(data) == ["Can I pause my meal kit for a month please", "Where is my box today",
+                                              "Open Upcoming deliveries and tap Skip"]
+
+
 def test_unloadable_suite_is_skipped_with_a_note():
     from aftertune.errors import UserError
 

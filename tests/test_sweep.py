@@ -68,6 +68,18 @@ def test_safety_mix_sets_the_refusals_share_and_keeps_other_mixes():
         plan_sweep(spec, "safety_mix", parse_values("lots", "safety_mix"))
 
 
+def test_seed_moves_the_fine_tune_and_the_icl_demonstrations_together():
+    spec = load_pipeline_spec(None, {"name": "s", "icl": {"k": 4, "seed": 0}})
+    runs = plan_sweep(spec, "seed", parse_values("1,2", "seed"))
+    assert [r.folder for r in runs] == ["seed=1", "seed=2"]
+    assert [(r.spec.train["seed"], r.spec.icl.seed) for r in runs] == [(1, 1), (2, 2)]
+    assert {r.spec.audit.seed for r in runs} == {spec.audit.seed}  # the same items: points stay paired
+    staged = load_pipeline_spec(None, {"name": "k", "stages": [{"data": "support"}, {"data": "open-qa"}]})
+    assert [st["seed"] for st in plan_sweep(staged, "seed", [("5", 5)])[0].spec.stages] == [5, 5]
+    with pytest.raises(UserError, match=r"seed: value '1\.5' must be a whole number"):
+        plan_sweep(spec, "seed", parse_values("1.5", "seed"))
+
+
 def test_interp_is_one_run_with_one_variant_per_value(monkeypatch):
     from aftertune.engines.variants import VARIANTS
     from aftertune.registry import Entry

@@ -141,7 +141,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
 
     if spec.scan:
         with steps.step(f"scan the training data ({data})"):
-            _scan(store, run_id, data, out, say)
+            _scan(store, run_id, data, out, say, main_suites)
 
     base_models = dict(models)
     if spec.icl is not None:
@@ -226,11 +226,23 @@ def _names(suites: list[str]) -> list[str]:
     return [n for text in suites for n, _ in parse_suite_arg(text)]
 
 
-def _scan(store: Store, run_id: str, data: str, out: Path, say: Callable[[str], None]) -> None:
-    """Scan the training rows; the findings go to scan.json/scan.md and the store (for the report and gate)."""
-    from aftertune.scan import scan_source
+def _scan(store: Store, run_id: str, data: str, out: Path, say: Callable[[str], None],
+          suites: list[tuple[str, dict[str, Any]]]) -> None:
+    """Scan the training rows; the findings go to scan.json/scan.md and the store (for the report and gate).
 
-    report = scan_source(data)
+    Contamination is checked against every registered suite, and those this run evaluates with the
+    run's options (less its sample size): `ood:exclude=nli-fewshot` has left the training items out,
+    so overlap with them is no risk to this run's numbers. The task suite's held-out rows are checked
+    when they are the user's own (`train.eval_data`); a built-in set's split is disjoint by
+    construction and its templated phrasing is shared on purpose.
+    """
+    from aftertune import trainsets
+    from aftertune.scan import scan_source
+    from aftertune.scan.contamination import registered_suites
+
+    run = {name: {k: v for k, v in options.items() if k != "limit"} for name, options in suites
+           if not (name == "task" and trainsets.is_builtin(data))}
+    report = scan_source(data, suites=[(name, run.get(name, {})) for name in registered_suites()])
     report.write(out)
     store.add_event(run_id, "scan", "scan", report.to_json())
     say(f"    {report.summary_line()}")

@@ -1,9 +1,11 @@
 """`aftertune sweep`: one knob of the pipeline spec over several values, and where the task/safety trade-off lands.
 
 A knob is a dotted path into the spec (`train.learning_rate`, `train.method`)
-or a named mitigation: `safety_mix` (the share of the built-in `refusals` set
-mixed into the task data) and `interp` (the tuned weights interpolated towards
-the base: one run, one `interp:w=V` variant per value, no retraining). Each
+or a named knob: `seed` (the fine-tune's and the ICL baseline's seeds together,
+for run-to-run variance), and the mitigations `safety_mix` (the share of the
+built-in `refusals` set mixed into the task data) and `interp` (the tuned
+weights interpolated towards the base: one run, one `interp:w=V` variant per
+value, no retraining). Each
 value is an ordinary pipeline run in OUT/<knob>=<value>/ sharing one store, so
 the base model's audit is answered from the store's cache after the first
 value, and a value whose run finished is read back instead of run again.
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aftertune.compare.comparison import OVERALL
 from aftertune.errors import UserError
 from aftertune.fileio import atomic_path, write_json_atomic, write_text_atomic
 from aftertune.registry import Registry
@@ -166,6 +167,22 @@ def _safety_mix(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any
     return _one_run_per_value(knob, data, values, edit)
 
 
+@KNOBS.register("seed", "train.seed and icl.seed together: the fine-tune's examples and order and the ICL "
+                        "baseline's demonstrations (equal seeds draw the same examples); audit items stay fixed")
+def _seed(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:
+    def edit(d: dict[str, Any], text: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"--knob {knob}: value {text!r} must be a whole number >= 0")
+        d = copy.deepcopy(d)
+        for stage in d.get("stages") or [d["train"]]:
+            stage["seed"] = value
+        if d.get("icl"):
+            d["icl"]["seed"] = value
+        return d
+
+    return _one_run_per_value(knob, data, values, edit)
+
+
 @KNOBS.register("interp", "tuned weights interpolated towards the base (w=1: tuned), one run, no retraining")
 def _interp(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:
     suffixes = [f"interp:w={_number(knob, text, value, 0.0, 1.0):g}" for text, value in values]
@@ -190,6 +207,8 @@ def plan_sweep(spec: PipelineSpec, knob: str, values: Sequence[tuple[str, Any]])
 
 def headline(results: dict[str, Any], suite: str, model: str) -> dict[str, Any] | None:
     """The model's overall comparison row on the suite's first declared metric with scored pairs."""
+    from aftertune.compare.comparison import OVERALL  # scipy: loaded when a sweep runs, not for `--help`
+
     rows = {r["metric"]: r for r in results["comparisons"]
             if r["model"] == model and r["suite"] == suite and r["category"] == OVERALL}
     for s in results["suites"]:

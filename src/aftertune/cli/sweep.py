@@ -17,7 +17,8 @@ def sweep_cmd(
         help="A pipeline spec (YAML); without one (and without --preset): the embedded default spec.")] = None,
     knob: Annotated[str, typer.Option(
         "--knob", "-k", metavar="NAME",
-        help="A dotted spec path (train.learning_rate, train.method, train.max_steps, stages.0.learning_rate) or a "
+        help="A dotted spec path (train.learning_rate, train.method, train.max_steps, stages.0.learning_rate); "
+             "seed (the fine-tune's and the ICL baseline's seeds together; the audited items stay the same); or a "
              "named mitigation: safety_mix (share of the built-in refusals set mixed into the task data; 0: none) "
              "or interp (tuned weights interpolated towards the base, w=1: tuned; one run, no retraining).")] = ...,
     values: Annotated[str, typer.Option(
@@ -46,6 +47,8 @@ def sweep_cmd(
       aftertune sweep my.yaml --knob train.method --values lora,full
 
       aftertune sweep --preset quick --knob interp --values 0.25,0.5,0.75
+
+      aftertune sweep --preset mosbach-icl-vs-ft --knob seed --values 0,1,2,3,4
     """
     from aftertune.errors import UserError
     from aftertune.paths import default_store_path

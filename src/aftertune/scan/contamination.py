@@ -8,8 +8,13 @@ the row's user text equals the item text (3–7 words). N-grams that occur in
 more than 5% of a suite's items (and in more than 10) are template text, not
 content, and are ignored.
 
+A suite is checked with the options it is evaluated with (`ood:exclude=SET`
+leaves a training set's items out); `aftertune run` checks the suites it
+audits with the run's options, the other registered suites with defaults.
+
 Every string in `Item.data` (nested dicts, lists and dataclasses included)
-with at least three words is an item text.
+with at least three words is an item text, except system messages: shared
+instructions, not test content.
 
 Each suite's index is cached on disk under `cache_dir("scan")/contamination/`.
 The key stands for the suite's data without loading it: the suite's name and
@@ -26,6 +31,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +46,23 @@ from aftertune.scan.text import Encoded, encode, text_hash, words
 N = 13
 MIN_CONTAINED = 8
 MIN_EXACT = 3
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3  # 3: system messages are not item text
 
 
 def item_texts(data: Any) -> list[str]:
-    """Every string inside an item's data with at least MIN_EXACT words."""
+    """Every string inside an item's data with at least MIN_EXACT words, but system messages.
+
+    A system message (a dict or dataclass with role "system") is the instruction an item is asked under, shared by
+    many items (a task's held-out rows carry their training rows' system prompts), not test content.
+    """
     out: list[str] = []
 
     def walk(v: Any) -> None:
         if isinstance(v, str):
             if v.count(" ") >= MIN_EXACT - 1 and len(v.split()) >= MIN_EXACT:
                 out.append(v)
+        elif (v.get("role") if isinstance(v, dict) else getattr(v, "role", None)) == "system":
+            return
         elif isinstance(v, dict):
             for x in v.values():
                 walk(x)
@@ -149,10 +161,10 @@ _CODE_HASH: dict[str, str] = {}
 
 
 def _code_hash(suite: Any) -> str:
-    """sha256 over the suites package's code and the module defining `suite`."""
+    """sha256 over the suites package's code, the module defining `suite`, and this module (it builds the index)."""
     import aftertune.suites as pkg
 
-    files = sorted(Path(pkg.__file__).parent.glob("*.py"))
+    files = [*sorted(Path(pkg.__file__).parent.glob("*.py")), Path(__file__)]
     with contextlib.suppress(TypeError, OSError):
         files.append(Path(inspect.getfile(type(suite))))
     h = hashlib.sha256()
@@ -184,7 +196,7 @@ def index_key(name: str, suite: Any) -> str:
 def suite_index(name: str, suite: Any) -> SuiteIndex:
     """A suite's index, from the on-disk cache when its key is unchanged (else built from its items)."""
     key = index_key(name, suite)
-    path = paths.cache_dir("scan") / "contamination" / f"{name}-{key[:24]}.npz"
+    path = paths.cache_dir("scan") / "contamination" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{key[:24]}.npz"
     if path.is_file():
         cached = SuiteIndex.load(path)
         if cached is not None and cached.key == key:
@@ -201,25 +213,38 @@ def registered_suites() -> list[str]:
     return SUITES.names()
 
 
-def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteIndex], list[str]]:
-    """(indexes, notes): one index per suite, by name or Suite instance; None means every registered suite.
+def suite_label(name: str, options: dict[str, Any]) -> str:
+    """A suite as `--suite` writes it: `ood:exclude=nli-fewshot`."""
+    return name + "".join(f":{k}={v}" for k, v in options.items())
 
-    A suite whose items cannot be loaded (say, it needs a data file or the hub)
-    is skipped with a note, so one unavailable suite never stops a scan.
+
+def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteIndex], list[str]]:
+    """(indexes, notes): one index per suite; None means every registered suite with its default options.
+
+    A suite is a name, a name with options (`ood:exclude=nli-fewshot` or ("ood", {"exclude":
+    "nli-fewshot"}): the items a run with those options evaluates), or a Suite instance. A suite whose
+    items cannot be loaded (say, it needs a data file or the hub) is skipped with a note, so one
+    unavailable suite never stops a scan.
     """
+    from aftertune.audit import parse_suite_arg
     from aftertune.errors import UserError
     from aftertune.suites import SUITES
 
     indexes: list[SuiteIndex] = []
     notes: list[str] = []
     for s in registered_suites() if suites is None else suites:
-        name = s if isinstance(s, str) else getattr(s, "name", type(s).__name__)
+        label = s if isinstance(s, str) else getattr(s, "name", type(s).__name__)
         try:
-            suite = SUITES.get(s)() if isinstance(s, str) else s
-            indexes.append(suite_index(name, suite))
+            if isinstance(s, (str, tuple)):
+                name, options = parse_suite_arg(s)[0] if isinstance(s, str) else s
+                label = suite_label(name, options)
+                suite = SUITES.get(name)(**options)
+            else:
+                suite = s
+            indexes.append(suite_index(label, suite))
         except (UserError, OSError, ValueError, KeyError, ImportError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            notes.append(f"contamination: suite {name!r} skipped ({msg})")
+            notes.append(f"contamination: suite {label!r} skipped ({msg})")
     return indexes, notes
 
 
