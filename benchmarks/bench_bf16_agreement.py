@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_engine import MODEL, _picks, arc_questions  # noqa: E402
+from bench_engine import MODEL, _agree, _picks, arc_questions  # noqa: E402
 
 START = "<!-- bench_bf16_agreement:start -->"
 END = "<!-- bench_bf16_agreement:end -->"
@@ -112,7 +112,7 @@ def run(n: int) -> str:
              "size 16. Share of questions on which two variants pick the same answer:", "",
              "| variant | seconds | " + " | ".join(short) + " |", "|---|---:|" + "---:|" * len(names)]
     for i, a in enumerate(names):
-        row = [sum(x == y for x, y in zip(picks[a], picks[b], strict=True)) / len(qs) for b in names]
+        row = [_agree(picks[a], picks[b]) for b in names]
         lines.append(f"| ({i + 1}) {a} | {secs[a]:.0f} | " + " | ".join(f"{x:.1%}" for x in row) + " |")
     lines += ["", END]
     return "\n".join(lines) + "\n"

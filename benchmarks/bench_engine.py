@@ -96,6 +96,11 @@ def _picks(questions: list[Any], logprobs: list[float]) -> list[int]:
     return picks
 
 
+def _agree(a: list[Any], b: list[Any]) -> float:
+    """Share of positions where two equally long lists hold the same value."""
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
 def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunks: int,
         baseline_n: int = 0, arbiter: bool = True, mc_baseline_n: int = 0) -> dict[str, Any]:
     import torch
@@ -158,14 +163,13 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
         t_store = time.perf_counter() - t0
         assert [r.logprob for r in again] == ours_lp
         picks_o, picks_t = _picks(qs, ours_lp), _picks(qs, theirs_lp)
-        agree = sum(a == b for a, b in zip(picks_o, picks_t, strict=True))
         acc_o = sum(p in q.gold for p, q in zip(picks_o, qs, strict=True))
         acc_t = sum(p in q.gold for p, q in zip(picks_t, qs, strict=True))
         diffs = sorted(abs(a - b) for a, b in zip(ours_lp, theirs_lp, strict=True))
         result["mc"] = {
             "questions": len(qs), "requests": len(reqs_all), "ours_s": round(t_ours, 2),
             "lm_eval_s": round(t_theirs, 2), "speedup": round(t_theirs / t_ours, 2),
-            "agreement": round(agree / len(qs), 4), "acc_ours": round(acc_o / len(qs), 4),
+            "agreement": round(_agree(picks_o, picks_t), 4), "acc_ours": round(acc_o / len(qs), 4),
             "acc_lm_eval": round(acc_t / len(qs), 4),
             "median_abs_logprob_diff": round(diffs[len(diffs) // 2], 5), "max_abs_logprob_diff": round(diffs[-1], 4),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
@@ -181,12 +185,10 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             picks_s = _picks(qs[:mc_baseline_n], solo_lp)
             result["mc"].update({
                 "baseline_n": mc_baseline_n,
-                "lm_eval_b1_vs_b16": round(sum(a == b for a, b in zip(picks_s, picks_t, strict=False))
-                                           / mc_baseline_n, 4),
-                "lm_eval_b1_vs_ours": round(sum(a == b for a, b in zip(picks_s, picks_o, strict=False))
-                                            / mc_baseline_n, 4),
+                "lm_eval_b1_vs_b16": round(_agree(picks_s, picks_t[:mc_baseline_n]), 4),
+                "lm_eval_b1_vs_ours": round(_agree(picks_s, picks_o[:mc_baseline_n]), 4),
                 "lm_eval_b1_vs_b16_median_abs_diff": round(statistics.median(
-                    abs(a - b) for a, b in zip(solo_lp, theirs_lp, strict=False)), 5),
+                    abs(a - b) for a, b in zip(solo_lp, theirs_lp[:len(solo_lp)], strict=True)), 5),
             })
         if arbiter and torch_dtype != "float32":
             # Who is closer to exact? lm-eval in float32 on the same instances, untimed, as a neutral reference.
@@ -196,8 +198,8 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             exact_lp = [lp for lp, _ in exact.loglikelihood(insts, disable_tqdm=True)]
             picks_x = _picks(qs, exact_lp)
             result["mc"].update({
-                "fp32_agree_ours": round(sum(a == b for a, b in zip(picks_o, picks_x, strict=True)) / len(qs), 4),
-                "fp32_agree_lm_eval": round(sum(a == b for a, b in zip(picks_t, picks_x, strict=True)) / len(qs), 4),
+                "fp32_agree_ours": round(_agree(picks_o, picks_x), 4),
+                "fp32_agree_lm_eval": round(_agree(picks_t, picks_x), 4),
                 "fp32_acc": round(sum(p in q.gold for p, q in zip(picks_x, qs, strict=True)) / len(qs), 4),
                 "fp32_median_abs_diff_ours": round(statistics.median(abs(a - b) for a, b in zip(ours_lp, exact_lp,
                                                                                             strict=True)), 5),
@@ -211,13 +213,10 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             wide_lp = [lp for lp, _ in wide.loglikelihood(insts, disable_tqdm=True)]
             picks_w = _picks(qs, wide_lp)
             result["mc"].update({
-                "f32_softmax_agree_ours": round(sum(a == b for a, b in zip(picks_o, picks_w, strict=True))
-                                                / len(qs), 4),
-                "f32_softmax_agree_lm_eval": round(sum(a == b for a, b in zip(picks_t, picks_w, strict=True))
-                                                   / len(qs), 4),
+                "f32_softmax_agree_ours": round(_agree(picks_o, picks_w), 4),
+                "f32_softmax_agree_lm_eval": round(_agree(picks_t, picks_w), 4),
                 "f32_softmax_acc": round(sum(p in q.gold for p, q in zip(picks_w, qs, strict=True)) / len(qs), 4),
-                "f32_softmax_agree_fp32": round(sum(a == b for a, b in zip(picks_w, picks_x, strict=True))
-                                                / len(qs), 4),
+                "f32_softmax_agree_fp32": round(_agree(picks_w, picks_x), 4),
             })
             del wide
         print(json.dumps({"mc": result["mc"]}), flush=True)
@@ -254,7 +253,6 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
         tok = ours_raw.tokenizer
         n_ours = sum(len(tok.encode(t, add_special_tokens=False)) for t in ours_txt)
         n_theirs = sum(len(tok.encode(t, add_special_tokens=False)) for t in theirs_txt)
-        same = sum(a == b for a, b in zip(ours_txt, theirs_txt, strict=True))
         if baseline_n:
             # lm-eval against itself: the first prompts again at batch size 1. In bf16 greedy text
             # depends on batching (rounding), so this is the ceiling for "identical text".
@@ -263,18 +261,16 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             lm.batch_size_per_gpu = 1
             solo = lm.generate_until(insts, disable_tqdm=True)
             lm.batch_size_per_gpu = batch_size
-            base_same = sum(a == b for a, b in zip(solo, theirs_txt[:baseline_n], strict=True))
-            ours_same = sum(a == b for a, b in zip(solo, ours_txt[:baseline_n], strict=True))
         result["gen"] = {
             "prompts": len(reqs), "max_new_tokens": max_new, "ours_s": round(t_ours, 2),
             "lm_eval_s": round(t_theirs, 2), "tokens_ours": n_ours, "tokens_lm_eval": n_theirs,
             "tok_s_ours": round(n_ours / t_ours, 1), "tok_s_lm_eval": round(n_theirs / t_theirs, 1),
             "speedup": round((n_ours / t_ours) / (n_theirs / t_theirs), 2),
-            "identical": round(same / len(reqs), 4),
+            "identical": round(_agree(ours_txt, theirs_txt), 4),
             "stopped_early": sum(r.finish_reason == "stop" for r in again),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
-            **({"baseline_n": baseline_n, "lm_eval_b1_vs_b16": round(base_same / baseline_n, 4),
-                "lm_eval_b1_vs_ours": round(ours_same / baseline_n, 4)} if baseline_n else {}),
+            **({"baseline_n": baseline_n, "lm_eval_b1_vs_b16": round(_agree(solo, theirs_txt[:baseline_n]), 4),
+                "lm_eval_b1_vs_ours": round(_agree(solo, ours_txt[:baseline_n]), 4)} if baseline_n else {}),
             "differing": [{"prompt": p, "ours": a, "lm_eval": b}
                           for p, a, b in zip(prompts, ours_txt, theirs_txt, strict=True) if a != b][:5],
         }

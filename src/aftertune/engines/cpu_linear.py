@@ -54,9 +54,21 @@ def _ram_bytes() -> int | None:
         return None
 
 
-def _bf16_is_emulated() -> bool:
-    from aftertune.engines.hf import cpu_has_native_bf16
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except Exception:  # pragma: no cover - probe missing on this build
+                continue
+    return False
 
+
+def _bf16_is_emulated() -> bool:
     return not cpu_has_native_bf16()
 
 
@@ -71,13 +83,10 @@ def _probe(reorder: Any, linear: Any, batch_hint: int, dtype: torch.dtype) -> bo
             for rows in (1, 3, 16, 37):
                 x = torch.randn(rows, in_f, generator=gen).to(dtype)
                 for bias in (None, b):
+                    # float32 sums rounded once to `dtype` (for float32: F.linear itself, bit for bit)
+                    want = nn.functional.linear(x.float(), w.float(), None if bias is None else bias.float())
                     got = forward(x, bias)
-                    if dtype == torch.float32:
-                        if not torch.equal(got, nn.functional.linear(x, w, bias)):
-                            return False
-                        continue
-                    wide = nn.functional.linear(x.float(), w.float(), None if bias is None else bias.float())
-                    if got.dtype != dtype or not torch.equal(got, wide.to(dtype)):
+                    if got.dtype != dtype or not torch.equal(got, want.to(dtype)):
                         return False
     except RuntimeError:
         return False

@@ -78,7 +78,7 @@ from aftertune.engines.base import (
     RollingResult,
 )
 from aftertune.engines.batching import GenSeq, decode, score_pairs
-from aftertune.engines.cpu_linear import pack_linear_weights
+from aftertune.engines.cpu_linear import cpu_has_native_bf16, pack_linear_weights
 from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
 
@@ -91,20 +91,6 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None:
-            try:
-                if fn():
-                    return True
-            except Exception:  # pragma: no cover - probe missing on this build
-                continue
-    return False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

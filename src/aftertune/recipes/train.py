@@ -109,7 +109,7 @@ def native_bf16(device: str) -> bool:
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     try:
-        from aftertune.engines.hf import cpu_has_native_bf16
+        from aftertune.engines.cpu_linear import cpu_has_native_bf16
 
         return bool(cpu_has_native_bf16())
     except ImportError:
