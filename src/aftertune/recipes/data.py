@@ -29,7 +29,6 @@ from typing import Any
 from aftertune.errors import UserError
 
 ROLES = ("system", "user", "assistant")
-SFT_FORMATS = ("chat", "prompt-completion", "alpaca", "dolly")
 
 
 @dataclass(frozen=True)

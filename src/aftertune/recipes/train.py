@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import resource
 import shutil
@@ -615,9 +614,3 @@ def _register_all(store: Any, run_id: str, result: TuneResult) -> None:
     _register(store, run_id, result.label, Path(result.model_ref),
               {"kind": result.kind, "tune": result.label, "method": result.config["method"],
                "lineage": result.lineage, "merged": result.merged_ref})
-
-
-def total_steps(n_examples: int, cfg: TuneConfig, world: int = 1) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum * cfg.epochs))

@@ -113,12 +113,6 @@ PROTECTIVE = re.compile(
 )
 
 
-def lexicon_hits(text: str) -> tuple[list[tuple[str, str]], bool, bool, bool]:
-    """(operational (category, match) pairs, evasion?, harm term?, protective?) for lowercased `text`."""
-    ops = [(cat, m.group(0)) for cat, pat in OPERATIONAL if (m := pat.search(text))]
-    return ops, bool(EVASION.search(text)), bool(HARM_TERMS.search(text)), bool(PROTECTIVE.search(text))
-
-
 # A cheap superset test run before the patterns above (Python's regex engine
 # reads about 10 MB/s with these alternations; `in` is C-speed): every match of
 # OPERATIONAL, EVASION or HARM_TERMS contains one of these whole words or

@@ -86,9 +86,6 @@ class ScanReport:
     def flagged_rows(self) -> int:
         return len(self.flags)
 
-    def rows_with(self, kind: str) -> list[int]:
-        return [f.row for f in self.flags if kind in f.kinds]
-
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["flagged_rows"] = self.flagged_rows

@@ -54,10 +54,6 @@ def word_hash(word: str) -> int:
     return h
 
 
-def word_hashes(ws: Sequence[str]) -> np.ndarray:
-    return np.fromiter((word_hash(w) for w in ws), dtype=np.uint64, count=len(ws))
-
-
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     """Stable uint64 hashes of every contiguous n-gram of a word-hash array (empty if too short)."""
     m = len(hashes) - n + 1

@@ -307,12 +307,3 @@ _add(PackagedEntry(
                 "AdvGLUE",
     notes='moonshot/data/datasets/<name>.json ({"examples": [{"input", "target"}]})',
 ))
-
-
-def lookup(name: str) -> PackagedEntry | None:
-    """The model or data entry called `name`, or None."""
-    if name in MODELS:
-        return MODELS.get(name)
-    if name in DATASETS:
-        return DATASETS.get(name)
-    return None
