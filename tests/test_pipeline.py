@@ -57,7 +57,7 @@ def test_pipeline_runs_every_step_and_resumes(spec, tmp_path):
     second = run_pipeline(spec, out, store=store, progress=False, say=lambda _m: None)
     assert second.run_id == first.run_id
     assert store.cache_count() == n_cache
-    assert json.loads((out / "results.json").read_text())["run"]["id"] == first.run_id
+    assert json.loads((out / "results.json").read_text())["volatile"]["run_id"] == first.run_id
 
 
 def test_gate_violation_is_reported(spec, tmp_path):
@@ -77,3 +77,19 @@ def test_bad_specs_fail_before_any_work(tmp_path):
         load_pipeline_spec(None, {"train": {"data": "support", "model": "x"}})
     with pytest.raises(UserError, match="no such spec file"):
         load_pipeline_spec(tmp_path / "missing.yaml")
+
+
+def test_two_runs_of_one_spec_give_byte_identical_results(spec, tmp_path):
+    """Apart from the `volatile` section (run id, times, wall times), results.json is the same on a rerun."""
+    import shutil
+
+    lean = spec.model_copy(update={"icl": None})
+    out = tmp_path / "run"
+    texts = []
+    for i in range(2):
+        shutil.rmtree(out, ignore_errors=True)
+        run_pipeline(lean, out, store=Store(tmp_path / f"store{i}.sqlite"), progress=False, say=lambda _m: None)
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        assert set(results.pop("volatile")) == {"run_id", "created", "updated", "timings"}
+        texts.append(json.dumps(results, sort_keys=True, ensure_ascii=False))
+    assert texts[0] == texts[1]

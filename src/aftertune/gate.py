@@ -156,7 +156,7 @@ def check(results: dict[str, Any], thresholds: dict[str, Any]) -> list[Violation
         return out
     model = options.get("model") or results["primary"]
     if model is None:
-        raise UserError(f"run {results['run']['id']} has one model ({results['reference']}); the gate needs a "
+        raise UserError(f"run {results['volatile']['run_id']} has one model ({results['reference']}); the gate needs a "
                         "comparison with a second model")
     models = sorted({r["model"] for r in results["comparisons"]})
     if model not in models:

@@ -274,7 +274,7 @@ def _finished(run: PlannedRun, out: Path, store: Store) -> dict[str, Any] | None
     try:
         info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        if (info["spec"] == run.spec.model_dump(mode="json") and results["run"]["id"] == info["run_id"]
+        if (info["spec"] == run.spec.model_dump(mode="json") and results["volatile"]["run_id"] == info["run_id"]
                 and store.get_run(info["run_id"]).status == "done"):
             return dict(results)
     except (OSError, ValueError, KeyError, TypeError, UserError):
@@ -304,7 +304,7 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
             results = run_pipeline(run.spec, folder, store=store, progress=progress, say=say).results
         for p in run.points:
             points.append({"label": f"{knob}={p.text}", "value": p.value, "model": p.model, "folder": run.folder,
-                           "run_id": results["run"]["id"], "confidence": results["settings"]["confidence"],
+                           "run_id": results["volatile"]["run_id"], "confidence": results["settings"]["confidence"],
                            **tradeoff(results, p.model)})
     front = pareto_front(points)
     chosen, why = choose(points, max_safety_loss)

@@ -109,7 +109,9 @@ def _read_results(path: Path) -> dict[str, Any]:
     missing = [k for k in keys if k not in results] if isinstance(results, dict) else ["an object"]
     if missing:
         raise UserError(f"{path}: not an aftertune results.json (no {missing[0]!r}); pass the file a run wrote")
-    return results
+    from aftertune.compare.comparison import upgrade
+
+    return upgrade(results)
 
 
 def _parse_threshold(text: str) -> dict[str, Any]:
@@ -158,21 +160,22 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
             results = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{p}: not valid JSON ({exc.msg})") from None
-        from aftertune.compare.comparison import SCHEMA
+        from aftertune.compare.comparison import SCHEMA, upgrade
 
         if not isinstance(results, dict) or results.get("schema") != SCHEMA:
             raise UserError(f"{p}: not an aftertune results.json")
+        results = upgrade(results)
         if reference and reference != results["reference"]:
             raise UserError(f"{p} compares against {results['reference']!r}; to use --reference {reference}, "
                             "pass the run id so the comparison can be recomputed from the store")
         return results, results.get("protocol", {}).get("spec", {})
-    from aftertune.compare import compare_run
+    from aftertune.compare.comparison import compare_run, run_id
     from aftertune.run_outcomes import attach_outcomes
 
     store = _store(store_path)
     results = compare_run(store, run, reference)
-    attach_outcomes(results, store, results["run"]["id"])
-    return results, store.get_run(results["run"]["id"]).spec
+    attach_outcomes(results, store, run_id(results))
+    return results, store.get_run(run_id(results)).spec
 
 
 @app.command("gate")

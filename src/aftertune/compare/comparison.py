@@ -32,26 +32,12 @@ from aftertune.errors import UserError
 from aftertune.store.db import Record, Store
 
 SCHEMA = "aftertune.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run id, times and wall times moved to `volatile`
 
 OVERALL = "all"  # the category name of the row over all items
 
-_GENERIC_RESAMPLES = 1000
+_GENERIC_RESAMPLES = 1000  # an aggregate that is not a mean costs one Python call per draw: fewer draws, fixed
 _GENERIC_PERMUTATIONS = 1999
-_GENERIC_MIN_RESAMPLES = 200
-_GENERIC_MIN_PERMUTATIONS = 199
-_GENERIC_SECONDS_PER_ROW = 20.0  # a slow aggregate (corpus BLEU, ...) gets fewer draws, never fewer than the minimum
-
-
-def _generic_budget(statistic: Callable[[Sequence[Any]], float], items: Sequence[Any]) -> tuple[int, int]:
-    """(resamples, permutations) for an aggregate that is not a mean, scaled down when one call is slow."""
-    t0 = time.perf_counter()
-    statistic(items)
-    per_call = max(time.perf_counter() - t0, 1e-6)
-    calls = 2 * (_GENERIC_RESAMPLES + _GENERIC_PERMUTATIONS)
-    scale = min(1.0, _GENERIC_SECONDS_PER_ROW / (per_call * calls))
-    return (max(_GENERIC_MIN_RESAMPLES, int(_GENERIC_RESAMPLES * scale)),
-            max(_GENERIC_MIN_PERMUTATIONS, int(_GENERIC_PERMUTATIONS * scale)))
 _FLIP_LIMIT = 500  # per (model, suite, metric); the rest are counted, not listed
 
 
@@ -71,7 +57,6 @@ class Settings:
             "permutations": self.permutations,
             "generic_aggregate_resamples": _GENERIC_RESAMPLES,
             "generic_aggregate_permutations": _GENERIC_PERMUTATIONS,
-            "generic_aggregate_seconds_per_row": _GENERIC_SECONDS_PER_ROW,
             "seed": self.seed,
             "methods": METHODS,
         }
@@ -289,7 +274,7 @@ def _paired_score(ref: list[Any], new: list[Any], statistic: Callable[[Sequence[
         ref_value, new_value = statistic(ref), statistic(new)
     else:
         ref_value, new_value = float(np.mean(ref)), float(np.mean(new))
-    resamples, permutations = (_generic_budget(statistic, new) if statistic is not None
+    resamples, permutations = ((_GENERIC_RESAMPLES, _GENERIC_PERMUTATIONS) if generic
                                else (settings.resamples, settings.permutations))
     boot = stats.paired_bootstrap(ref, new, statistic, resamples=resamples, seed=seed, confidence=settings.confidence)
     p = stats.paired_permutation_pvalue(ref, new, statistic, permutations=permutations, seed=seed + 1)
@@ -322,7 +307,7 @@ def _one_sample(values: list[Any], metric: _MetricSpec, statistic: Callable[[Seq
         k = int(sum(values))
         return {"value": k / n, "ci": list(stats.wilson_ci(k, n, settings.confidence)), "n": n}
     value = statistic(values) if statistic else float(np.mean(values))
-    resamples = _generic_budget(statistic, values)[0] if statistic else settings.resamples
+    resamples = _GENERIC_RESAMPLES if statistic else settings.resamples
     ci = stats.bootstrap_ci(values, statistic, resamples=resamples, seed=seed, confidence=settings.confidence)
     return {"value": value, "ci": list(ci), "n": n}
 
@@ -465,8 +450,7 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "run": {"id": run.id, "name": run.name, "kind": run.kind, "status": run.status,
-                "created": run.created, "updated": run.updated},
+        "run": {"name": run.name, "kind": run.kind, "status": run.status},
         "reference": reference,
         "primary": primary,
         "models": [_model_json(m, reference, primary) for m in models],
@@ -483,8 +467,30 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
     }
     results = _clean(results)
     results["verdict"] = build_verdict(results)
-    results["protocol"]["timings"].append({"step": "compare", "seconds": round(time.time() - started, 3)})
+    timings = [*_timings(store, run.id), {"step": "compare", "seconds": round(time.time() - started, 3)}]
+    results["volatile"] = {"run_id": run.id, "created": run.created, "updated": run.updated, "timings": timings}
     return results
+
+
+def run_id(results: dict[str, Any]) -> str:
+    """The store's id of the run a results dict was computed from."""
+    return str(results["volatile"]["run_id"])
+
+
+def upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """A results dict of an older schema version in the current layout (same numbers)."""
+    if results.get("schema_version", SCHEMA_VERSION) < 2:
+        run = dict(results.get("run") or {})
+        timings = (results.get("protocol") or {}).pop("timings", [])
+        results["volatile"] = {"run_id": run.pop("id", ""), "created": run.pop("created", None),
+                               "updated": run.pop("updated", None), "timings": timings}
+        results["run"], results["schema_version"] = run, SCHEMA_VERSION
+    return results
+
+
+def _timings(store: Store, run_id: str) -> list[dict[str, Any]]:
+    return [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
+            for e in store.events(run_id, kind="timing")]
 
 
 def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str, suite: str, metric: _MetricSpec,
@@ -702,8 +708,6 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
         entry["sampling"] = {k: sample[k] for k in ("n_items", "n_sampled", "limit", "seed", "sampler") if k in sample}
         entry["protocol"] = suite_protocols.get(entry["suite"])
     spec = run.spec or {}
-    timings = [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
-               for e in store.events(run.id, kind="timing")]
     return {
         "models": [{"label": m["label"], "ref": m["ref"], "fingerprint": m["fingerprint"], "info": m["info"]}
                    for m in models],
@@ -712,7 +716,6 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
         "spec": spec,
         "judge_validity": [e["payload"] for e in store.events(run.id, kind="judge_validity")],
         "train_metrics": _train_metrics(store, run.id),
-        "timings": timings,
         "software": _package_versions(),
         "n_records": len(records),
     }

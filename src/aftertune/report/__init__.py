@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aftertune.compare.comparison import Settings, compare_run
+from aftertune.compare.comparison import run_id as run_id_of
 from aftertune.fileio import atomic_path, write_json_atomic, write_text_atomic
 from aftertune.store.db import Store
 
@@ -61,12 +62,12 @@ def write_reports(store: Store, run_id: str, out_dir: str | Path, *, reference: 
     from aftertune.run_outcomes import attach_outcomes
 
     results = compare_run(store, run_id, reference, settings=settings)
-    attach_outcomes(results, store, results["run"]["id"])
+    attach_outcomes(results, store, run_id_of(results))
     if thresholds is None:
-        thresholds = thresholds_from_spec(store.get_run(results["run"]["id"]).spec)
+        thresholds = thresholds_from_spec(store.get_run(run_id_of(results)).spec)
     if thresholds:
         results["gate"] = gate_section(results, thresholds)
-    write_records(store, results["run"]["id"], out_dir)
+    write_records(store, run_id_of(results), out_dir)
     render(results, out_dir)
     return results
 

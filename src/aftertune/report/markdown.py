@@ -57,7 +57,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                 k = m["kind"]
                 out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | {fmt_value(val['value'], k)} | "
                            f"{fmt_value(val['ci'][0], k)} to {fmt_value(val['ci'][1], k)} | {val['n']} |")
-        out += ["", f"<sub>run `{_cell(results['run']['id'])}` · {_cell(v['note'])}</sub>", ""]
+        out += ["", f"<sub>run `{_cell(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
         return "\n".join(out)
     out += [
         f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | |",
@@ -97,7 +97,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                               and r["change"] == "worse") for m in others}
         out += ["", "Other models vs " + _cell(ref) + ": " + ", ".join(
             f"{_cell(m)} worse on {n}" for m, n in worse_other.items())]
-    out += ["", f"<sub>run `{_cell(results['run']['id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
+    out += ["", f"<sub>run `{_cell(results['volatile']['run_id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
             "Tango CI, Bonett–Price ratio CI; scores: paired bootstrap CI, permutation test · "
             "full report: report.html, numbers: results.json</sub>", ""]
     out += _details(results, figures or [])
@@ -218,7 +218,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     out += ["", f"Statistics: confidence {st['confidence']}, alpha {st['alpha']} (Holm across metrics), "
             f"{st['bootstrap_resamples']} bootstrap resamples, {st['permutations']} permutations, seed {st['seed']}.",
             ""]
-    timings = proto.get("timings") or []
+    timings = results["volatile"].get("timings") or []
     steps = [t for t in timings if str(t.get("step", "")).startswith(("scan", "audit", "fine-tune", "compare"))]
     if steps:
         out += ["Wall time per step: " + "; ".join(f"{_cell(t['step'])} {t['seconds']:.0f} s" for t in steps
