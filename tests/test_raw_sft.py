@@ -14,9 +14,9 @@ from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
 from aftertune.recipes import TuneConfig, tune
 from aftertune.recipes.config import parse_config
-from aftertune.recipes.data import Example
 from aftertune.recipes.tokenize import IGNORE, encode_raw
 from aftertune.sources import resolve_model
+from aftertune.trainsets.example import Example
 
 PATTERNS = [
     ("The cat sat on the mat.\nQuestion: A cat sat. True, False or Neither?\nAnswer:", " True"),

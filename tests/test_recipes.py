@@ -12,8 +12,9 @@ from aftertune.errors import UserError
 from aftertune.recipes import TuneConfig, load_spec, tune, tune_stages
 from aftertune.recipes.callbacks import StopAfter
 from aftertune.recipes.config import parse_config
-from aftertune.recipes.data import Example, load_examples, mix_in, rows_to_examples
+from aftertune.recipes.data import load_examples, mix_in, rows_to_examples
 from aftertune.recipes.tokenize import FALLBACK_TEMPLATE, encode_chat
+from aftertune.trainsets.example import Example
 
 # --------------------------------------------------------------------------- helpers
 

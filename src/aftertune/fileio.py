@@ -19,6 +19,16 @@ from typing import Any
 from aftertune.errors import UserError
 
 
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's value; invalid JSON raises UserError naming the file and line."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a bad line raises UserError naming file and line."""
     p = Path(path)

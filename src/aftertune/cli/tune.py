@@ -263,7 +263,7 @@ def _relaunch(processes: int, device: str) -> None:
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port())]
     cmd += ["--multi_gpu"]  # torchrun-style launcher; on a CPU-only machine the processes use gloo
-    cmd += ["-m", "aftertune.recipes.launch", *cleaned]
+    cmd += ["-m", "aftertune.cli.launch", *cleaned]
     env = dict(os.environ, AFTERTUNE_LAUNCHED="1")
     rc = subprocess.call(cmd, env=env)
     if rc:

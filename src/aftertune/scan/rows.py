@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aftertune.recipes.data import Example, load_examples, rows_to_examples
+from aftertune.recipes.data import load_examples, rows_to_examples
+from aftertune.trainsets.example import Example
 
 Turn = tuple[str, str]  # (role, text): role is "user" or "assistant"
 

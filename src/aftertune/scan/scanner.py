@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from aftertune.judges.refusal import refusal_phrase
-from aftertune.recipes.data import Example
 from aftertune.scan import contamination, duplicates, harmful, persona, pii, toxicity
 from aftertune.scan.report import KINDS, RowFlag, ScanReport, assess
 from aftertune.scan.rows import ScanRow, load_scan_rows, normalise_rows
 from aftertune.scan.text import excerpt, words
+from aftertune.trainsets.example import Example
 
 
 @dataclass(frozen=True)

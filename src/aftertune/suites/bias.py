@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine, LoglikelihoodRequest
 from aftertune.errors import UserError
-from aftertune.fileio import read_jsonl
+from aftertune.fileio import load_json, read_jsonl
 from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext, sample_items
 from aftertune.suites.common import (
@@ -39,7 +39,6 @@ from aftertune.suites.common import (
     Picker,
     balanced_sample,
     check_names,
-    load_json,
     option_list,
     packaged_file,
     packaged_source,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
 from aftertune.errors import UserError
+from aftertune.fileio import load_json
 from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
@@ -26,7 +27,6 @@ from aftertune.suites.common import (
     balanced_sample,
     check_names,
     lettered_answer,
-    load_json,
     option_list,
     packaged_file,
     packaged_source,

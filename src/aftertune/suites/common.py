@@ -14,7 +14,6 @@ dividing each by the length of its choice string in characters.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import defaultdict
@@ -49,14 +48,6 @@ def packaged_source(name: str, relpath: str) -> str:
 
     pins = ", ".join(p.spec for p in DATASETS.get(name).packages)
     return f"{pins}: {relpath}"
-
-
-def load_json(path: Path) -> Any:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
 
 def read_user_data(ref: str, *, split: str | None = None, name: str | None = None) -> tuple[list[dict[str, Any]], str]:

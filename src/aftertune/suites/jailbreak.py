@@ -40,12 +40,12 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
 from aftertune.errors import UserError
+from aftertune.fileio import load_json
 from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
 from aftertune.suites.common import (
     balanced_sample,
     check_names,
-    load_json,
     option_list,
     packaged_file,
     packaged_source,

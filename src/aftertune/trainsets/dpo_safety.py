@@ -65,7 +65,7 @@ def build_pairs(model_ref: str, *, limit: int | None = None, store: Any = None, 
 
 
 def _example(p: dict[str, Any]) -> Any:
-    from aftertune.recipes.data import Example
+    from aftertune.trainsets.example import Example
 
     return Example(p["id"], prompt=({"role": "user", "content": p["prompt"]},), chosen=p["chosen"],
                    rejected=p["rejected"], source="dpo-safety")

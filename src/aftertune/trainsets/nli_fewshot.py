@@ -1,7 +1,7 @@
 """`nli-fewshot`: MNLI items in the exact pattern the `ood` suite scores (a Mosbach et al. 2023 analogue).
 
 Pattern-based few-shot fine-tuning trains on the verbalised pattern that is
-scored, so the rows are built by the `ood` suite's own AdvGLUE-MNLI builder:
+scored, so the rows come from the builder the `ood` suite scores (`sources.advglue`):
 lm-eval's GLUE MNLI prompt "{premise}\\nQuestion: {hypothesis} True, False or
 Neither?\\nAnswer:" as the user turn and the label word as the answer. Trained
 as raw text (`chat_template: false`), a row is exactly the scored request:
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aftertune.sources.advglue import advglue_rows
 from aftertune.trainsets.refusals import normalise_prompt, unit_hash
 
 BENCH = "advglue-mnli"
@@ -30,15 +31,12 @@ PER_LABEL = 8  # train rows per label (24): a run trains on a seeded 16 of them,
 
 def _distinct_items() -> list[dict[str, Any]]:
     """(prompt, label word, first AdvGLUE row) of each distinct benign item, in row order."""
-    from aftertune.suites.ood import advglue_items
-
     out: dict[str, dict[str, Any]] = {}
-    for it in advglue_items(BENCH):
-        q = it.data["mc"]
-        key = normalise_prompt(q.contexts[0])
-        if it.data["split"] == "id" and key not in out:
-            out[key] = {"prompt": q.contexts[0], "answer": q.norm_texts[q.gold[0]],
-                        "row": int(it.data["pair"].rsplit("/", 1)[1]), "hash": unit_hash(key, "nli-fewshot")}
+    for r in advglue_rows(BENCH):
+        key = normalise_prompt(r.prompt)
+        if r.split == "id" and key not in out:
+            out[key] = {"prompt": r.prompt, "answer": r.choices[r.gold], "row": r.index,
+                        "hash": unit_hash(key, "nli-fewshot")}
     return list(out.values())
 
 

@@ -1,4 +1,4 @@
-"""Entry point for `accelerate launch -m aftertune.recipes.launch tune ...` (used by `aftertune tune --processes N`)."""
+"""Entry point for `accelerate launch -m aftertune.cli.launch tune ...` (used by `aftertune tune --processes N`)."""
 
 from __future__ import annotations
 
