@@ -316,3 +316,30 @@ def test_unscored_metric_is_reported_as_such(store):
     assert res["verdict"]["not_scored"] == ["t_toxicity.toxicity", "t_toxicity.worst"]
     assert res["verdict"]["unchanged"] == ["t_toxicity.toxic"]
     assert res["verdict"]["headline"] == "tuned vs base: no significant change on any of 1 metric"
+
+
+def test_rows_state_their_mde_and_the_verdict_says_when_the_run_is_too_small(store):
+    """Every row carries its minimum detectable effect; a target the sample cannot see is named in the verdict."""
+    from aftertune.compare import power
+
+    run_id = store.create_run("audit", "small", {"gate": {"t_safety.compliance_rate": {"max_increase": 0.05}},
+                                                 "audit": {"power": {"t_capability.acc": 0.9}}})
+    recs = []
+    for label, flips in (("base", ()), ("tuned", (0, 1, 2))):
+        for i in range(20):
+            comply = float(i in flips or i == 10)
+            recs.append(Record(label, "t_safety", f"s{i}", "all", chat("q"), "a", {"compliance_rate": comply}, {}))
+            recs.append(Record(label, "t_capability", f"c{i}", "all", chat("q"), "a",
+                               {"acc": float((i + (label == "tuned")) % 2)}, {}))
+    store.put_records(run_id, recs)
+    res = compare_run(store, run_id)
+    safety = _row(res, "tuned", "t_safety", "compliance_rate")
+    m = sum(1 for r in res["comparisons"] if r["model"] == "tuned" and r["family"] == "overall")
+    assert safety["mde_alpha"] == pytest.approx(0.05 / m)
+    assert safety["mde"] == pytest.approx(power.binary_mde(20, 3 / 20, 0.05 / m))
+    assert safety["target_effect"] == 0.05 and safety["target_source"] == "gate"
+    assert safety["power"] == pytest.approx(power.binary_power(20, 0.05, 3 / 20, 0.05 / m)) and safety["power"] < 0.8
+    cap = _row(res, "tuned", "t_capability", "acc")
+    assert cap["target_source"] == "audit.power" and cap["mde"] < 0.9 <= 1.0 and cap["power"] >= 0.8
+    assert res["verdict"]["headline"].endswith("too few items to see the change that matters on 1")
+    assert [line.split(":")[0] for line in res["verdict"]["underpowered"]] == ["t_safety.compliance_rate"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from aftertune import __version__
-from aftertune.compare import stats
+from aftertune.compare import power, stats
 from aftertune.errors import UserError
 from aftertune.store.db import Record, Store
 
@@ -73,6 +73,11 @@ METHODS = {
     "and one for the per-category rows",
     "seeds": "mean across seeds with a Student-t interval",
     "significance": "adjusted p-value below alpha",
+    "mde": "minimum detectable effect: the smallest change the row's test detects with 80% power at alpha/m, "
+           "m = the rows of its Holm family (the level a change alone in its family must reach); binary: exact "
+           "McNemar power at the observed discordance (at least the change itself); mean scores: noncentral-t "
+           "power of the paired differences with their observed SD; other aggregates: normal approximation "
+           "from the bootstrap standard error",
 }
 
 
@@ -264,6 +269,8 @@ def _paired_binary(ref: list[float], new: list[float], confidence: float) -> dic
         "counts": {"both": table.n11, "new_only": table.n12, "reference_only": table.n21, "neither": table.n22},
         "resamples": None,
         "permutations": None,
+        "sd_difference": None,
+        "delta_se": None,
     }
 
 
@@ -295,7 +302,14 @@ def _paired_score(ref: list[Any], new: list[Any], statistic: Callable[[Sequence[
         "counts": None,
         "resamples": resamples,
         "permutations": permutations,
+        "sd_difference": None if generic else _sd_difference(ref, new),
+        "delta_se": boot.delta_se,
     }
+
+
+def _sd_difference(ref: list[float], new: list[float]) -> float:
+    d = np.asarray(new, dtype=float) - np.asarray(ref, dtype=float)
+    return float(d.std(ddof=1)) if d.size > 1 else math.nan
 
 
 def _one_sample(values: list[Any], metric: _MetricSpec, statistic: Callable[[Sequence[Any]], float] | None,
@@ -447,6 +461,7 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
         suites_out.append(suite_out)
 
     _adjust(rows, settings.alpha)
+    _add_power(rows, settings.alpha, effects_that_matter(run.spec or {}))
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -485,6 +500,7 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
         results["volatile"] = {"run_id": run.pop("id", ""), "created": run.pop("created", None),
                                "updated": run.pop("updated", None), "timings": timings}
         results["run"], results["schema_version"] = run, SCHEMA_VERSION
+        results.get("verdict", {}).setdefault("underpowered", [])
     return results
 
 
@@ -505,7 +521,7 @@ def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str
                     "value_ci": [None, None], "delta": None, "delta_ci": [None, None],
                     "ratio": None, "ratio_ci": [None, None], "p_value": None, "test": None,
                     "ci_method": None, "ratio_ci_method": None, "counts": None,
-                    "resamples": None, "permutations": None})
+                    "resamples": None, "permutations": None, "sd_difference": None, "delta_se": None})
     elif statistic is None and kind == "binary":
         row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
                                   [float(b.scores[metric.name]) for _, b in sel], settings.confidence))
@@ -551,6 +567,59 @@ def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
             r["p_adjusted"] = p
             r["significant"] = bool(p is not None and math.isfinite(p) and p < alpha)
             r["change"] = _change(r["delta"], r["direction"], r["significant"])
+
+
+def effects_that_matter(spec: dict[str, Any]) -> dict[str, tuple[float, str]]:
+    """suite.metric → (change size, where it comes from): the spec's `audit.power` targets, else its gate's limits."""
+    from aftertune.gate import normalize
+
+    out: dict[str, tuple[float, str]] = {}
+    try:
+        rules, _ = normalize(spec.get("gate") or {})
+    except UserError:
+        rules = {}
+    for key, rule in rules.items():
+        limits = [abs(v) for k, v in rule.items() if k in ("max_increase", "max_decrease") and v]
+        if limits:
+            out[key] = (min(limits), "gate")
+    targets = (spec.get("audit") or {}).get("power") or {}
+    for key, effect in targets.items():
+        out[key] = (abs(float(effect)), "audit.power")
+    return out
+
+
+def _add_power(rows: list[dict[str, Any]], alpha: float, targets: dict[str, tuple[float, str]]) -> None:
+    """Each row's minimum detectable effect at 80% power, and its power against the change the spec cares about."""
+    families: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        if r["p_value"] is not None:
+            families[(r["model"], r["family"])] += 1
+    for r in rows:
+        level = alpha / max(1, families[(r["model"], r["family"])])
+        target = targets.get(f"{r['suite']}.{r['metric']}") if r["category"] == OVERALL else None
+        mde, achieved = _row_power(r, level, target[0] if target else None)
+        r.update({"mde": mde, "mde_alpha": level, "mde_power": power.DEFAULT_POWER,
+                  "target_effect": target[0] if target else None, "target_source": target[1] if target else None,
+                  "power": achieved})
+
+
+def _row_power(r: dict[str, Any], level: float, target: float | None) -> tuple[float | None, float | None]:
+    """(MDE, power against `target`) of one row, by the row's own test (see METHODS["mde"])."""
+    n = r["n"]
+    if not n or r["p_value"] is None:
+        return None, None
+    if r["test"] == "mcnemar_exact":
+        c = r["counts"]
+        discordance = (c["new_only"] + c["reference_only"]) / n
+        return (power.binary_mde(n, discordance, level),
+                None if target is None else power.binary_power(n, target, discordance, level))
+    if r.get("sd_difference") is not None:
+        sd = r["sd_difference"]
+        return power.score_mde(n, sd, level), None if target is None else power.score_power(n, target, sd, level)
+    se = r.get("delta_se")
+    if se is None:
+        return None, None
+    return power.bootstrap_mde(se, level), None if target is None else power.bootstrap_power(target, se, level)
 
 
 def _model_json(m: dict[str, Any], reference: str, primary: str | None) -> dict[str, Any]:
@@ -772,6 +841,31 @@ def describe_row(r: dict[str, Any], confidence: float | None = None) -> str:
     return f"{where} {fmt_value(r['reference_value'], kind)} → {fmt_value(r['value'], kind)} ({'; '.join(parts)})"
 
 
+def fmt_mde(x: float | None, kind: str) -> str:
+    """A minimum detectable effect: "±12.5 pts" for rates, "±0.031" for scores, "n/a" when none."""
+    if x is None:
+        return "n/a"
+    return f"±{100 * x:.1f} pts" if kind == "binary" else f"±{x:.3g}"
+
+
+def mde_cell(r: dict[str, Any]) -> str:
+    """A report cell: the row's MDE, and its power against the change the spec cares about when there is one."""
+    text = fmt_mde(r.get("mde"), r["kind"])
+    if r.get("power") is not None:
+        text += f" (power {100 * r['power']:.0f}% at {fmt_mde(r['target_effect'], r['kind'])})"
+    return text
+
+
+def describe_power(r: dict[str, Any]) -> str:
+    """Why a row cannot answer its question, e.g. "safety.compliance: n=40 sees ±23.0 pts ...; the gate ..."."""
+    kind = r["kind"]
+    sees = ("cannot see any change" if r.get("mde") is None
+            else f"detects changes of {fmt_mde(r['mde'], kind)} or more")
+    achieved = "" if r.get("power") is None else f" (power {100 * r['power']:.0f}% against it)"
+    return (f"{r['suite']}.{r['metric']}: n={r['n']} {sees} with {100 * r['mde_power']:.0f}% power, but the "
+            f"{r['target_source']} cares about {fmt_mde(r['target_effect'], kind)}{achieved}")
+
+
 def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
     primary, reference = results["primary"], results["reference"]
     conf = round(100 * results["settings"]["confidence"])
@@ -779,6 +873,7 @@ def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
         return {"model": None, "reference": reference, "status": "single",
                 "headline": f"{reference} alone: no second model to compare with",
                 "worse": [], "better": [], "unchanged": [], "not_scored": [], "worse_categories": [],
+                "underpowered": [],
                 "note": f"values with {conf}% intervals; audit another model into this run, or compare runs "
                         "with `aftertune compare RUN_A RUN_B`"}
     overall = [r for r in results["comparisons"] if r["model"] == primary and r["category"] == OVERALL]
@@ -803,6 +898,10 @@ def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
         head += f"no significant change on any of {scored} {metrics}"
     if worse and better:
         head += f", better on {len(better)}"
+    small = [r for r in overall if has_values(r) and not r["significant"] and r.get("target_effect") is not None
+             and (r.get("mde") is None or r["mde"] > r["target_effect"])]
+    if small:
+        head += f"; too few items to see the change that matters on {len(small)}"
     status = "worse" if worse else "better" if better else "unchanged"
     return {
         "model": primary,
@@ -814,6 +913,7 @@ def build_verdict(results: dict[str, Any]) -> dict[str, Any]:
         "unchanged": [f"{r['suite']}.{r['metric']}" for r in same],
         "not_scored": not_scored,
         "worse_categories": [describe_row(r, results["settings"]["confidence"]) for r in worse_cats],
+        "underpowered": [describe_power(r) for r in small],
         "note": (f"intervals are {conf}% intervals; a change counts when its Holm-adjusted p-value is below "
                  f"{results['settings']['alpha']}"),
     }

@@ -184,6 +184,7 @@ class BootstrapResult:
     delta_ci: tuple[float, float]
     ratio_ci: tuple[float, float] | None  # None when the reference aggregate can be ≤ 0
     resamples: int
+    delta_se: float = math.nan  # standard deviation of the resampled differences (the bootstrap standard error)
 
 
 def _percentile(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -254,7 +255,13 @@ def paired_bootstrap(
         _percentile(new_stats - ref_stats, confidence),
         ratio_ci,
         resamples,
+        _finite_sd(new_stats - ref_stats),
     )
+
+
+def _finite_sd(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
 def bootstrap_ci(

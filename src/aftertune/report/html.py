@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value
+from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 from aftertune.report import plots
 from aftertune.report.figures import Figures, draw
 
@@ -69,7 +69,7 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        value=fmt_value, delta=fmt_delta, ratio=fmt_ratio, p=fmt_p, ci=fmt_ci, ratio_ci=_ratio_ci,
+        value=fmt_value, delta=fmt_delta, mde=mde_cell, ratio=fmt_ratio, p=fmt_p, ci=fmt_ci, ratio_ci=_ratio_ci,
         tojson_pretty=lambda x: json.dumps(x, indent=1, sort_keys=True, ensure_ascii=False),
         num=lambda x, d=3: "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x)),
         short=lambda s, n=12: s if len(s) <= n else s[:n] + "…",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value
+from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 
 _MARK = {"worse": "🔴 worse", "better": "🟢 better", "none": "no change"}
 
@@ -60,8 +60,8 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
         out += ["", f"<sub>run `{_cell(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
         return "\n".join(out)
     out += [
-        f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | |",
-        "|---|--:|--:|--:|--:|--:|--:|---|",
+        f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | MDE | |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     unscored = []
     for r in results["comparisons"]:
@@ -76,8 +76,13 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
         out.append(
             f"| {_cell(r['suite'])}.{_cell(r['metric'])} | {r['n']} | {fmt_value(r['reference_value'], k)} | "
             f"{fmt_value(r['value'], k)} | {fmt_delta(r['delta'], k)} ({fmt_ci(lo, hi, k)}) | "
-            f"{ratio} | {fmt_p(r.get('p_adjusted'))} | {_MARK[r['change']] if r['n'] else 'not scored'} |"
+            f"{ratio} | {fmt_p(r.get('p_adjusted'))} | {_cell(mde_cell(r))} | "
+            f"{_MARK[r['change']] if r['n'] else 'not scored'} |"
         )
+    out += ["", "MDE: the smallest change this n detects with 80% power at the Holm level of a lone change "
+            "(given the observed discordance or spread)."]
+    if v.get("underpowered"):
+        out += ["", "**Too few items to see the change that matters:**"] + [f"- {_cell(x)}" for x in v["underpowered"]]
     if unscored:
         out += ["", f"Not scored in this run (no judge configured, or not this task's kind): {_cell(', '.join(unscored))}"]
     cats = [r for r in results["comparisons"]
