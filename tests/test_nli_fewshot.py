@@ -9,12 +9,13 @@ import pytest
 import suites_fixtures
 from aftertune import trainsets
 from aftertune.engines import GenerateRequest
-from aftertune.engines.variants import apply_variants, demo_pairs, draw_demos
 from aftertune.errors import UserError
 from aftertune.recipes.data import load_examples
 from aftertune.suites.base import SuiteContext
 from aftertune.suites.ood import OODSuite, advglue_items
 from aftertune.testing.fake_engine import FakeEngine
+from aftertune.variants import apply_variants
+from aftertune.variants.icl import demo_pairs, draw_demos
 
 LABELS = {"yes": "True", "maybe": "Neither", "no": "False"}
 

@@ -81,8 +81,8 @@ def test_seed_moves_the_fine_tune_and_the_icl_demonstrations_together():
 
 
 def test_interp_is_one_run_with_one_variant_per_value(monkeypatch):
-    from aftertune.engines.variants import VARIANTS
     from aftertune.registry import Entry
+    from aftertune.variants import VARIANTS
 
     if "interp" not in VARIANTS:  # the engine variant may live in another module; the plan only needs the name
         monkeypatch.setitem(VARIANTS._entries, "interp", Entry("interp", lambda engine, _opts: engine, ""))

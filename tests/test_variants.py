@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from aftertune.engines import GenerateRequest, LoglikelihoodRequest, load_engine
-from aftertune.engines.variants import ICLEngine, draw_demos, split_variants
 from aftertune.errors import UserError
+from aftertune.variants import split_variants
+from aftertune.variants.icl import ICLEngine, draw_demos
 
 DEMOS = [("Where is my parcel?", "It ships tomorrow."), ("Reset my password", "Click 'Forgot password'.")]
 

@@ -189,7 +189,7 @@ def _judge_validity(judge: Any, store: Store) -> dict[str, Any] | None:
 
 def _record_guard_validity(store: Store, run_id: str, label: str, engine: Any) -> None:
     """A guardrail variant is a judge in front of the model: its own accuracy goes beside the judges'."""
-    from aftertune.engines.guardrail import GuardEngine, guard_validity
+    from aftertune.variants.guardrail import GuardEngine, guard_validity
 
     while engine is not None and not isinstance(engine, GuardEngine):
         engine = getattr(engine, "inner", None)
@@ -343,7 +343,7 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> None:
 def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
          prepared: Sequence[PreparedSuite], *, seed: int, judges: Mapping[str, Any] | None,
          batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
-    from aftertune.engines import load_engine
+    from aftertune.variants import load_engine
 
     recorded = {e["step"] for e in store.events(run_id, kind="sample")}
     for p in prepared:

@@ -112,7 +112,7 @@ class PipelineSpec(_Strict):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, variants: list[str]) -> list[str]:
-        from aftertune.engines.variants import VARIANTS, split_variants
+        from aftertune.variants import VARIANTS, split_variants
 
         for suffix in variants:
             _, parsed = split_variants(f"tuned#{suffix}")

@@ -146,9 +146,9 @@ def run_generate(model: str, requests: list[GenerateRequest], *, prompts_file: P
 def _run(store: Any, model: str, requests: list[GenerateRequest], *, prompts_file: Path,
          batch_size: int, engine: str | None, options: dict[str, Any], local: bool, progress: bool) -> list[Any]:
     from aftertune.audit import label_for
-    from aftertune.engines import load_engine
     from aftertune.fileio import sha256_file
     from aftertune.store import CachedEngine, Record
+    from aftertune.variants import load_engine
 
     spec = {"model": model, "prompts": str(prompts_file.resolve()), "prompts_sha256": sha256_file(prompts_file),
             "n": len(requests), "decoding": requests[0].to_json()["decoding"], "engine": engine, **options}

@@ -74,7 +74,7 @@ def list_engines() -> None:
 @list_app.command("variants")
 def list_variants() -> None:
     """Model variants: suffixes of a model reference (`REF#guard`, `REF#interp:w=0.5`), audited like models."""
-    from aftertune.engines.variants import VARIANTS
+    from aftertune.variants import VARIANTS
 
     typer.echo(_table((e.name, e.description) for e in VARIANTS))
 

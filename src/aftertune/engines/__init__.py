@@ -39,23 +39,18 @@ __all__ = [
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
     """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm).
 
-    A string reference may end in variants (`REF#icl:k=16`), applied around the
-    loaded engine (see `engines.variants`); a leading `#interp:w=...` changes the
-    weights before loading (see `engines.interpolate`).
+    A reference with variants (`REF#icl:k=16`) is loaded by `aftertune.variants.load_engine`.
     """
-    from aftertune.engines.interpolate import apply_weight_variants
-    from aftertune.engines.variants import apply_variants, split_variants
+    from aftertune.errors import UserError
     from aftertune.sources import resolve_model
 
-    variants: list[tuple[str, dict[str, str]]] = []
-    if isinstance(ref, str):
-        ref, variants = split_variants(ref)
+    if isinstance(ref, str) and "#" in ref:
+        raise UserError(f"model reference {ref!r}: variants ('#...') apply to audited models only; "
+                        "drop the '#' part here")
     model = resolve_model(ref) if isinstance(ref, str) else ref
-    model, variants = apply_weight_variants(model, variants)
     name = engine or ("openai" if model.kind == "openai" else "hf")
     _import_backends()
-    loaded = ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
-    return apply_variants(loaded, variants)
+    return ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
 
 
 def _import_backends() -> None:

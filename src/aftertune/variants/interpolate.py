@@ -40,10 +40,10 @@ from typing import Any
 
 from aftertune import paths
 from aftertune.engines.base import Engine
-from aftertune.engines.variants import VARIANTS
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text, write_json_atomic
 from aftertune.sources.base import ModelRef
+from aftertune.variants.base import VARIANTS
 
 INTERP_VERSION = "1"  # bump when a change here changes the written weights
 _LORA_B = re.compile(r"\.lora_(?:embedding_)?B(?:\.|$)")

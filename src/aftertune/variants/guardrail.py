@@ -52,9 +52,9 @@ from aftertune.engines.base import (
     RollingRequest,
     RollingResult,
 )
-from aftertune.engines.variants import VARIANTS
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
+from aftertune.variants.base import VARIANTS
 
 if TYPE_CHECKING:
     from aftertune.judges.base import Judge

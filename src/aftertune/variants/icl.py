@@ -1,29 +1,21 @@
-"""Model variants that are prompting strategies rather than new weights.
+"""The `icl` variant — in-context learning (Mosbach et al. 2023).
 
-A variant wraps an engine and changes what the model is shown, never the
-decoding, so it is audited and compared exactly like another model. Written as
-a suffix of the model reference: `REF#icl:k=16,seed=0,data=support`.
-
-- `icl` — in-context learning (Mosbach et al. 2023): the base model is shown `k`
-  demonstrations drawn (seeded) from the training data before every request.
-  Chat requests get them as earlier user/assistant turns (after any system
-  message); raw prompts and log-likelihood contexts get them as
-  "User: …\\nAssistant: …" blocks, so multiple-choice suites see the same
-  demonstrations. With `format=pattern` (the default for a built-in set whose
-  rows are a scored prompt pattern, e.g. `nli-fewshot`) raw contexts get them
-  as the pattern itself, "prompt answer\\n\\n" per demonstration, as
-  lm-evaluation-harness writes few-shot contexts; chat requests are unchanged.
-  The demonstrations (and the pattern format) are part of the fingerprint, so
-  the store never confuses the variant with its base model.
-- `guard` (`engines.guardrail`) — input/output filters around any model.
-- `interp` (`engines.interpolate`) — new weights between base and tuned; applied
-  at load time, not as a wrapper.
+The base model is shown `k` demonstrations drawn (seeded) from the training
+data before every request. Chat requests get them as earlier user/assistant
+turns (after any system message); raw prompts and log-likelihood contexts get
+them as "User: …\\nAssistant: …" blocks, so multiple-choice suites see the same
+demonstrations. With `format=pattern` (the default for a built-in set whose
+rows are a scored prompt pattern, e.g. `nli-fewshot`) raw contexts get them
+as the pattern itself, "prompt answer\\n\\n" per demonstration, as
+lm-evaluation-harness writes few-shot contexts; chat requests are unchanged.
+The demonstrations (and the pattern format) are part of the fingerprint, so
+the store never confuses the variant with its base model.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -40,36 +32,9 @@ from aftertune.engines.base import (
 )
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
-from aftertune.registry import Registry
+from aftertune.variants.base import VARIANTS
 
 Demo = tuple[str, str]  # (user, assistant)
-
-VariantFactory = Callable[[Engine, dict[str, str]], Engine]
-VARIANTS: Registry[VariantFactory] = Registry("model variant")
-
-
-def split_variants(ref: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
-    """`REF#icl:k=16,seed=1#...` → ("REF", [("icl", {"k": "16", "seed": "1"}), ...])."""
-    base, *parts = ref.split("#")
-    variants = []
-    for part in parts:
-        name, _, opts = part.partition(":")
-        options: dict[str, str] = {}
-        for opt in filter(None, (o.strip() for o in opts.split(","))):
-            key, eq, value = opt.partition("=")
-            if not eq:
-                raise UserError(f"model reference {ref!r}: variant option {opt!r} should be key=value "
-                                "(e.g. REF#icl:k=16,seed=0,data=support)")
-            options[key.strip()] = value.strip()
-        variants.append((name.strip(), options))
-    return base, variants
-
-
-def apply_variants(engine: Engine, variants: Sequence[tuple[str, dict[str, str]]]) -> Engine:
-    for name, options in variants:
-        engine = VARIANTS.get(name)(engine, options)
-    return engine
-
 
 class ICLEngine(Engine):
     """The wrapped model, shown `demos` before every request."""
@@ -183,6 +148,3 @@ def _icl(engine: Engine, options: dict[str, str]) -> Engine:
     return ICLEngine(engine, demos, info={"seed": seed, "data": data, "max_chars": max_chars, "format": fmt},
                      pattern=fmt == "pattern")
 
-
-# Variants that live in their own modules register on import, so VARIANTS is complete wherever it is read.
-from aftertune.engines import guardrail, interpolate  # noqa: E402,F401

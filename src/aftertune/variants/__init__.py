@@ -1,0 +1,42 @@
+"""Model variants: the same model shown differently, or new weights derived from it.
+
+A variant is written as a suffix of the model reference,
+`REF#icl:k=16,seed=0,data=support`, and is audited and compared exactly like
+another model (its settings are part of its fingerprint):
+
+- `icl` (`variants.icl`) — in-context learning: demonstrations before every request;
+- `guard` (`variants.guardrail`) — input/output filters around any model;
+- `interp` (`variants.interpolate`) — new weights between base and tuned; applied
+  at load time, not as a wrapper.
+
+Variants sit above `engines/` (they lean on judges, the scanner's detector and
+training data), so the plain backends never import them; `load_engine` here is
+the loader for references that may carry variants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aftertune.engines.base import Engine
+from aftertune.sources.base import ModelRef
+from aftertune.variants import guardrail, icl, interpolate  # noqa: F401  (each registers its variant)
+from aftertune.variants.base import VARIANTS, apply_variants, split_variants
+
+__all__ = ["VARIANTS", "apply_variants", "load_engine", "split_variants"]
+
+
+def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
+    """`engines.load_engine` for a reference that may end in variants (`REF#icl:k=16`).
+
+    Wrapper variants are applied around the loaded engine; a leading
+    `#interp:w=...` changes the weights before loading.
+    """
+    from aftertune import engines
+    from aftertune.sources import resolve_model
+
+    if not isinstance(ref, str) or "#" not in ref:
+        return engines.load_engine(ref, engine=engine, **options)
+    base, variants = split_variants(ref)
+    model, variants = interpolate.apply_weight_variants(resolve_model(base), variants)
+    return apply_variants(engines.load_engine(model, engine=engine, **options), variants)

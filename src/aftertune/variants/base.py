@@ -1,0 +1,39 @@
+"""The variant registry and the reference syntax `REF#name:key=value,...#...`.
+
+`split_variants` parses a reference; `apply_variants` wraps a loaded engine
+in each wrapper variant, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from aftertune.engines.base import Engine
+from aftertune.errors import UserError
+from aftertune.registry import Registry
+
+VariantFactory = Callable[[Engine, dict[str, str]], Engine]
+VARIANTS: Registry[VariantFactory] = Registry("model variant")
+
+
+def split_variants(ref: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+    """`REF#icl:k=16,seed=1#...` → ("REF", [("icl", {"k": "16", "seed": "1"}), ...])."""
+    base, *parts = ref.split("#")
+    variants = []
+    for part in parts:
+        name, _, opts = part.partition(":")
+        options: dict[str, str] = {}
+        for opt in filter(None, (o.strip() for o in opts.split(","))):
+            key, eq, value = opt.partition("=")
+            if not eq:
+                raise UserError(f"model reference {ref!r}: variant option {opt!r} should be key=value "
+                                "(e.g. REF#icl:k=16,seed=0,data=support)")
+            options[key.strip()] = value.strip()
+        variants.append((name.strip(), options))
+    return base, variants
+
+
+def apply_variants(engine: Engine, variants: Sequence[tuple[str, dict[str, str]]]) -> Engine:
+    for name, options in variants:
+        engine = VARIANTS.get(name)(engine, options)
+    return engine
