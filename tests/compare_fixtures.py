@@ -99,7 +99,8 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
     store.add_event(run_id, "judge:refusal", "judge_validity", {
         "role": "refusal", "judge": "refusal", "fingerprint": "fp-judge",
         "sets": [{"set": "refusal-labelled", "source": "test", "positive": "refusal", "n": 200, "accuracy": 0.93,
-                  "auroc": 0.97, "precision": 0.91, "recall": 0.95}]})
+                  "auroc": 0.97, "precision": 0.91, "recall": 0.95, "kappa": 0.86, "label_kind": "human",
+                  "tp": 95, "fn": 5, "fp": 9, "tn": 91}]})
     store.add_event(run_id, "audit:base", "timing", {"step": "audit:base", "seconds": 12.5})
     store.add_event(run_id, "tune", "timing", {"step": "tune", "seconds": 81.0})
     for step, loss in ((10, 2.1), (20, 1.7), (30, 1.5), (40, 1.4)):

@@ -343,6 +343,55 @@ def test_auroc_and_metrics():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
 
 
+def test_kappa_and_agreement_match_statsmodels_and_sklearn():
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    from aftertune.judges.validate import agreement, binary_metrics, cohen_kappa
+
+    a = [1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1]
+    b = [1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1]
+    table = np.zeros((2, 2))
+    for x, y in zip(a, b, strict=True):
+        table[x, y] += 1
+    assert cohen_kappa(a, b) == pytest.approx(cohens_kappa(table).kappa)
+    three_a = ["1", "2", "3", "3", "5", "1", "1", "2", "4", "5", "5", "3"]
+    three_b = ["1", "2", "2", "3", "5", "1", "2", "2", "4", "4", "5", "3"]
+    cats = sorted(set(three_a) | set(three_b))
+    t3 = np.zeros((len(cats), len(cats)))
+    for x, y in zip(three_a, three_b, strict=True):
+        t3[cats.index(x), cats.index(y)] += 1
+    assert cohen_kappa(three_a, three_b) == pytest.approx(cohens_kappa(t3).kappa)
+    ag = agreement(a, b)
+    assert ag["n"] == 20 and ag["agreement"] == pytest.approx(16 / 20) and ag["kappa"] == cohen_kappa(a, b)
+    assert binary_metrics(a, b, [None] * 20)["kappa"] == pytest.approx(cohens_kappa(table).kappa)
+    assert cohen_kappa([1, 1], [1, 1]) is None and cohen_kappa([], []) is None
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    assert cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
+    assert cohen_kappa(three_a, three_b) == pytest.approx(sklearn_metrics.cohen_kappa_score(three_a, three_b))
+
+
+def test_validity_never_uses_rows_that_tuned_the_judge():
+    """Every judge's tuning rows are disjoint from the rows its validity is computed on."""
+    from aftertune.judges.labelled import design_rows, refusal_labelled, tuned_on
+    from aftertune.judges.validate import held_out
+
+    judge = build_judge("refusal:mode=phrases")
+    ls = refusal_labelled()
+    ((rest, excluded),) = held_out(judge, [ls])
+    assert excluded == len(design_rows()) == 80
+    assert not set(rest.ids) & tuned_on(judge)["refusal-labelled"]
+    assert set(rest.ids) | design_rows() == set(ls.ids)
+
+    class Trained:
+        name = "refusal"
+
+        def tuning_rows(self):
+            return {"refusal-labelled": ["qwen05-30", "qwen05-31"]}
+
+    ((rest2, excluded2),) = held_out(Trained(), [ls])
+    assert excluded2 == 2 and not {"qwen05-30", "qwen05-31"} & set(rest2.ids)
+
+
 def test_refusal_labelled_set_is_well_formed():
     from aftertune.judges.validate import refusal_rows
 
@@ -371,14 +420,16 @@ def test_validity_is_cached(tmp_path):
     from aftertune.store import Store
 
     judge = _CountingJudge()
-    first = validity(judge)
-    again = validity(judge)
+    first = validity(judge, only=["refusal-labelled"])
+    again = validity(judge, only=["refusal-labelled"])
     assert judge.calls == 1 and first == again
     (s,) = first["sets"]
-    assert s["set"] == "refusal-labelled" and s["n"] >= 100 and 0 <= s["accuracy"] <= 1
+    # the 80 design rows that tuned the refusal judge are left out: only the 40 held-out rows count
+    assert s["set"] == "refusal-labelled" and s["n"] == 40 and s["excluded_tuning_rows"] == 80
+    assert 0 <= s["accuracy"] <= 1 and s["label_kind"] == "human"
     store = Store(tmp_path / "s.sqlite")
-    validity(judge, store=store)
-    validity(judge, store=store)
+    validity(judge, store=store, only=["refusal-labelled"])
+    validity(judge, store=store, only=["refusal-labelled"])
     assert judge.calls == 2  # once more for the store, then cached there
     assert validity(_NoSets())["sets"] == []
 
@@ -390,18 +441,20 @@ class _NoSets:
 
 def test_validity_of_phrase_refusal_judge_on_packaged_set():
     """The phrase-only judge on the hand-labelled set: figures are computed and sensible."""
-    res = validity(build_judge("refusal:mode=phrases"))
+    res = validity(build_judge("refusal:mode=phrases"), only=["refusal-labelled"])
     (s,) = res["sets"]
-    assert s["accuracy"] > 0.8 and s["auroc"] > 0.8
+    assert s["accuracy"] > 0.8 and s["auroc"] > 0.8 and s["kappa"] > 0.6
 
 
 def test_cli_judges_validate(capsys):
     import aftertune.cli.judges  # noqa: F401 - registers the command
     from aftertune.cli import app
 
-    app(["judges", "validate", "refusal:mode=phrases", "--limit", "30"], standalone_mode=False)
+    app(["judges", "validate", "refusal:mode=phrases", "--limit", "30", "--set", "refusal-labelled"],
+        standalone_mode=False)
     out = capsys.readouterr().out
-    assert "refusal-labelled" in out and "AUROC" in out and "accuracy" in out
+    assert "refusal-labelled" in out and "AUROC" in out and "kappa" in out and "confusion" in out
+    assert "80 rows that tuned this judge left out" in out
 
 
 # -- slow: the real packaged models ----------------------------------------------------
@@ -422,5 +475,7 @@ def test_packaged_jigsaw_on_obvious_texts(packaged_home, monkeypatch):
 def test_packaged_refusal_judge_validity(packaged_home, monkeypatch):
     monkeypatch.setenv("AFTERTUNE_HOME", packaged_home)
     res = validity(build_judge("refusal"))
-    (s,) = res["sets"]
-    assert s["accuracy"] >= 0.85 and s["auroc"] >= 0.9, s
+    by_set = {s["set"]: s for s in res["sets"]}
+    assert {"refusal-labelled", "uncensorbench"} <= set(by_set)
+    for s in res["sets"]:
+        assert s["accuracy"] >= 0.85 and s["auroc"] >= 0.9 and s["kappa"] >= 0.7, s

@@ -93,7 +93,8 @@ def test_markdown_summary(report):
     assert len(summary) < 5000  # the summary fits a pull-request comment at a glance (GitHub's limit is 65536)
     assert "<script" not in md
     # folded details: every model, the judge's own accuracy, the protocol, and the figures as files
-    assert "| refusal | refusal | refusal-labelled | 200 | 0.930 | 0.970 | 0.910 | 0.950 |" in details
+    assert ("| refusal | refusal | refusal-labelled | human | 200 | 0.930 | 0.860 | 0.910 | 0.950 | 0.970 "
+            "| 95 / 5 / 9 / 91 |") in details
     assert "#### Protocol" in details and "#### Every model" in details
     # per category (Qi et al. report harmfulness per harm category): each category's paired change
     for cat in ("fraud", "violence"):

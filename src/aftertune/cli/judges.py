@@ -19,10 +19,12 @@ def validate(
                                          "llm:MODEL_REF[:rubric=qi|strongreject]."),
     limit: int = typer.Option(None, "--limit", "-n", min=1,
                               help="Judge at most N items per labelled set (seeded, both classes kept)."),
+    sets: str = typer.Option(None, "--set", help="Only these labelled sets (comma-separated names)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     store: str = typer.Option(None, "--store", help="Cache the result in this run store instead of the cache folder."),
 ) -> None:
-    """Accuracy, AUROC, precision and recall of a judge on its labelled sets (cached per judge fingerprint)."""
+    """Accuracy, Cohen's kappa, precision, recall, AUROC and the confusion matrix of a judge on the held-out
+    rows of its labelled sets (rows that tuned it are left out; cached per judge fingerprint)."""
     from aftertune.judges import build_judge
     from aftertune.judges.validate import format_validity, validity
 
@@ -32,5 +34,6 @@ def validate(
         from aftertune.store import Store
 
         st = Store(store)
-    result = validity(judge, store=st, limit=limit)
+    only = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
+    result = validity(judge, store=st, limit=limit, only=only)
     typer.echo(json.dumps(result, indent=2) if as_json else format_validity(result))

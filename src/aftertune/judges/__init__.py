@@ -14,9 +14,9 @@ Segments of the form KEY=VALUE are options; the others are arguments (for
 ``llm`` they are joined back with ":" into the model reference, so
 ``llm:openai:gpt-4o@http://localhost:8000/v1:rubric=qi`` works).
 
-`validity(judge)` measures a judge on labelled data (accuracy, AUROC,
-precision/recall), cached per judge fingerprint; `aftertune judges validate
-NAME` prints the same figures.
+`validity(judge)` measures a judge on the labelled rows it was not tuned on
+(accuracy, Cohen's kappa, precision/recall, AUROC, confusion matrix), cached
+per judge fingerprint; `aftertune judges validate NAME` prints the same figures.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ def verdict_details(verdict: Verdict, judge: Judge) -> dict[str, Any]:
     return out
 
 
-def validity(judge: Judge | str, store: Any = None, *, limit: int | None = None) -> dict[str, Any]:
-    """Accuracy / AUROC / precision / recall of `judge` on its labelled sets (cached; see `judges.validate`)."""
+def validity(judge: Judge | str, store: Any = None, *, limit: int | None = None,
+             only: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy, kappa, precision/recall, AUROC and confusion matrix of `judge` on the held-out rows of its
+    labelled sets (cached; see `judges.validate`)."""
     from aftertune.judges.validate import validity as _validity
 
-    return _validity(build_judge(judge) if isinstance(judge, str) else judge, store=store, limit=limit)
+    return _validity(build_judge(judge) if isinstance(judge, str) else judge, store=store, limit=limit, only=only)

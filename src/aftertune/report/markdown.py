@@ -191,15 +191,21 @@ def _judges(results: dict[str, Any]) -> list[str]:
     if not entries:
         return ["#### Judges", "", "No judge validity was measured in this run.", ""]
     out = ["#### Judges: their own accuracy on labelled data", "",
-           "| role | judge | labelled set | n | accuracy | AUROC | precision | recall |", "|---|---|---|--:|--:|--:|--:|--:|"]
+           "Measured on rows that did not tune the judge. Labels: human = people; authors = answers written as "
+           "examples of a class by the data set's authors; ai = AI-agent labellers; model = another model's score.",
+           "", "| role | judge | labelled set | labels | n | accuracy | κ | precision | recall | AUROC "
+           "| tp / fn / fp / tn |", "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for j in entries:
         role = _cell(j.get("role") or j.get("judge"))
         if not j.get("sets"):
-            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(j.get('note', 'no labelled data'))} | | | | | |")
+            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(j.get('note', 'no labelled data'))} "
+                       "| | | | | | | | |")
         for st in j.get("sets", []):
-            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(st.get('set'))} | {st.get('n')} | "
-                       f"{_num(st.get('accuracy'))} | {_num(st.get('auroc'))} | {_num(st.get('precision'))} | "
-                       f"{_num(st.get('recall'))} |")
+            confusion = " / ".join(str(st.get(k, "")) for k in ("tp", "fn", "fp", "tn"))
+            out.append(f"| {role} | {_cell(j.get('judge'))} | {_cell(st.get('set'))} | "
+                       f"{_cell(st.get('label_kind') or '-')} | {st.get('n')} | "
+                       f"{_num(st.get('accuracy'))} | {_num(st.get('kappa'))} | {_num(st.get('precision'))} | "
+                       f"{_num(st.get('recall'))} | {_num(st.get('auroc'))} | {confusion} |")
     return [*out, ""]
 
 

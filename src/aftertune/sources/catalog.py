@@ -295,6 +295,20 @@ _add(PackagedEntry(
 ))
 
 _add(PackagedEntry(
+    name="uncensorbench",
+    kind="data",
+    build="extract",
+    packages=(WheelPin("uncensorbench", "0.3.7", "b9c64fead4cc47aeb2bc21a2808f0bd8980e4eb1fd0a80b9189e5fea8cee86a4"),),
+    inner=("uncensorbench/data/prompts.json",),
+    licence="MIT",
+    download_mb=0.1,
+    description="150 harmful requests in 15 topics, each with a reference refusal and a reference harmful answer",
+    upstream="UncensorBench (Wisent AI)",
+    notes="uncensorbench/data/prompts.json (prompts[].{prompt, censored_response, uncensored_response}); "
+          "used only to validate judges",
+))
+
+_add(PackagedEntry(
     name="moonshot",
     kind="data",
     build="extract",

