@@ -8,9 +8,10 @@ import pytest
 
 import suites_fixtures
 from aftertune import audit as audit_mod
-from aftertune.audit import audit, label_for, parse_suite_arg
+from aftertune.audit import audit, label_for
 from aftertune.errors import UserError
 from aftertune.store import Store
+from aftertune.suites.spec import parse_suite_arg
 from aftertune.testing.fake_engine import FakeEngine
 
 

@@ -22,7 +22,7 @@ def test_the_seed_study_presets_exist():
 
 @pytest.mark.parametrize(("name", "spec"), _specs(), ids=lambda x: x if isinstance(x, str) else "")
 def test_gate_and_checkpoint_suites_name_real_metrics(name, spec):
-    from aftertune.audit import parse_suite_arg
+    from aftertune.suites.spec import parse_suite_arg
 
     suites = {n for text in spec.audit.suites for n, _ in parse_suite_arg(text)}
     for key in spec.gate:
@@ -39,9 +39,9 @@ def test_gate_and_checkpoint_suites_name_real_metrics(name, spec):
 
 def test_mosbach_preset_tunes_and_prompts_on_the_pattern_it_scores():
     """Pattern-based few-shot FT on 16 nli-fewshot rows vs ICL with 16 of them, scored on the ood NLI pairs."""
-    from aftertune.audit import parse_suite_arg
     from aftertune.pipeline import _suites, _task_options
     from aftertune.suites.common import option_list
+    from aftertune.suites.spec import parse_suite_arg
 
     spec = load_pipeline_spec(None, load_preset("mosbach-icl-vs-ft"))
     train = spec.train

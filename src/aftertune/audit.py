@@ -33,8 +33,8 @@ from aftertune.fileio import canonical_json, write_json_atomic
 from aftertune.sources.base import ModelRef
 from aftertune.store import CachedEngine, Record, Store
 from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
+from aftertune.suites.spec import SuiteArg, SuiteSpec, parse_suites
 
-SuiteSpec = str | tuple[str, Mapping[str, Any]]
 RUN_FILE = "run.json"
 CHUNK_ITEMS = 64  # items per suite.run call: the records of one chunk are committed together
 CACHE_BATCHES = 8  # engine batches per cache commit (the engine sorts and shares contexts within one call)
@@ -48,26 +48,6 @@ class PreparedSuite:
     limit: int | None
 
 
-def parse_suite_arg(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """`NAME[,NAME...]` where each NAME may carry options: `task:task=support:max_new_tokens=64`."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, *opts = part.split(":")
-        options: dict[str, Any] = {}
-        for opt in opts:
-            key, eq, value = opt.partition("=")
-            if not eq or not key.strip():
-                raise UserError(f"--suite {text!r}: option {opt!r} should be key=value "
-                                "(e.g. --suite capability:tasks=arc_easy+piqa)")
-            options[key.strip()] = value.strip()
-        out.append((name.strip(), options))
-    if not out:
-        raise UserError("--suite needs at least one suite name; `aftertune list suites` shows them")
-    return out
-
-
 def label_for(ref: str | ModelRef) -> str:
     """A short label for a model reference: its name without folders, org or revision."""
     if isinstance(ref, ModelRef):
@@ -77,22 +57,6 @@ def label_for(ref: str | ModelRef) -> str:
         text = text[len("openai:"):].split("@", 1)[0]
     text = text.split("@", 1)[0]
     return re.split(r"[\\/]", text)[-1] or text
-
-
-def _normalize_suites(suites: Sequence[SuiteSpec]) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for s in suites:
-        if isinstance(s, str):
-            out.extend(parse_suite_arg(s))
-        else:
-            name, options = s
-            out.append((name, dict(options or {})))
-    names = [n for n, _ in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise UserError(f"suite {dup[0]!r} is listed twice; records are kept per suite name, so run a second "
-                        "audit (another --out) for the same suite with other options")
-    return out
 
 
 def _limit(limit: int | str | None, suite: Suite) -> int | None:
@@ -108,13 +72,13 @@ def _limit(limit: int | str | None, suite: Suite) -> int | None:
     return None if limit <= 0 else int(limit)
 
 
-def prepare_suites(suites: Sequence[SuiteSpec], limit: int | str | None, seed: int) -> list[PreparedSuite]:
+def prepare_suites(suites: Sequence[SuiteArg], limit: int | str | None, seed: int) -> list[PreparedSuite]:
     """Instantiate, load and sample every suite before any model is loaded, so bad input fails fast."""
     import aftertune.suites  # noqa: F401 - registers the built-in suites
     from aftertune.suites.base import SUITES
 
     prepared = []
-    for name, options in _normalize_suites(suites):
+    for name, options in parse_suites(suites):
         options = dict(options)
         own_limit = options.pop("limit", None)  # a per-suite limit (`safety:limit=40`) beats the global one
         suite = SUITES.get(name)(**options)
@@ -248,7 +212,7 @@ class _Bar:
 
 def audit(
     models: Mapping[str, str | ModelRef],
-    suites: Sequence[SuiteSpec],
+    suites: Sequence[SuiteArg],
     *,
     store: Store | str | Path | None = None,
     out_dir: str | Path,
@@ -278,7 +242,7 @@ def audit(
         if not label or not re.fullmatch(r"[\w.@+-]+", label):
             raise UserError(f"model label {label!r}: use letters, digits and . _ - + @ only (e.g. --model base=REF)")
     refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
-    suite_specs = _normalize_suites(suites)
+    suite_specs = parse_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
 
     with contextlib.ExitStack() as stack:
@@ -293,7 +257,7 @@ def audit(
 
 
 def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
-              suite_specs: Sequence[tuple[str, dict[str, Any]]], prepared: Sequence[PreparedSuite], *, out: Path,
+              suite_specs: Sequence[SuiteSpec], prepared: Sequence[PreparedSuite], *, out: Path,
               limit: int | str | None, seed: int, judges: Mapping[str, Any] | None, batch_size: int,
               run_id: str | None, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
               name: str | None, reports: bool) -> str:

@@ -5,7 +5,7 @@ while safety keeps eroding (Qi et al. 2023). `choose` picks, among the checkpoin
 final model, the best value of one metric among those whose rules against the base still
 hold (`aftertune.early_stop` checks `checkpoints.stop_when` the same way during training).
 Every candidate is judged on the same items, those the checkpoint audit gave every model
-and the base, with the gate's own rules and statistics (`aftertune.gate.check` on a
+and the base, with the gate's own rules and statistics (`aftertune.compare.gate.check` on a
 `compare_run` of those items), so a rule means here exactly what it means in the gate.
 """
 
@@ -26,9 +26,9 @@ REFERENCE = "base"
 
 def validate(suites: Sequence[str], select: Any, stop_when: dict[str, Any]) -> None:
     """ValueError (pydantic reports it under `checkpoints`) for a metric outside the checkpoint suites or a bad rule."""
-    from aftertune.audit import parse_suite_arg
+    from aftertune.suites.spec import suite_names
 
-    names = {n for text in suites for n, _ in parse_suite_arg(text)}
+    names = set(suite_names(suites))
     if select is not None:
         if (select.maximize is None) == (select.minimize is None):
             raise ValueError("select: give one of maximize or minimize, e.g. select: {maximize: task.rouge_l}")
@@ -58,7 +58,7 @@ def _check_metric(key: str, names: set[str], where: str) -> None:
 
 
 def _check_rules(rules: dict[str, Any], names: set[str], where: str) -> None:
-    from aftertune.gate import normalize
+    from aftertune.compare.gate import normalize
 
     if not rules:
         return
@@ -106,7 +106,7 @@ def shared_results(store: Store, run_id: str, labels: Sequence[str], suites: Seq
 
 def violations(results: dict[str, Any], label: str, rules: dict[str, Any]) -> list[str]:
     """The gate's violation lines for `label` against the base (none when there are no rules)."""
-    from aftertune.gate import check
+    from aftertune.compare.gate import check
 
     if not rules:
         return []
@@ -163,7 +163,7 @@ def choose(results: dict[str, Any], candidates: Sequence[tuple[str, int]], metri
 
 
 def _rules_text(rules: dict[str, Any]) -> str:
-    from aftertune.gate import normalize
+    from aftertune.compare.gate import normalize
 
     if not rules:
         return ""

@@ -67,7 +67,7 @@ class _Steps:
 
 
 def _suites(names: list[str], limits: dict[str, int]) -> list[tuple[str, dict[str, Any]]]:
-    from aftertune.audit import parse_suite_arg
+    from aftertune.suites.spec import parse_suite_arg
 
     out = []
     for text in names:
@@ -111,10 +111,11 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
                  say: Callable[[str], None] | None = None) -> PipelineResult:
     from aftertune.audit import audit
     from aftertune.checkpoint_choice import choose_checkpoint
+    from aftertune.compare.gate import check
     from aftertune.early_stop import SafetyStop, record_early_stop
-    from aftertune.gate import check
     from aftertune.recipes import tune
     from aftertune.report import write_reports
+    from aftertune.suites.spec import suite_names
 
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     out = Path(out_dir).expanduser().resolve()
@@ -154,7 +155,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
 
     checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
     ck = spec.checkpoints
-    ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in _names(ck.suites)}), train) if ck else []
+    ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in suite_names(ck.suites)}), train) if ck else []
     configs = spec.tune_configs(out / "tune")
     start = spec.base
     lineage: list[dict[str, Any]] = []
@@ -162,7 +163,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
         cfg = cfg.model_copy(update={"model": start})
         prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
         guard = [] if ck is None or not ck.stop_when else [SafetyStop(
-            store=store, run_id=run_id, base=spec.base, suites=_names(ck.suites), rules=ck.stop_when,
+            store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites), rules=ck.stop_when,
             tune_dir=Path(str(cfg.out)), label_prefix=prefix,
             audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw))]
         with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
@@ -193,12 +194,12 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
         curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
         for label, _, step in checkpoints:
             store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
-        with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(_names(ck.suites))}, {ck.limit} items)"):
+        with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(suite_names(ck.suites))}, {ck.limit} items)"):
             audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
         _tag_steps(store, run_id, {label: step for label, _, step in checkpoints})
         if ck.select is not None:
             with steps.step("choose the model to keep (checkpoints.select)"):
-                choice = choose_checkpoint(store, run_id, ck.select, _names(ck.suites),
+                choice = choose_checkpoint(store, run_id, ck.select, suite_names(ck.suites),
                                            [(label, step) for label, _, step in checkpoints] + [("tuned", tuned_step)])
                 say(f"    {choice['reason']}")
 
@@ -218,12 +219,6 @@ def _tag_steps(store: Store, run_id: str, steps: dict[str, int]) -> None:
         step = steps.get(m["label"])
         if step is not None and m["info"].get("step") != step:
             store.add_model(run_id, m["label"], m["ref"], m["fingerprint"], {**m["info"], "step": step})
-
-
-def _names(suites: list[str]) -> list[str]:
-    from aftertune.audit import parse_suite_arg
-
-    return [n for text in suites for n, _ in parse_suite_arg(text)]
 
 
 def _scan(store: Store, run_id: str, data: str, out: Path, say: Callable[[str], None],

@@ -213,11 +213,6 @@ def registered_suites() -> list[str]:
     return SUITES.names()
 
 
-def suite_label(name: str, options: dict[str, Any]) -> str:
-    """A suite as `--suite` writes it: `ood:exclude=nli-fewshot`."""
-    return name + "".join(f":{k}={v}" for k, v in options.items())
-
-
 def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteIndex], list[str]]:
     """(indexes, notes): one index per suite; None means every registered suite with its default options.
 
@@ -226,9 +221,9 @@ def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteI
     items cannot be loaded (say, it needs a data file or the hub) is skipped with a note, so one
     unavailable suite never stops a scan.
     """
-    from aftertune.audit import parse_suite_arg
     from aftertune.errors import UserError
     from aftertune.suites import SUITES
+    from aftertune.suites.spec import SuiteSpec, parse_suite_arg
 
     indexes: list[SuiteIndex] = []
     notes: list[str] = []
@@ -236,9 +231,9 @@ def load_suite_indexes(suites: Sequence[Any] | None = None) -> tuple[list[SuiteI
         label = s if isinstance(s, str) else getattr(s, "name", type(s).__name__)
         try:
             if isinstance(s, (str, tuple)):
-                name, options = parse_suite_arg(s)[0] if isinstance(s, str) else s
-                label = suite_label(name, options)
-                suite = SUITES.get(name)(**options)
+                spec = parse_suite_arg(s)[0] if isinstance(s, str) else SuiteSpec(*s)
+                label = spec.label
+                suite = SUITES.get(spec.name)(**spec.options)
             else:
                 suite = s
             indexes.append(suite_index(label, suite))
