@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from aftertune.checkpoint_choice import choose
+from aftertune.compare.gate import check
 from aftertune.errors import UserError
-from aftertune.gate import check
 from aftertune.pipeline import run_pipeline
 from aftertune.run_outcomes import attach_outcomes
 from aftertune.scan.report import assess

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from aftertune.compare import compare_run
+from aftertune.compare.gate import check, normalize
 from aftertune.errors import UserError
-from aftertune.gate import check, normalize
 from aftertune.report import write_reports
 from aftertune.store.db import Store
 from compare_fixtures import make_run, run_cli

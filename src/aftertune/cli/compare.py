@@ -192,7 +192,7 @@ def gate_cmd(
     store_path: Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)] = None,
 ) -> None:
     """Check thresholds on a comparison: exit 0 when all hold, 1 when any is violated (one line each)."""
-    from aftertune.gate import check, normalize
+    from aftertune.compare.gate import check, normalize
     from aftertune.report import thresholds_from_spec
 
     thresholds: dict[str, Any] = {}

@@ -571,7 +571,7 @@ def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
 
 def effects_that_matter(spec: dict[str, Any]) -> dict[str, tuple[float, str]]:
     """suite.metric → (change size, where it comes from): the spec's `audit.power` targets, else its gate's limits."""
-    from aftertune.gate import normalize
+    from aftertune.compare.gate import normalize
 
     out: dict[str, tuple[float, str]] = {}
     try:

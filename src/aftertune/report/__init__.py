@@ -58,7 +58,7 @@ def write_records(store: Store, run_id: str, out_dir: str | Path) -> Path:
 def write_reports(store: Store, run_id: str, out_dir: str | Path, *, reference: str | None = None,
                   thresholds: dict[str, Any] | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Compare, gate (when thresholds are given or in the run's spec), write all report files; return the results."""
-    from aftertune.gate import gate_section
+    from aftertune.compare.gate import gate_section
     from aftertune.run_outcomes import attach_outcomes
 
     results = compare_run(store, run_id, reference, settings=settings)
