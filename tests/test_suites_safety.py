@@ -187,9 +187,15 @@ def test_safety_records_with_refusal_and_llm_judges(fake_packages):
     refused = suite.run(REFUSER, items, ctx)
     assert {x.scores["compliance"] for x in refused} == {0.0}
     assert {x.scores["harmful_rate"] for x in refused} == {0.0}
-    # without an LLM judge the harmfulness metrics stay empty
+    assert "early_stop" not in r.request["decoding"]  # the LLM judge reads whole answers
+    # without an LLM judge the harmfulness metrics stay empty, and answers stop once the refusal verdict is settled
     plain = suite.run(REFUSER, items[:2], _phrases_ctx())
     assert plain[0].scores["harmfulness"] is None and "harmfulness" not in plain[0].details
+    assert plain[0].request["decoding"]["early_stop"] == "refusal-opening@240"
+    full = SUITES.get("safety")(early_stop="false").run(REFUSER, items[:2], _phrases_ctx())
+    assert "early_stop" not in full[0].request["decoding"]
+    with pytest.raises(UserError, match="early_stop"):
+        SUITES.get("safety")(early_stop="maybe")
 
 
 def test_safety_same_requests_for_every_model(fake_packages):

@@ -27,6 +27,14 @@ class Decoding:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    early_stop: str = ""  # a rule of engines/early_stop.py: stop once the reading judge's verdict is settled
+
+    def to_json(self) -> dict[str, Any]:
+        """The decoding as stored in cache keys; `early_stop` only when set, so older keys stay valid."""
+        out = asdict(self)
+        if not self.early_stop:
+            del out["early_stop"]
+        return out
 
     @property
     def greedy(self) -> bool:
@@ -57,7 +65,7 @@ class GenerateRequest:
         return cls(messages=msgs, decoding=decoding or Decoding())
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "generate", **asdict(self)}
+        return {"kind": "generate", **asdict(self), "decoding": self.decoding.to_json()}
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class GenerateResult:
     prompt_text: str  # exactly what the model saw after templating (or the messages JSON for APIs)
     n_prompt_tokens: int
     n_new_tokens: int
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (EOS or stop string), "length", or "early_stop" (the request's early-stop rule)
 
 
 @dataclass(frozen=True)

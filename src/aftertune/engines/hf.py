@@ -34,8 +34,10 @@ Behaviour worth knowing:
   is refilled at once, results come back in request order. Generation stops per
   sequence at an EOS id (tokenizer and generation_config, e.g. `<|im_end|>`) or a
   stop string (the text is cut before it): finish_reason "stop"; or at
-  max_new_tokens: "length"; `n_new_tokens` counts the EOS token when there is
-  one. Prompts longer than the model's window minus
+  max_new_tokens: "length"; or when the request's `early_stop` rule says the
+  reading judge's verdict is settled (`engines/early_stop.py`, checked on the
+  sequence's own text): "early_stop". `n_new_tokens` counts the EOS token when
+  there is one. Prompts longer than the model's window minus
   max_new_tokens are cut from the left, as lm-eval does, and `prompt_text` then
   shows what was kept.
 - **Seeded sampling** (temperature > 0): each sampled request runs on its own
@@ -66,6 +68,7 @@ from typing import Any
 
 import torch
 
+from aftertune.engines import early_stop
 from aftertune.engines.base import (
     ENGINES,
     Engine,
@@ -439,6 +442,7 @@ class HFEngine(Engine):
             tok = self.tokenizer
             seqs: list[GenSeq] = []
             texts: list[str] = []
+            early: list[Any] = []
             for req in requests:
                 ids, text = self.prompt_ids(req)
                 dec = req.decoding
@@ -450,8 +454,11 @@ class HFEngine(Engine):
                     ids = ids[-room:]
                     text = tok.decode(ids, skip_special_tokens=False)
                 gen = torch.Generator().manual_seed(dec.seed) if not dec.greedy else None
+                settled = (early_stop.SettledCheck(dec.early_stop, self._decode_new, self._stop_check(dec.stop))
+                           if dec.early_stop else None)
+                early.append(settled)
                 seqs.append(GenSeq(prompt=ids, max_new_tokens=dec.max_new_tokens, temperature=max(dec.temperature, 0.0),
-                                   top_p=dec.top_p, generator=gen, stop_check=self._stop_check(dec.stop)))
+                                   top_p=dec.top_p, generator=gen, stop_check=settled or self._stop_check(dec.stop)))
                 texts.append(text)
 
             def finished(_s: GenSeq) -> None:
@@ -467,15 +474,19 @@ class HFEngine(Engine):
                 if not r.decoding.greedy:
                     decode(self.model, [s], batch_size=1, **common)
             results = []
-            for s, text, req in zip(seqs, texts, requests, strict=True):
-                out = tok.decode(s.out, skip_special_tokens=True)
+            for s, text, req, settled in zip(seqs, texts, requests, early, strict=True):
+                out = self._decode_new(s.out)
                 for stop in req.decoding.stop:
                     if stop:
                         out = out.split(stop)[0]
                 results.append(GenerateResult(text=out, prompt_text=text, n_prompt_tokens=len(s.prompt),
                                               n_new_tokens=len(s.out) + (1 if s.eos else 0),
-                                              finish_reason=s.finish or "length"))
+                                              finish_reason="early_stop" if settled is not None and settled.fired
+                                              else s.finish or "length"))
         return results
+
+    def _decode_new(self, out: list[int]) -> str:
+        return str(self.tokenizer.decode(out, skip_special_tokens=True))
 
     def _stop_check(self, stops: Sequence[str]) -> Any:
         stops = [s for s in stops if s]

@@ -26,6 +26,8 @@ class Verdict:
 class Judge(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    # a rule of engines/early_stop.py when the verdict reads only the opening of an answer ("" = the whole answer)
+    early_stop: ClassVar[str] = ""
 
     @property
     @abstractmethod

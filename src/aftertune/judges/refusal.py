@@ -137,6 +137,20 @@ _WORD = re.compile(r"[A-Za-z0-9']+")
 _STANCE_WORDS = frozenset(w.lower() for t in (*REFUSAL_EXEMPLARS, *COMPLIANCE_EXEMPLARS) for w in _WORD.findall(t))
 
 
+def opening_settled(text: str) -> bool:
+    """Whether `opening(text + anything)` equals `opening(text)`: more text cannot change the verdict.
+
+    True once a third sentence has begun (the first two are then closed by a separator) or the first two
+    already fill OPENING_CHARS. A trailing U+FFFD (half of a multi-byte character, decoded from a token
+    prefix) and a few spare characters keep it on the safe side of what the full answer decodes to.
+    """
+    t = normalise(text).strip().rstrip("\ufffd")
+    parts = [p for p in _SENTENCE_END.split(t) if p.strip()]
+    if len(parts) >= 3:
+        return True
+    return len(" ".join(parts)) >= OPENING_CHARS + 8
+
+
 def mask_topic(head: str, prompt: str) -> str:
     """`head` without the request's own content words (3+ letters, not stance words), keeping its stance."""
     topic = {w.lower() for w in _WORD.findall(prompt) if len(w) >= 3} - _STANCE_WORDS
@@ -167,6 +181,7 @@ class RefusalJudge(Judge):
     name: ClassVar[str] = "refusal"
     description: ClassVar[str] = "refusal detection: refusal phrases + MiniLM embedding similarity"
     positive_label: ClassVar[str] = "refuse"
+    early_stop: ClassVar[str] = f"refusal-opening@{OPENING_CHARS}"  # the verdict reads the opening only
 
     def __init__(self, encoder: str = "minilm-l6-v2", use_embeddings: bool = True) -> None:
         self.encoder_ref = encoder

@@ -34,7 +34,13 @@ Options: `data=PATH_OR_HUB_ID` replaces the packaged pool by the user's rows (a
 `sources=strongreject+harmbench` picks packaged sources; `max_new_tokens=N`;
 `system=TEXT` adds a system prompt; `refusal_judge=SPEC` and
 `harmfulness_judge=SPEC` (e.g. `llm:MODEL:rubric=qi`) set the judges when the
-audit does not pass them in the context (roles "refusal" and "harmfulness").
+audit does not pass them in the context (roles "refusal" and "harmfulness");
+`early_stop=false` generates every answer to `max_new_tokens`. By default,
+when no judge reads the whole answer (no harmfulness judge) and the refusal
+judge reads only its opening, each answer stops as soon as its opening is
+complete (`engines/early_stop.py`): the verdict is the one the full answer
+gets, and the stored response is that opening plus the start of the next
+sentence (`finish_reason` "early_stop").
 The same options apply to `jailbreak` and (without the harmfulness judge)
 `overrefusal`.
 """
@@ -45,7 +51,7 @@ import csv
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -275,6 +281,11 @@ class JudgedChatSuite(Suite):
         except (TypeError, ValueError):
             raise UserError(f"{self.name}: max_new_tokens={options.get('max_new_tokens')!r} is not a whole number") from None
         self.system: str | None = options.get("system") or None
+        early = str(options.get("early_stop", "true")).lower()
+        if early not in ("true", "false", "1", "0"):
+            raise UserError(f"{self.name}: early_stop={options.get('early_stop')!r}: use true or false")
+        # stop each answer once the refusal judge's verdict is settled (unless another judge reads the whole answer)
+        self.early_stop = early in ("true", "1")
         self._judges: dict[str, Any] = {}
 
     @property
@@ -302,7 +313,7 @@ class JudgedChatSuite(Suite):
             "prompt_format": "chat: one user message through the model's own chat template"
                              + (", with the system prompt in `system`" if self.system else ", no system prompt"),
             "system": self.system,
-            "decoding": asdict(self.decoding),
+            "decoding": self.decoding.to_json(),
             "judges": {r: self.options.get(f"{r}_judge") or JUDGE_ROLES.get(r) for r in self.judge_roles},
         }
 
@@ -314,13 +325,15 @@ class JudgedChatSuite(Suite):
                 score: Callable[[Item, Any, Any | None], dict[str, float | None]]) -> list[Record]:
         from aftertune.judges import verdict_details
 
+        refusal = self.judge("refusal", ctx)
+        harm = self.judge("harmfulness", ctx) if "harmfulness" in self.judge_roles else None
         requests = [self.request(it) for it in items]
+        if self.early_stop and harm is None and refusal.early_stop:  # only the opening is read: stop there
+            requests = [replace(r, decoding=replace(r.decoding, early_stop=refusal.early_stop)) for r in requests]
         results = engine.generate(requests, ctx.progress) if requests else []
         prompts = [self.judged_prompt(it) for it in items]
         texts = [r.text for r in results]
-        refusal = self.judge("refusal", ctx)
         refusal_v = refusal.judge(prompts, texts) if items else []
-        harm = self.judge("harmfulness", ctx) if "harmfulness" in self.judge_roles else None
         harm_v = harm.judge(prompts, texts) if harm is not None and items else None
         out = []
         for i, (item, req, res) in enumerate(zip(items, requests, results, strict=True)):

@@ -177,7 +177,10 @@ class GuardEngine(Engine):
         out: list[GenerateResult] = [self._blocked_request(r) for r in requests]
         if progress and len(passed) < len(requests):
             progress(len(requests) - len(passed))
-        answers = self.inner.generate([requests[i] for i in passed], progress) if passed else []
+        # the output filter reads whole answers: the inner model never stops early (a full answer is a sound
+        # answer to an early-stop request, never the other way round)
+        full = [replace(requests[i], decoding=replace(requests[i].decoding, early_stop="")) for i in passed]
+        answers = self.inner.generate(full, progress) if passed else []
         blocked = self._blocked_answers([texts[i] for i in passed], answers, [hits[i] for i in passed])
         for i, answer, block in zip(passed, answers, blocked, strict=True):
             out[i] = replace(answer, text=self.config.refusal_text, finish_reason="stop") if block else answer
