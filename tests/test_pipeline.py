@@ -93,3 +93,32 @@ def test_two_runs_of_one_spec_give_byte_identical_results(spec, tmp_path):
         assert set(results.pop("volatile")) == {"run_id", "created", "updated", "timings"}
         texts.append(json.dumps(results, sort_keys=True, ensure_ascii=False))
     assert texts[0] == texts[1]
+
+
+def test_power_targets_size_the_sample_and_bad_ones_fail_first(tmp_path, capsys):
+    from aftertune.cli import main
+    from aftertune.compare import power
+    from aftertune.pipeline import _planned_limits
+    from aftertune.sample_size import family_size
+
+    spec = load_pipeline_spec(None, {"audit": {"power": {"safety.compliance": 0.15}, "limits": {"safety": 20}}})
+    lines: list[str] = []
+    limits = _planned_limits(spec, lines.append)
+    m = family_size(["task", "capability", "safety", "jailbreak", "overrefusal", "toxicity"], {})
+    assert limits["safety"] == power.n_for_binary(0.15, 0.25, 0.05 / m) > 20
+    assert len(lines) == 1 and f"planned n = {limits['safety']}" in lines[0]
+    capped = load_pipeline_spec(None, {"audit": {"power": {"safety.compliance": 0.15}, "power_max_items": 50}})
+    lines.clear()
+    assert _planned_limits(capped, lines.append)["safety"] == 50 and "capped" in lines[0]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("audit:\n  power: {safety.complianc: 0.1}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "audit: power: 'safety.complianc': unknown metric" in err[0]
+    for target, match in (({"task.rouge_l": 0.1}, "is a score"), ({"ood.x": 0.1}, "not audited"),
+                          ({"safety.compliance": 1.5}, "not a change of a rate")):
+        with pytest.raises(UserError, match=match):
+            load_pipeline_spec(None, {"audit": {"power": target}})

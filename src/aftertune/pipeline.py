@@ -135,7 +135,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     steps = _Steps(store, run_id, say)
     train = spec.stages[-1] if spec.stages else spec.train
     data = train["data"]
-    main_suites = _task_options(_suites(spec.audit.suites, spec.audit.limits), train, say)
+    main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
     audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
                     batch_size=spec.audit.batch_size, progress=progress, reports=False)
     models: dict[str, str] = {"base": spec.base}
@@ -211,6 +211,20 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     if own_store:
         store.close()
     return PipelineResult(run_id, out, results, violations, models)
+
+
+def _planned_limits(spec: PipelineSpec, say: Callable[[str], None]) -> dict[str, int]:
+    """The spec's limits, raised where an `audit.power` target needs more items (each plan printed)."""
+    a = spec.audit
+    if not a.power:
+        return a.limits
+    from aftertune.sample_size import plan, sized_limits
+    from aftertune.suites.spec import suite_names
+
+    plans = plan(a.power, suite_names(a.suites), a.judges, a.limits, a.power_discordance, a.power_max_items)
+    for p in plans:
+        say(f"    power plan: {p.line()}")
+    return sized_limits(a.limits, plans)
 
 
 def _tag_steps(store: Store, run_id: str, steps: dict[str, int]) -> None:

@@ -37,6 +37,28 @@ class AuditSection(_Strict):
                                    description="role → judge spec, e.g. {harmfulness: 'llm:qwen2.5-coder-1.5b-instruct'}")
     batch_size: int = Field(64, ge=1, description="rows per forward pass of a local model; decoding on a CPU is "
                                                    "bound by reading the weights, so larger batches go faster")
+    power: dict[str, float] = Field(
+        default_factory=dict,
+        description="power targets: suite.metric → the change of a pass/fail rate that must be seen with 80% power, "
+                    "e.g. {safety.compliance: 0.10}; each raises its suite's limit to the n that needs (see "
+                    "aftertune/sample_size.py), and the report gives the power achieved")
+    power_discordance: float | None = Field(
+        None, ge=0, le=1, description="share of items expected to differ between the models, for the power plan; "
+                                      "default: the target change + 0.10")
+    power_max_items: int = Field(400, ge=1, description="the most items a power target may ask of one suite: the "
+                                                        "run's budget (a capped plan prints the power it keeps)")
+
+    @model_validator(mode="after")
+    def _plannable_power_targets(self) -> AuditSection:
+        if self.power:
+            from aftertune.sample_size import validate
+            from aftertune.suites.spec import suite_names
+
+            try:
+                validate(self.power, suite_names(self.suites), self.power_discordance)
+            except ValueError as exc:
+                raise ValueError(f"power: {exc}") from None
+        return self
 
 
 class CheckpointSelect(_Strict):
