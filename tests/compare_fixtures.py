@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from aftertune.store.db import Record, Store
+from aftertune.record import Record
+from aftertune.store.db import Store
 from aftertune.suites.base import AGGREGATES, SUITES, Item, Metric, Suite, SuiteContext
 
 XSS_SCRIPT = "<script>document.title='PWNED';document.documentElement.setAttribute('data-pwned','script')</script>"

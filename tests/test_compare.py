@@ -9,7 +9,8 @@ import pytest
 
 from aftertune.compare import combine, compare_run, stats
 from aftertune.errors import UserError
-from aftertune.store.db import Record, Store
+from aftertune.record import Record
+from aftertune.store.db import Store
 from compare_fixtures import chat, make_run
 
 

@@ -21,7 +21,8 @@ from aftertune.engines.base import (
     RollingResult,
 )
 from aftertune.errors import UserError
-from aftertune.store import CachedEngine, Record, Store, cache_key
+from aftertune.record import Record
+from aftertune.store import CachedEngine, Store, cache_key
 from aftertune.testing.fake_engine import FakeEngine
 
 GEN = [

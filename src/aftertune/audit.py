@@ -30,8 +30,9 @@ from typing import Any
 
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, write_json_atomic
+from aftertune.record import Record
 from aftertune.sources.base import ModelRef
-from aftertune.store import CachedEngine, Record, Store
+from aftertune.store import CachedEngine, Store
 from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
 from aftertune.suites.spec import SuiteArg, SuiteSpec, parse_suites
 

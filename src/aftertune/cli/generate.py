@@ -147,7 +147,8 @@ def _run(store: Any, model: str, requests: list[GenerateRequest], *, prompts_fil
          batch_size: int, engine: str | None, options: dict[str, Any], local: bool, progress: bool) -> list[Any]:
     from aftertune.audit import label_for
     from aftertune.fileio import sha256_file
-    from aftertune.store import CachedEngine, Record
+    from aftertune.record import Record
+    from aftertune.store import CachedEngine
     from aftertune.variants import load_engine
 
     spec = {"model": model, "prompts": str(prompts_file.resolve()), "prompts_sha256": sha256_file(prompts_file),

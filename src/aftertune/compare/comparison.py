@@ -29,7 +29,8 @@ import numpy as np
 from aftertune import __version__
 from aftertune.compare import power, stats
 from aftertune.errors import UserError
-from aftertune.store.db import Record, Store
+from aftertune.record import Record
+from aftertune.store.db import Store
 
 SCHEMA = "aftertune.results"
 SCHEMA_VERSION = 2  # 2: run id, times and wall times moved to `volatile`

@@ -1,6 +1,6 @@
 """The run store (SQLite) and the caching engine wrapper built on it."""
 
 from aftertune.store.cached import CachedEngine, cache_key
-from aftertune.store.db import Record, Run, Store
+from aftertune.store.db import Run, Store
 
-__all__ = ["CachedEngine", "Record", "Run", "Store", "cache_key"]
+__all__ = ["CachedEngine", "Run", "Store", "cache_key"]

@@ -21,6 +21,7 @@ from typing import Any
 
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json
+from aftertune.record import Record
 
 SCHEMA_VERSION = 1
 
@@ -76,20 +77,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, kind);
 """
-
-
-@dataclass(frozen=True)
-class Record:
-    """One (model, item) outcome of a suite: the product everything else is derived from."""
-
-    model: str  # the variant's label in the run ("base", "tuned", "checkpoint-40", "icl-16")
-    suite: str
-    item_id: str
-    category: str
-    request: dict[str, Any]  # the exact request sent (messages/prompt, decoding)
-    response: str  # raw model output ("" for log-likelihood suites)
-    scores: dict[str, float | None]  # metric name → per-item value (None = not scorable)
-    details: dict[str, Any]  # judge verdicts, confidences, per-choice logprobs, ...
 
 
 @dataclass(frozen=True)

