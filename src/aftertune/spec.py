@@ -108,7 +108,9 @@ class PipelineSpec(_Strict):
     stages: list[dict[str, Any]] = Field(
         default_factory=list, description="sequential fine-tuning: stages replacing 'train', each a TuneConfig")
     scan: bool = Field(True, description="scan the training data for risks first")
-    audit: AuditSection = Field(default_factory=AuditSection)
+    audit: AuditSection = Field(
+        default_factory=lambda: AuditSection(power={"safety.compliance": 0.15}),
+        description="the embedded default sizes safety to see a 15-point change in compliance with 80% power")
     checkpoints: CheckpointSection | None = Field(default_factory=CheckpointSection)
     icl: ICLSection | None = Field(default_factory=ICLSection)
     variants: list[str] = Field(
