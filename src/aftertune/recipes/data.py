@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aftertune.errors import UserError
+from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.trainsets.example import Example
 
 ROLES = ("system", "user", "assistant")
@@ -261,19 +262,13 @@ def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 # --------------------------------------------------------------------------- mixing
 
-def normalise(text: str) -> str:
-    from aftertune.trainsets import normalise_prompt
-
-    return normalise_prompt(text)
-
-
 def evaluation_prompts() -> frozenset[str]:
     """Normalised prompts that evaluation suites use, where the suites can say (the safety pool)."""
     try:
         from aftertune.suites.safety import harmful_prompts
     except ImportError:
         return frozenset()
-    return frozenset(normalise(p.prompt) for p in harmful_prompts())
+    return frozenset(normalise_prompt(p.prompt) for p in harmful_prompts())
 
 
 @dataclass
@@ -296,11 +291,11 @@ def mix_in(base: list[Example], extra: list[Example], *, n: int, seed: int, excl
     `base` are dropped before sampling. The result's order is a seeded shuffle, so the mixed
     examples are spread over training rather than appended at the end.
     """
-    excluded = {normalise(x) for x in exclude}
-    have = {normalise(e.user_prompt()) for e in base}
+    excluded = {normalise_prompt(x) for x in exclude}
+    have = {normalise_prompt(e.user_prompt()) for e in base}
     pool, overlap, dup = [], 0, 0
     for e in extra:
-        key = normalise(e.user_prompt())
+        key = normalise_prompt(e.user_prompt())
         if key in excluded:
             overlap += 1
         elif key in have:

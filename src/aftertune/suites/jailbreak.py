@@ -42,6 +42,7 @@ from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import load_json
 from aftertune.record import Record
+from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
 from aftertune.suites.common import (
     balanced_sample,
@@ -55,7 +56,6 @@ from aftertune.suites.safety import (
     JudgedChatSuite,
     harm_scores,
     harmful_prompts,
-    normalise_prompt,
 )
 
 FAMILIES: tuple[str, ...] = ("dan", "inthewild", "pyrit")

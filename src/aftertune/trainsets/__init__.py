@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from aftertune.errors import UserError
 from aftertune.registry import Registry
-from aftertune.trainsets.refusals import normalise_prompt
+from aftertune.sources.harmful_prompts import normalise_prompt
 
 __all__ = [
     "HARMFUL_SETS",

