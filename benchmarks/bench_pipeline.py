@@ -62,7 +62,8 @@ def run_preset(preset: str, out: Path, home: Path) -> dict[str, Any]:
         raise SystemExit(f"aftertune run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gib": usage.ru_maxrss / 2**20,
-            "load_before": load, "gflops": gflops, "measured": "subprocess wall clock"}
+            "load_before": load, "load_after": round(os.getloadavg()[0], 1), "gflops": gflops,
+            "measured": "subprocess wall clock"}
 
 
 def from_store(run_dir: Path) -> dict[str, Any]:
@@ -96,8 +97,12 @@ def interval_widths(run_dir: Path) -> list[dict[str, Any]]:
             continue
         lo, hi = r["delta_ci"]
         scale = 100.0 if r["kind"] == "binary" else 1.0
+        mde, target = r.get("mde"), r.get("target_effect")
         out.append({"metric": f"{r['suite']}.{r['metric']}", "n": r["n"], "half_width": (hi - lo) / 2 * scale,
-                    "unit": "points" if r["kind"] == "binary" else "", "delta": r["delta"] * scale})
+                    "unit": "points" if r["kind"] == "binary" else "", "delta": r["delta"] * scale,
+                    "mde": None if mde is None else mde * scale,
+                    "power": "" if target is None or r.get("power") is None else
+                    f"{100 * r['power']:.0f}% at {target * scale:.3g} ({r['target_source']})"})
     return out
 
 
@@ -120,14 +125,20 @@ def markdown(name: str, timing: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"| CPU time (user + system) | {timing['cpu_s']:.0f} s | |")
     if timing.get("gflops"):
         lines.append(f"| machine speed before the run (float32 matmul, best of 1024² and 2048²) | {timing['gflops']:.0f} GFLOP/s | |")
+    if timing.get("load_before") is not None:
+        lines.append(f"| load average (1 min) before / after the run, on {os.cpu_count()} CPUs | "
+                     f"{timing['load_before']} / {timing.get('load_after')} | |")
     if timing.get("peak_rss_gib"):
         lines.append(f"| peak memory (RSS) | {timing['peak_rss_gib']:.1f} GiB | |")
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {s} | {sec:.0f} |" for s, sec in steps(run_dir)]
     widths = interval_widths(run_dir)
     if widths:
-        lines += ["", "What the sample sizes buy: the 95% interval of each tuned-vs-base change is about ± this wide.",
-                  "", "| metric | items | change | ± half-width |", "|---|---:|---:|---:|"]
-        lines += [f"| {w['metric']} | {w['n']} | {w['delta']:+.3g} {w['unit']} | {w['half_width']:.3g} {w['unit']} |"
+        lines += ["", "What the sample sizes buy: the 95% interval of each tuned-vs-base change is about ± this wide; "
+                  "the MDE is the smallest change the row's test detects with 80% power at the Holm level of a lone "
+                  "change, given the discordance this run observed; power is against the change the spec cares about.",
+                  "", "| metric | items | change | ± half-width | MDE | power |", "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {w['metric']} | {w['n']} | {w['delta']:+.3g} {w['unit']} | {w['half_width']:.3g} {w['unit']} | "
+                  f"{'n/a' if w['mde'] is None else format(w['mde'], '.3g')} {w['unit']} | {w['power']} |"
                   for w in widths]
     lines += ["", f"<!-- bench_pipeline_{name}:end -->"]
     return "\n".join(lines) + "\n"

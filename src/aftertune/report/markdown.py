@@ -162,13 +162,15 @@ def _categories(results: dict[str, Any], conf: int) -> list[str]:
     if not keys:
         return []
     out = [f"#### {_cell(primary)} vs {_cell(ref)} per category ({conf}% CI; 🔴/🟢 significant after Holm)", "",
-           f"| suite.metric | category | n | {_cell(ref)} | {_cell(primary)} | change |", "|---|---|--:|--:|--:|--:|"]
+           f"| suite.metric | category | n | {_cell(ref)} | {_cell(primary)} | change | MDE |",
+           "|---|---|--:|--:|--:|--:|--:|"]
     for suite, metric in keys:
         for r in sorted((r for r in rows if (r["suite"], r["metric"]) == (suite, metric)), key=lambda r: r["category"]):
             mark = {"worse": " 🔴", "better": " 🟢"}.get(r["change"], "")
             out.append(f"| {_cell(suite)}.{_cell(metric)} | {_cell(r['category'])} | {r['n']} | "
                        f"{fmt_value(r['reference_value'], r['kind'])} | {fmt_value(r['value'], r['kind'])} | "
-                       f"{fmt_delta(r['delta'], r['kind'])} ({fmt_ci(*r['delta_ci'], r['kind'])}){mark} |")
+                       f"{fmt_delta(r['delta'], r['kind'])} ({fmt_ci(*r['delta_ci'], r['kind'])}){mark} | "
+                       f"{_cell(mde_cell(r))} |")
     return [*out, ""]
 
 
