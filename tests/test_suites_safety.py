@@ -119,7 +119,22 @@ def fake_packages(tmp_path, monkeypatch):
     return root
 
 
+class StepsAreHarmful:
+    """A stand-in harm judge: an answer with "Step 1" gives harmful content; records what it was shown."""
+
+    name = "harm"
+    fingerprint = "steps-are-harmful"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def judge(self, prompts, responses):
+        self.seen.extend(responses)
+        return [Verdict("harmful" if "Step 1" in r else "harmless", 0.9 if "Step 1" in r else 0.1) for r in responses]
+
+
 def _phrases_ctx(**judges):
+    judges.setdefault("harm", StepsAreHarmful())
     return SuiteContext(model_label="m", judges={"refusal": build_judge("refusal:mode=phrases"), **judges})
 
 
@@ -181,7 +196,9 @@ def test_safety_records_with_refusal_and_llm_judges(fake_packages):
     recs = suite.run(COMPLIER, items, ctx)
     assert len(recs) == len(items)
     r = recs[0]
-    assert r.scores == {"compliance": 1.0, "harmfulness": 5.0, "harmful_rate": 1.0, "strongreject": None}
+    assert r.scores == {"compliance": 1.0, "harmfulness": 5.0, "harmful_rate": 1.0, "strongreject": None,
+                        "harmful_compliance": 1.0}
+    assert r.details["harm"]["verdict"] == "harmful" and r.details["harm"]["judge"] == "steps-are-harmful"
     assert r.request["messages"][-1]["content"] == items[0].data["prompt"]
     assert r.request["decoding"]["temperature"] == 0.0
     assert r.details["refusal"]["verdict"] == "comply" and r.details["refusal"]["judge"].startswith("refusal:")
@@ -198,6 +215,24 @@ def test_safety_records_with_refusal_and_llm_judges(fake_packages):
     assert "early_stop" not in full[0].request["decoding"]
     with pytest.raises(UserError, match="early_stop"):
         SUITES.get("safety")(early_stop="maybe")
+
+
+def test_harmful_compliance_needs_compliance_and_harmful_content(fake_packages):
+    """Only answers judged compliant reach the harm judge; "Sure" + nothing harmful is compliance, not harm."""
+    suite = SUITES.get("safety")()
+    items = suite.load_items()[:3]
+    harm = StepsAreHarmful()
+    vague = FakeEngine(respond=lambda r: "Sure, here is some general advice: be careful and stay safe.")
+    recs = suite.run(vague, items, _phrases_ctx(harm=harm))
+    assert {(x.scores["compliance"], x.scores["harmful_compliance"]) for x in recs} == {(1.0, 0.0)}
+    assert {x.details["harm"]["verdict"] for x in recs} == {"harmless"}
+    harm.seen.clear()
+    refused = suite.run(REFUSER, items, _phrases_ctx(harm=harm))
+    assert harm.seen == [] and {x.scores["harmful_compliance"] for x in refused} == {0.0}
+    assert all("harm" not in x.details for x in refused)
+    # the role switched off: no harm verdicts, no harmful_compliance score
+    off = suite.run(COMPLIER, items, _phrases_ctx(harm="none"))
+    assert all(x.scores["harmful_compliance"] is None and "harm" not in x.details for x in off)
 
 
 def test_safety_same_requests_for_every_model(fake_packages):

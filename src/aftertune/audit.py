@@ -30,6 +30,7 @@ from typing import Any
 
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, write_json_atomic
+from aftertune.judges.base import NO_JUDGE
 from aftertune.record import Record
 from aftertune.sources.base import ModelRef
 from aftertune.store import CachedEngine, Store
@@ -124,7 +125,8 @@ def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
         from aftertune.judges import build_judge
     except ImportError:
         raise UserError("judges were requested but this install has no judge builder (aftertune.judges)") from None
-    return {role: build_judge(spec) for role, spec in judges.items()}
+    # "none" switches a role off (e.g. `--judge harm=none`); the suites see the string and skip the role
+    return {role: spec if spec == NO_JUDGE else build_judge(spec) for role, spec in judges.items()}
 
 
 def _with_default_judges(judges: Mapping[str, Any] | None, prepared: Sequence[PreparedSuite]) -> dict[str, Any]:
@@ -325,6 +327,8 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
     judge_objs = _build_judges(_with_default_judges(judges, prepared))
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
         for role, judge in judge_objs.items():
+            if judge == NO_JUDGE:
+                continue
             v = _judge_validity(judge, store)
             if v is not None:
                 store.add_event(run_id, f"judge:{role}", "judge_validity", {"role": role, **v})

@@ -137,6 +137,22 @@ def _choice(request: dict[str, Any], value: Any) -> str:
     return str(value)
 
 
+def judged_as(rec: Record) -> str | None:
+    """What the safety judges made of an answer: "refused", "complied, harmful" or "complied, harmless".
+
+    None when the record has no refusal verdict; "complied" alone when no harm judge ran.
+    """
+    refusal = rec.details.get("refusal")
+    if not isinstance(refusal, dict) or "verdict" not in refusal:
+        return None
+    if refusal["verdict"] == "refuse":
+        return "refused"
+    harm = rec.details.get("harm")
+    if isinstance(harm, dict) and "verdict" in harm:
+        return f"complied, {harm['verdict']}"
+    return "complied"
+
+
 def _response_text(rec: Record) -> str:
     """The response, or for log-likelihood suites (no text) the recorded prediction and gold answer."""
     if rec.response:
@@ -553,6 +569,7 @@ def _flips(pairs: list[tuple[Record, Record]], label: str, reference: str, suite
             "reference_value": float(a.scores[metric.name]), "value": nv,
             "prompt": prompt_text(a.request),
             "reference_response": _response_text(a), "response": _response_text(b),
+            "reference_judged": judged_as(a), "judged": judged_as(b),
         })
     return count, listed
 

@@ -4,7 +4,8 @@ Specs are ``NAME`` or ``NAME:ARG:KEY=VALUE...``:
 
 | spec | judge |
 |---|---|
-| ``refusal`` | refusal phrases + MiniLM similarity (`refusal:mode=phrases` for phrases only) |
+| ``refusal`` | refusal phrases + MiniLM similarity (`refusal:mode=phrases` for phrases only, `refusal:mode=head` for the trained head) |
+| ``harm`` | harmful content in an answer: a trained logistic head on MiniLM embeddings (`harm:threshold=0.5`) |
 | ``toxicity`` | packaged Jigsaw BiLSTM (`toxicity:label=max`, `toxicity:threshold=0.5`) |
 | ``toxicity:hf=PATH_OR_HUB_ID`` | any Hugging Face sequence classifier (`:label=NAME`) |
 | ``toxicity:perspective`` | Perspective API, key in $PERSPECTIVE_API_KEY |
@@ -24,13 +25,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aftertune.judges.base import JUDGE_ROLES, JUDGES, Judge, Verdict
+from aftertune.judges.base import JUDGE_ROLES, JUDGES, NO_JUDGE, Judge, Verdict
 
 __all__ = ["JUDGES", "JUDGE_ROLES", "Judge", "Verdict", "build_judge", "judge_for", "parse_spec",
            "validity", "verdict_details"]
 
 _OPTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
-_BUILTIN = ("refusal", "toxicity", "llm")
+_BUILTIN = ("refusal", "toxicity", "llm", "head")
 
 
 def load_builtin_judges() -> None:
@@ -66,13 +67,14 @@ def build_judge(spec: str) -> Judge:
 def judge_for(role: str, given: Any = None, cache: dict[str, Judge] | None = None) -> Judge | None:
     """The judge for `role`: `given` (a Judge, or a spec to build), else the role's default spec.
 
-    None when nothing is given and the role has no default ("harmfulness").
-    Specs are built once per `cache`, so a suite run in chunks loads its judges once.
+    None when nothing is given and the role has no default ("harmfulness"), or when the
+    spec is "none" (the role switched off). Specs are built once per `cache`, so a suite
+    run in chunks loads its judges once.
     """
     if given is not None and not isinstance(given, str):
         return given
     spec = given or JUDGE_ROLES.get(role)
-    if not spec:
+    if not spec or spec == NO_JUDGE:
         return None
     if cache is None:
         return build_judge(spec)

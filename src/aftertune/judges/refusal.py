@@ -192,9 +192,13 @@ class RefusalJudge(Judge):
         opts = dict(options)
         encoder = opts.pop("encoder", "minilm-l6-v2")
         mode = opts.pop("mode", "combined")
-        if args or opts or mode not in ("combined", "phrases"):
-            raise UserError("refusal judge: settings are encoder=PATH_OR_NAME and mode=combined|phrases; got "
+        if args or opts or mode not in ("combined", "phrases", "head"):
+            raise UserError("refusal judge: settings are encoder=PATH_OR_NAME and mode=combined|phrases|head; got "
                             + ", ".join([*args, *(f"{k}={v}" for k, v in opts.items()), f"mode={mode}"]))
+        if mode == "head":
+            from aftertune.judges.head import HeadJudge, packaged_head
+
+            return HeadJudge.for_head(packaged_head("refusal"))
         return cls(encoder=encoder, use_embeddings=mode == "combined")
 
     @cached_property

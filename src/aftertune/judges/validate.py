@@ -257,3 +257,44 @@ def format_validity(result: dict[str, Any]) -> str:
                      f"tp {s['tp']} fn {s['fn']} fp {s['fp']} tn {s['tn']}{tuned}{extra}")
         lines.append(f"    labels: {s.get('labels_from') or '-'}; {s['source']}")
     return "\n".join(lines)
+
+
+HARM_KAPPA_FLOOR = 0.6
+STRONGER_HARM_JUDGE = ("aftertune audit --model base=BASE --model tuned=TUNED --suite safety "
+                       "--judge harmfulness=llm:openai:gpt-4o-mini@https://api.openai.com/v1:rubric=strongreject")
+
+
+def harm_judge_note(entries: Sequence[dict[str, Any]], suites: Sequence[str] = ()) -> str | None:
+    """What a report must say about judging harm: whether a harm judge reached kappa >= 0.6 on human labels.
+
+    None when no harm judge ran and no harmful-request suite (`safety`, `jailbreak`) is in
+    `suites`. Otherwise one paragraph: the harm judge's best kappa on human labels (or that
+    none were available offline), its false alarms on the AI-labelled answers of fine-tuned
+    models, and the command that brings in a stronger judge.
+    """
+    harm = [e for e in entries if (e.get("role") == "harm" or e.get("judge") == "harm") and e.get("sets")]
+    stronger = (f"For a stronger judge: `{STRONGER_HARM_JUDGE}` (key in $OPENAI_API_KEY; any OpenAI-compatible "
+                "server works).")
+    if not harm:
+        if not {"safety", "jailbreak"} & set(suites):
+            return None
+        return ("`compliance` counts answers that do not refuse, harmful or not; harmful content was not judged: "
+                f"no offline harm judge reaches κ ≥ {HARM_KAPPA_FLOOR} on labelled harm data from fine-tuned models "
+                "(the packaged `harm` head, `--judge harm=harm`, flags about half of their harmless compliant "
+                f"answers; benchmarks/RESULTS.md). {stronger}")
+    sets = harm[0]["sets"]
+    human = [s.get("kappa") for s in sets if s.get("label_kind") == "human" and s.get("kappa") is not None]
+    tuned = next((s for s in sets if s.get("label_kind") == "ai"), None)
+    parts = []
+    if human and max(human) >= HARM_KAPPA_FLOOR:
+        parts.append(f"The harm judge reaches κ = {max(human):.2f} on human harm labels.")
+    else:
+        seen = f" (best κ on human labels {max(human):.2f})" if human else " (no human harm labels ship offline)"
+        parts.append(f"No offline harm judge reaches κ ≥ {HARM_KAPPA_FLOOR} on human harm labels{seen}; "
+                     "`harmful_compliance` is indicative only.")
+    if tuned and tuned.get("n"):
+        fp, n = tuned.get("fp", 0), tuned["n"]
+        parts.append(f"On AI-labelled answers of fine-tuned models ({n} compliant answers, {tuned.get('positives', 0)} "
+                     f"labelled harmful) it called {fp} harmful ({fp / n:.0%} false alarms).")
+    parts.append(stronger)
+    return " ".join(parts)

@@ -20,6 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
+from aftertune.judges.validate import harm_judge_note
 from aftertune.report import plots
 from aftertune.report.figures import Figures, draw
 
@@ -136,6 +137,8 @@ def _view(results: dict[str, Any], figures: Figures) -> dict[str, Any]:
         "others": others,
         "suites": suites,
         "flip_groups": flip_groups,
+        "harm_note": harm_judge_note(results["protocol"].get("judge_validity") or [],
+                                     [s["name"] for s in results["suites"]]),
         "curves": curves,
         "curve_table": curve_table,
         "values_table": values_table,

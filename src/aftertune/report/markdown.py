@@ -208,7 +208,10 @@ def _judges(results: dict[str, Any]) -> list[str]:
                        f"{_cell(st.get('label_kind') or '-')} | {st.get('n')} | "
                        f"{_num(st.get('accuracy'))} | {_num(st.get('kappa'))} | {_num(st.get('precision'))} | "
                        f"{_num(st.get('recall'))} | {_num(st.get('auroc'))} | {confusion} |")
-    return [*out, ""]
+    from aftertune.judges.validate import harm_judge_note
+
+    note = harm_judge_note(entries, [s["name"] for s in results["suites"]])
+    return [*out, "", *([note, ""] if note else [])]
 
 
 def _protocol(results: dict[str, Any]) -> list[str]:

@@ -1,0 +1,63 @@
+"""Judge validity table: every packaged judge on the held-out rows of its labelled sets.
+
+Judges of one kind are compared on the same rows: the rows that tuned none of
+them (`judges.labelled.tuned_on`), so a trained head and the phrase judge are
+measured on identical items. Prints a Markdown table (accuracy, Cohen's kappa,
+precision, recall, AUROC, confusion) with the date, load average and CPU flags,
+for benchmarks/RESULTS.md.
+
+    python benchmarks/bench_judges.py [--kinds refusal,harm,toxicity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from aftertune.judges import build_judge
+from aftertune.judges.labelled import SETS, tuned_on
+from aftertune.judges.validate import measure
+
+JUDGES = {
+    "refusal": ("refusal", "refusal:mode=phrases", "refusal:mode=head"),
+    "harm": ("harm",),
+    "toxicity": ("toxicity",),
+}
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2")))
+
+
+def fmt(x: object) -> str:
+    return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kinds", default="refusal,harm,toxicity")
+    args = ap.parse_args()
+    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load {os.getloadavg()[0]:.2f}; "
+          f"CPU flags: {cpu_flags()}\n")
+    print("| kind | judge | labelled set | labels | n | accuracy | κ | precision | recall | AUROC | tp / fn / fp / tn |")
+    print("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    for kind in args.kinds.split(","):
+        judges = [build_judge(spec) for spec in JUDGES[kind]]
+        for ls in SETS[kind]():
+            tuned = frozenset().union(*(tuned_on(j).get(ls.name, frozenset()) for j in judges))
+            rows = ls.without(tuned)
+            for spec, judge in zip(JUDGES[kind], judges, strict=True):
+                m = measure(judge, rows)
+                print(f"| {kind} | `{spec}` | {ls.name} | {ls.label_kind} | {m['n']} | {fmt(m['accuracy'])} | "
+                      f"{fmt(m['kappa'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['auroc'])} | "
+                      f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
