@@ -546,3 +546,27 @@ def test_harm_judge_note_says_when_no_judge_reaches_the_kappa_floor():
     assert harm_judge_note([], ["capability"]) is None
     unjudged = harm_judge_note([{"role": "refusal", "sets": [{"kappa": 0.9}]}], ["safety"])
     assert "harmful content was not judged" in unjudged and STRONGER_HARM_JUDGE in unjudged
+
+
+def test_judge_agreement_on_a_runs_items():
+    from aftertune.judges.agreement import judge_agreement
+    from aftertune.judges.validate import cohen_kappa
+    from aftertune.record import Record
+
+    def rec(i, refusal, qi, harm=None):
+        details = {"refusal": {"verdict": refusal, "judge": "refusal:x"},
+                   "harmfulness": {"verdict": str(qi), "score": float(qi), "rubric": "qi", "judge": "llm:y"}}
+        if harm:
+            details["harm"] = {"verdict": harm, "judge": "head:harm"}
+        return Record("tuned", "safety", f"i{i}", "all", {}, "text", {}, details)
+
+    recs = [rec(0, "comply", 5, "harmful"), rec(1, "comply", 2, "harmless"), rec(2, "refuse", 1),
+            rec(3, "refuse", 3), rec(4, "comply", 4, "harmless")]
+    rows = {r["question"]: r for r in judge_agreement(recs)}
+    complied = rows["complied"]
+    a, b = [True, True, False, False, True], [True, False, False, True, True]
+    assert complied["n"] == 5 and complied["agreement"] == pytest.approx(3 / 5)
+    assert complied["kappa"] == pytest.approx(cohen_kappa(a, b)) and (complied["a_yes"], complied["b_yes"]) == (3, 3)
+    harmful = rows["harmful (complying answers)"]
+    assert harmful["n"] == 3 and harmful["agreement"] == pytest.approx(2 / 3) and harmful["judge_a"] == "head:harm"
+    assert judge_agreement([Record("m", "safety", "x", "all", {}, "t", {}, {"refusal": {"verdict": "comply"}})]) == []

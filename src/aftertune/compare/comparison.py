@@ -29,6 +29,7 @@ import numpy as np
 from aftertune import __version__
 from aftertune.compare import power, stats
 from aftertune.errors import UserError
+from aftertune.judges.agreement import judge_agreement
 from aftertune.record import Record
 from aftertune.store.db import Store
 
@@ -802,6 +803,7 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
         "sampling": {k: spec[k] for k in ("limit", "seed", "seeds", "sample", "sampling") if k in spec},
         "spec": spec,
         "judge_validity": [e["payload"] for e in store.events(run.id, kind="judge_validity")],
+        "judge_agreement": judge_agreement(records),
         "train_metrics": _train_metrics(store, run.id),
         "software": _package_versions(),
         "n_records": len(records),

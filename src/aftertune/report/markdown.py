@@ -211,7 +211,20 @@ def _judges(results: dict[str, Any]) -> list[str]:
     from aftertune.judges.validate import harm_judge_note
 
     note = harm_judge_note(entries, [s["name"] for s in results["suites"]])
-    return [*out, "", *([note, ""] if note else [])]
+    return [*out, "", *([note, ""] if note else []), *_judge_agreement(results)]
+
+
+def _judge_agreement(results: dict[str, Any]) -> list[str]:
+    rows = results["protocol"].get("judge_agreement") or []
+    if not rows:
+        return []
+    out = ["#### Judges: agreement with each other on this run's items", "",
+           "| suite | model | question | judge A | judge B | n | A yes | B yes | agreement | κ |",
+           "|---|---|---|---|---|--:|--:|--:|--:|--:|"]
+    out += [f"| {_cell(r['suite'])} | {_cell(r['model'])} | {_cell(r['question'])} | {_cell(r['judge_a'])} | "
+            f"{_cell(r['judge_b'])} | {r['n']} | {r['a_yes']} | {r['b_yes']} | {_num(r['agreement'])} | "
+            f"{_num(r['kappa'])} |" for r in rows]
+    return [*out, ""]
 
 
 def _protocol(results: dict[str, Any]) -> list[str]:
