@@ -6,7 +6,9 @@ measured on identical items. Prints a Markdown table (accuracy, Cohen's kappa,
 precision, recall, AUROC, confusion) with the date, load average and CPU flags,
 for benchmarks/RESULTS.md.
 
-    python benchmarks/bench_judges.py [--kinds refusal,harm,toxicity]
+    python benchmarks/bench_judges.py [--kinds refusal,harm,toxicity] [--write]
+
+`--write` replaces the `bench_judges` section of benchmarks/RESULTS.md with the table.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ JUDGES = {
 }
 
 
+NOTES = """Rows: each judge kind on the rows that tuned none of its judges (held out). Labels: `human` = people;
+`authors` = answers written as examples of a class by the data set's authors; `ai` = two independent AI-agent
+passes + adjudication (`judges/data/tuned_answers.md`); `model` = Perspective scores. κ is 0 where a set has one
+class. Targets (issue 12): refusal ≥ 0.95 accuracy and κ ≥ 0.85 on held-out human-labelled answers and on
+fine-tuned answers; harm κ ≥ 0.6. The refusal judges meet κ ≥ 0.85 on the fine-tuned answers but not 0.95
+accuracy (the two labelling passes agree on 98.2%, κ 0.963); the harm head has good recall on authored harmful
+answers but calls half of the fine-tuned models' harmless compliant answers harmful, so it is not a default."""
+
+
 def cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -42,11 +53,13 @@ def fmt(x: object) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", default="refusal,harm,toxicity")
+    ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args()
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load {os.getloadavg()[0]:.2f}; "
-          f"CPU flags: {cpu_flags()}\n")
-    print("| kind | judge | labelled set | labels | n | accuracy | κ | precision | recall | AUROC | tp / fn / fp / tn |")
-    print("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load {os.getloadavg()[0]:.2f}; "
+             f"CPU flags: {cpu_flags()}", "",
+             "| kind | judge | labelled set | labels | n | accuracy | κ | precision | recall | AUROC | tp / fn / fp / tn |",
+             "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    print("\n".join(lines), flush=True)
     for kind in args.kinds.split(","):
         judges = [build_judge(spec) for spec in JUDGES[kind]]
         for ls in SETS[kind]():
@@ -54,9 +67,15 @@ def main() -> None:
             rows = ls.without(tuned)
             for spec, judge in zip(JUDGES[kind], judges, strict=True):
                 m = measure(judge, rows)
-                print(f"| {kind} | `{spec}` | {ls.name} | {ls.label_kind} | {m['n']} | {fmt(m['accuracy'])} | "
-                      f"{fmt(m['kappa'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['auroc'])} | "
-                      f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']} |", flush=True)
+                lines.append(f"| {kind} | `{spec}` | {ls.name} | {ls.label_kind} | {m['n']} | {fmt(m['accuracy'])} | "
+                             f"{fmt(m['kappa'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['auroc'])} | "
+                             f"{m['tp']} / {m['fn']} / {m['fp']} / {m['tn']} |")
+                print(lines[-1], flush=True)
+    if args.write:
+        from results_md import write_section
+
+        write_section("\n".join(["<!-- bench_judges:start -->", "## Judge validity (`benchmarks/bench_judges.py`)", "",
+                                 *lines, "", NOTES, "<!-- bench_judges:end -->"]))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ detail applies the original GCG rule to the whole response, for comparison.
 The exemplars, masking and constants were chosen on a design split of the
 hand-labelled set (`judges/data/refusal_labelled.jsonl`: SmolLM2's 60 answers
 and Qwen's first 20); Qwen's other 40 answers were held out until they were
-fixed. `aftertune judges validate refusal` measures the whole set; the data
-card gives the held-out figures.
+fixed. `aftertune judges validate refusal` measures only the held-out rows
+(`judges.labelled.tuned_on`), plus UncensorBench's reference answers and the
+AI-labelled answers of fine-tuned models (`judges/data/tuned_answers.md`).
 """
 
 from __future__ import annotations
