@@ -12,6 +12,7 @@ import os
 import sys
 
 import typer
+from typer.exceptions import TyperException
 
 from aftertune.errors import UserError
 
@@ -61,17 +62,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except typer.Abort:
+        print("aftertune: aborted", file=sys.stderr)
+        sys.exit(130)
+    except TyperException as exc:  # typer's (vendored click) usage errors arrive here in non-standalone mode
+        _usage_error(exc)
 
-        if isinstance(exc, click.exceptions.Abort):
-            print("aftertune: aborted", file=sys.stderr)
-            sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
 
+def _usage_error(exc: TyperException) -> None:
+    """One line and exit 2 for a usage error; `aftertune` alone (or a group alone) still shows its help."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(2)
+    fmt = getattr(exc, "format_message", None)
+    message = fmt() if callable(fmt) else str(exc)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    print(f"aftertune: error: {' '.join(message.split())}{hint}", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     main()

@@ -126,7 +126,7 @@ def _new_cache(model: torch.nn.Module) -> DynamicCache:
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
              cache: DynamicCache, keep: int) -> torch.Tensor:
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                 logits_to_keep=keep)
     return out.logits
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -193,13 +194,19 @@ def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], l
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """No "Loading weights" bar per model load: an audit loads many models and shows its own progress."""
+    """No "Loading weights" bar per model load: an audit loads many models and shows its own progress.
+
+    Also silences exactly one FutureWarning: peft (0.21) reads `model.is_gradient_checkpointing`, which
+    transformers 5.25 deprecated, on every adapter wrap; nothing the user can act on."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
     finally:
         if was_on:
             hf_logging.enable_progress_bar()

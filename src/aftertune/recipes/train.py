@@ -250,7 +250,8 @@ def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str)
     if start.adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(start.adapter_path), is_trainable=True)
+        with quiet_loading():
+            model = PeftModel.from_pretrained(model, str(start.adapter_path), is_trainable=True)
     return model
 
 
@@ -260,8 +261,11 @@ def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
     from peft import get_peft_model
     from transformers import set_seed
 
+    from aftertune.engines.hf import quiet_loading
+
     set_seed(cfg.seed)
-    model = get_peft_model(model, peft_config)
+    with quiet_loading():
+        model = get_peft_model(model, peft_config)
     if cfg.method == "qlora":  # QLoRA keeps the adapters in bf16 (Dettmers et al. 2023, as TRL does)
         for name, p in model.named_parameters():
             if p.requires_grad and "lora_magnitude_vector" not in name:
@@ -275,10 +279,13 @@ def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from aftertune.engines.hf import quiet_loading
+
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
     if base.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         base = base.to(torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    with quiet_loading():
+        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))

@@ -1,0 +1,38 @@
+"""Usage errors through the installed console entry point (a subprocess, as a user runs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def _aftertune(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("aftertune", path=os.path.dirname(sys.executable))
+    assert exe, "the aftertune console script is not installed next to this python"
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["generate", "--no-such-flag"], "--no-such-flag"),
+    (["generate", "-p", "x.jsonl"], "--model"),
+    (["runs", "list", "--limit", "abc"], "--limit"),
+    (["generate", "-m", "x", "-p", "x.jsonl", "--max-new-tokens", "many"], "--max-new-tokens"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_usage_errors_print_one_line_and_exit_2(tmp_path, args, names):
+    res = _aftertune(args, tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("aftertune: error:") and names in lines[0] and "--help" in lines[0]
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not any(tmp_path.iterdir()), "a usage error left files behind"
+
