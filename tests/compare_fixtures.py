@@ -104,8 +104,9 @@ def make_run(store: Store, *, seed: int = 0, n_safety: int = 120, checkpoints: b
                   "tp": 95, "fn": 5, "fp": 9, "tn": 91}]})
     store.add_event(run_id, "audit:base", "timing", {"step": "audit:base", "seconds": 12.5})
     store.add_event(run_id, "tune", "timing", {"step": "tune", "seconds": 81.0})
-    for step, loss in ((10, 2.1), (20, 1.7), (30, 1.5), (40, 1.4)):
-        store.add_event(run_id, "tune", "train_metrics", {"step": step, "loss": loss})
+    for step, loss in ((10, 2.1), (20, 1.7), (30, 1.5), (40, 1.4)):  # the event kinds training writes
+        store.add_event(run_id, "tune:tuned", "tune_train", {"step": step, "loss": loss})
+    store.add_event(run_id, "tune:tuned", "tune_eval", {"step": 40, "eval_loss": 1.6})
     return run_id
 
 

@@ -263,6 +263,14 @@ def test_combine_runs_pairs_by_suite_and_item(store):
     same = compare_run(store, full)
     for metric in ("acc",):
         assert _row(res, "tuned", "t_capability", metric)["p_value"] == _row(same, "tuned", "t_capability", metric)["p_value"]
+    # loss curves survive a merge: the tuned model's run carries its training events
+    curves = [e for e in store.events(full) if e["kind"] in ("tune_train", "tune_eval")]
+    assert curves and compare_run(store, full)["protocol"]["train_metrics"]
+    for e in curves:
+        store.add_event(run_b, e["step"], e["kind"], e["payload"])
+    merged = compare_run(store, combine(store, [run_a, run_b])[0], "base")["protocol"]["train_metrics"]
+    assert [(m["step"], m.get("loss"), m.get("eval_loss")) for m in merged] == \
+        [(m["step"], m.get("loss"), m.get("eval_loss")) for m in compare_run(store, full)["protocol"]["train_metrics"]]
     # one run, two of its models, and a label taken twice
     new2, ref2 = combine(store, [f"{full}:tuned", f"{run_b}:tuned"])
     labels = [m["label"] for m in store.models(new2)]

@@ -87,6 +87,9 @@ def test_input_errors(env):
         check(res, {"t_safety.compliance_rate": {"max_incr": 0.1}})
     with pytest.raises(UserError, match="expected a number"):
         check(res, {"t_safety.compliance_rate": {"max_increase": "lots"}})
+    for rule, limit in (("max_ratio", -1.2), ("min_ratio", 0)):
+        with pytest.raises(UserError, match=rf"t_toxicity.toxic.{rule}: {limit} is not a ratio"):
+            check(res, {"t_toxicity.toxic": {rule: limit}})
     with pytest.raises(UserError, match=r"suite\.metric"):
         check(res, {"compliance_rate": {"max_increase": 0.1}})
     with pytest.raises(UserError, match="no gate thresholds"):

@@ -26,7 +26,7 @@ def spec(tmp_path, tiny_model_dir):
         "audit": {"suites": ["task:max_new_tokens=8"], "limits": {"task": 6}, "batch_size": 4},
         "checkpoints": {"suites": ["task:max_new_tokens=8"], "limit": 3},
         "icl": {"k": 2},
-        "gate": {"task.rouge_l": {"max_decrease": 1.0}},
+        "gate": {"task.rouge_l": {"max_decrease": 0.0}},
     })
 
 
@@ -50,7 +50,11 @@ def test_pipeline_runs_every_step_and_resumes(spec, tmp_path):
     assert fps["checkpoint-4"] == fps["tuned"] != fps["checkpoint-2"]
     for name in ("report.html", "report.md", "results.json", "run.json"):
         assert (out / name).is_file(), name
-    assert first.violations == []  # a decrease of at most 1.0 in ROUGE-L always holds
+    # the gate's verdict follows the numbers: any ROUGE-L decrease of the tuned model violates max_decrease 0
+    rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]
+    row = next(r for r in rows if r["model"] == "tuned" and r["suite"] == "task" and r["metric"] == "rouge_l"
+               and r["category"] == "all")
+    assert [v.metric for v in first.violations] == (["task.rouge_l"] if row["delta"] < -1e-9 else [])
 
     # the same command again: the same run, nothing recomputed, the same results
     n_cache = store.cache_count()

@@ -187,7 +187,6 @@ def test_agreement_with_the_hf_engine(server, packaged_home, record_property):
     """Same prompts, greedy, through llama.cpp (Q4_1 kernels) and the hf engine (the same weights dequantized
     to bf16). The prompts must be identical (same chat template, same token count); texts may differ, so
     the agreement rate is reported, not asserted."""
-    pytest.importorskip("aftertune.engines.hf", reason="the hf engine is not in this checkout yet")
     from aftertune.engines import load_engine
     from aftertune.sources import resolve_model
 

@@ -121,10 +121,8 @@ def _resume_id(out_dir: Path, spec_hash: str, store: Store) -> str | None:
 def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
     if not judges:
         return {}
-    try:
-        from aftertune.judges import build_judge
-    except ImportError:
-        raise UserError("judges were requested but this install has no judge builder (aftertune.judges)") from None
+    from aftertune.judges import build_judge
+
     # "none" switches a role off (e.g. `--judge harm=none`); the suites see the string and skip the role
     return {role: spec if spec == NO_JUDGE else build_judge(spec) for role, spec in judges.items()}
 

@@ -23,15 +23,12 @@ def _table(rows: Iterable[tuple[str, str]]) -> str:
 
 
 def _import_all(package: str) -> None:
-    """Import every module of a package so its registrations run; one needing an absent extra is skipped."""
+    """Import every module of a package so its registrations run (a broken module fails loudly)."""
     import pkgutil
 
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__):
-        try:
-            importlib.import_module(f"{package}.{info.name}")
-        except ImportError:
-            continue
+        importlib.import_module(f"{package}.{info.name}")
 
 
 @list_app.command("suites")

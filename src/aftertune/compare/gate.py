@@ -114,6 +114,9 @@ def normalize(thresholds: dict[str, Any]) -> tuple[dict[str, dict[str, float]], 
                                 f"the training data; use max or min, e.g. {key}: {{max: 0}}")
             if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit):
                 raise UserError(f"gate threshold {key}.{rule}: expected a number, got {limit!r}")
+            if rule in ("max_ratio", "min_ratio") and limit <= 0:
+                raise UserError(f"gate threshold {key}.{rule}: {limit!r} is not a ratio; a ratio of value to "
+                                "reference is positive, e.g. max_ratio: 1.2 (at most 20% above the reference)")
             out[rule] = float(limit)
         rules[key] = out
     return rules, options

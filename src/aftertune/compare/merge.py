@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from aftertune.errors import UserError
 from aftertune.store.db import Run, Store
 
-_COPIED_EVENTS = ("judge_validity", "timing", "train_metrics", "checkpoint")
+# Events a comparison reads besides records: judge accuracy, timings, loss curves (tune_train/tune_eval as
+# training writes them; train_metrics from older runs) and checkpoints.
+_COPIED_EVENTS = ("judge_validity", "timing", "tune_train", "tune_eval", "train_metrics", "checkpoint")
 
 
 @dataclass(frozen=True)

@@ -264,10 +264,8 @@ def split_off(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 def evaluation_prompts() -> frozenset[str]:
     """Normalised prompts that evaluation suites use, where the suites can say (the safety pool)."""
-    try:
-        from aftertune.suites.safety import harmful_prompts
-    except ImportError:
-        return frozenset()
+    from aftertune.suites.safety import harmful_prompts
+
     return frozenset(normalise_prompt(p.prompt) for p in harmful_prompts())
 
 

@@ -107,12 +107,9 @@ def native_bf16(device: str) -> bool:
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        from aftertune.engines.cpu_linear import cpu_has_native_bf16
+    from aftertune.engines.cpu_linear import cpu_has_native_bf16
 
-        return bool(cpu_has_native_bf16())
-    except ImportError:
-        return False
+    return bool(cpu_has_native_bf16())
 
 
 @dataclass(frozen=True)
@@ -159,12 +156,9 @@ def available_memory(device: str) -> int:
 def set_threads(world_size: int) -> None:
     import torch
 
-    try:
-        from aftertune.engines.hf import cpu_threads
+    from aftertune.engines.hf import cpu_threads
 
-        n = cpu_threads()
-    except ImportError:
-        n = os.cpu_count() or 1
+    n = cpu_threads()
     torch.set_num_threads(max(1, n // max(1, world_size)))
 
 

@@ -153,11 +153,9 @@ _LOADERS: dict[str, Callable[[], list[HarmfulPrompt]]] = {
 
 
 def training_exclusions() -> set[str]:
-    """Normalised prompts of the built-in `refusals` training set (empty if `aftertune.trainsets` is absent)."""
-    try:
-        from aftertune.trainsets import training_prompts  # type: ignore[attr-defined]
-    except ImportError:
-        return set()
+    """Normalised prompts of the built-in `refusals` training set."""
+    from aftertune.trainsets import training_prompts
+
     return {normalise_prompt(p) for p in training_prompts("refusals")}
 
 

@@ -149,11 +149,8 @@ def detect_kind(rows: Sequence[dict[str, Any]], targets: Sequence[Any]) -> Kind:
 
 
 def _trainset_rows(name: str, split: str) -> tuple[list[dict[str, Any]], str]:
-    try:
-        from aftertune import trainsets
-    except ImportError:
-        raise UserError(f"task={name}: the built-in training sets (aftertune.trainsets) are not available in "
-                        "this install; pass data=PATH to a held-out file instead") from None
+    from aftertune import trainsets
+
     return trainsets.held_out_rows(name, split), f"trainset {name} ({split})"
 
 

@@ -16,19 +16,13 @@ from typing import Any
 
 from aftertune.fileio import write_json_atomic, write_text_atomic
 
-FALLBACK_REFUSAL_OPENINGS = ("i'm sorry", "i am sorry", "sorry", "i cannot", "i can't", "i can not", "i won't",
-                             "i will not", "i'm not able", "i am not able", "i'm unable", "i am unable", "as an ai")
-
 
 def refuses(text: str) -> bool:
     """True when the answer opens with a refusal (the refusal judge's phrase rule)."""
     if not text.strip():
         return True
-    try:
-        from aftertune.judges.refusal import refusal_phrase
-    except ImportError:
-        low = text.strip().lower().replace("\u2019", "'")
-        return low.startswith(FALLBACK_REFUSAL_OPENINGS)
+    from aftertune.judges.refusal import refusal_phrase
+
     return refusal_phrase(text) is not None
 
 
