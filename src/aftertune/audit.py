@@ -33,7 +33,7 @@ from aftertune.fileio import canonical_json, write_json_atomic
 from aftertune.judges.base import NO_JUDGE
 from aftertune.record import Record
 from aftertune.sources.base import ModelRef
-from aftertune.store import CachedEngine, Store
+from aftertune.store import CachedEngine, Store, new_run_id
 from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
 from aftertune.suites.spec import SuiteArg, SuiteSpec, parse_suites
 
@@ -243,6 +243,10 @@ def audit(
         if not label or not re.fullmatch(r"[\w.@+-]+", label):
             raise UserError(f"model label {label!r}: use letters, digits and . _ - + @ only (e.g. --model base=REF)")
     refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
+    from aftertune.sources import check_model_ref
+
+    for ref in refs.values():  # before anything is created: no run folder or store run for a bad reference
+        check_model_ref(ref)
     suite_specs = parse_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
 
@@ -269,7 +273,7 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
                                        "protocol_sha256": hashlib.sha256(canonical_json(p.suite.protocol()).encode())
                                        .hexdigest()} for p in prepared}
     spec_hash = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
-    run_id = run_id or _resume_id(out, spec_hash, store) or f"{time.strftime('%Y%m%d-%H%M%S')}-audit-{spec_hash[:6]}"
+    run_id = run_id or _resume_id(out, spec_hash, store) or new_run_id(f"audit-{spec_hash[:6]}")
     store.create_run("audit", name or f"audit of {', '.join(refs)}", spec, out_dir=str(out.resolve()), run_id=run_id)
     write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "audit", "store": str(store.path.resolve()),
                                        "spec_sha256": spec_hash, "spec": spec})

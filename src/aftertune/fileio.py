@@ -19,12 +19,32 @@ from typing import Any
 from aftertune.errors import UserError
 
 
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """A user's text file as str; a missing path, a folder, or bytes that are not UTF-8 raise a UserError
+    naming the file and the fix (a UTF-8 byte-order mark is dropped)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder; pass the path of a {what}")
+    if not p.is_file():
+        raise UserError(f"{p}: file not found; pass the path of an existing {what}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        kind = "UTF-16 text" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else (
+            "binary data" if b"\x00" in data[:4096] else "text in another encoding (latin-1?)")
+        raise UserError(f"{p}: not UTF-8 (byte {exc.start} is {data[exc.start:exc.start + 1]!r}; it looks like "
+                        f"{kind}); save the {what} as UTF-8") from None
+
+
 def load_json(path: str | os.PathLike[str]) -> Any:
     """A JSON file's value; invalid JSON raises UserError naming the file and line."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(read_text(path, "JSON file"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
@@ -32,20 +52,17 @@ def load_json(path: str | os.PathLike[str]) -> Any:
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a bad line raises UserError naming file and line."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: file not found; pass the path of an existing .jsonl file")
     rows: list[dict[str, Any]] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{lineno}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for lineno, line in enumerate(read_text(p, ".jsonl file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}:{lineno}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, write_json_atomic
 from aftertune.spec import PipelineSpec
-from aftertune.store import Store
+from aftertune.store import Store, new_run_id
 
 RUN_FILE = "run.json"
 
@@ -46,7 +46,7 @@ def _run_id(out: Path, spec_hash: str, store: Store) -> str:
             return str(info["run_id"])
     except (OSError, ValueError, KeyError, UserError):
         pass
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-run-{spec_hash[:6]}"
+    return new_run_id(f"run-{spec_hash[:6]}")
 
 
 class _Steps:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aftertune.errors import UserError
+from aftertune.fileio import read_text
 
 
 class _Strict(BaseModel):
@@ -98,7 +99,8 @@ class ICLSection(_Strict):
 
 
 class PipelineSpec(_Strict):
-    name: str = "default"
+    name: str = Field("default", description="the run's name and its folder under ./aftertune-runs: letters, digits, . _ - "
+                                  "(no path: '../x' or '/x' would put the run folder elsewhere)")
     base: str = Field("qwen2.5-coder-0.5b-instruct", description="the model to fine-tune and compare against")
     train: dict[str, Any] = Field(
         default_factory=lambda: {"data": "support", "method": "lora", "max_steps": 12, "batch_size": 4,
@@ -132,6 +134,14 @@ class PipelineSpec(_Strict):
             if bad:
                 raise ValueError(f"{where}: '{sorted(bad)[0]}' is set by the pipeline (base model / run folder)")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+            raise ValueError(f"{name!r} is not a plain name; use letters, digits, '.', '_' or '-' (at most 100, "
+                             "starting with a letter or digit), with no '/' or '..'")
+        return name
 
     @field_validator("variants")
     @classmethod
@@ -180,7 +190,7 @@ def load_pipeline_spec(path: str | Path | None, overrides: dict[str, Any] | None
         if not p.is_file():
             raise UserError(f"{p}: no such spec file; `aftertune run --print-spec` prints a starting point")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(read_text(p, "YAML spec")) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"{p}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):

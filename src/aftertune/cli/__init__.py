@@ -55,8 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         if debug:
             raise
-        print(f"aftertune: error: {exc}", file=sys.stderr)
+        from aftertune.sources.resolve import redact_secrets
+
+        print(f"aftertune: error: {redact_secrets(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except UnicodeDecodeError as exc:  # a reader that does not name its file yet: still one line, exit 2
+        if debug:
+            raise
+        print(f"aftertune: error: an input file is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+              "(--debug shows which reader)", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("aftertune: interrupted; finished work is saved, run the same command again to resume", file=sys.stderr)
         sys.exit(130)

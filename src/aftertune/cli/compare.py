@@ -16,6 +16,7 @@ import yaml
 
 from aftertune.cli import app
 from aftertune.errors import UserError
+from aftertune.fileio import read_text
 from aftertune.paths import default_store_path
 
 _STORE_HELP = "The run store (default: $AFTERTUNE_STORE or $AFTERTUNE_HOME/store.sqlite)."
@@ -102,8 +103,8 @@ def report_cmd(
 
 def _read_results(path: Path) -> dict[str, Any]:
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        results = json.loads(read_text(path, "results.json"))
+    except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not a readable results.json ({exc})") from None
     keys = ("schema", "comparisons", "models", "primary", "reference")
     missing = [k for k in keys if k not in results] if isinstance(results, dict) else ["an object"]
@@ -140,7 +141,7 @@ def _load_thresholds_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: thresholds file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "thresholds file"))
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML/JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("gate"), dict):
@@ -157,7 +158,7 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
         p = p / "results.json"
     if p.is_file():
         try:
-            results = json.loads(p.read_text(encoding="utf-8"))
+            results = json.loads(read_text(p, "results.json"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{p}: not valid JSON ({exc.msg})") from None
         from aftertune.compare.comparison import SCHEMA, upgrade

@@ -29,8 +29,9 @@ _ROW_HELP = ('write one JSON object per line with "prompt": "text" or "messages"
 
 def _line_numbers(path: Path) -> list[int]:
     """The line number of every non-blank line (the rows read_jsonl returns, in order)."""
-    with path.open(encoding="utf-8") as fh:
-        return [i for i, line in enumerate(fh, 1) if line.strip()]
+    from aftertune.fileio import read_text
+
+    return [i for i, line in enumerate(read_text(path, ".jsonl file").splitlines(), 1) if line.strip()]
 
 
 def build_requests(path: Path, rows: list[dict[str, Any]], *, decoding: Decoding, system: str | None,
@@ -125,8 +126,10 @@ def run_generate(model: str, requests: list[GenerateRequest], *, prompts_file: P
                  store_path: Path | None, engine: str | None, dtype: str | None, progress: bool) -> list[Any]:
     """Load the model, answer through the store's cache, and record the run (kind "generate")."""
     from aftertune.paths import default_store_path
+    from aftertune.sources import check_model_ref
     from aftertune.store import Store
 
+    check_model_ref(model)  # before the store run exists
     local = not (engine == "openai" or model.startswith("openai:"))
     options: dict[str, Any] = {}
     if local:

@@ -73,6 +73,6 @@ def run_cmd(
     result = run_pipeline(pipeline_spec, out or Path("aftertune-runs") / pipeline_spec.name, store=store,
                           progress=not no_progress)
     for v in result.violations:
-        print(f"gate: {v}", file=sys.stderr)
+        print(f"gate: FAIL {v.line()}", file=sys.stderr)
     if result.violations and not no_gate:
         raise typer.Exit(1)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aftertune.errors import UserError
+from aftertune.fileio import read_text
 
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ia3"]
 Objective = Literal["sft", "dpo"]
@@ -226,7 +227,7 @@ def load_spec(path: str | Path) -> TuneConfig | SequentialSpec:
     if not p.is_file():
         raise UserError(f"{p}: no such spec file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(p, "YAML spec"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from aftertune.sources.base import ModelRef
 from aftertune.sources.catalog import DATASETS, MODELS, PackagedEntry, WheelPin
 from aftertune.sources.fingerprints import fingerprint
-from aftertune.sources.resolve import parse_openai_ref, resolve_model
+from aftertune.sources.resolve import check_model_ref, parse_openai_ref, redact_secrets, resolve_model
 
 __all__ = [
     "DATASETS",
@@ -23,7 +23,9 @@ __all__ = [
     "ModelRef",
     "PackagedEntry",
     "WheelPin",
+    "check_model_ref",
     "fingerprint",
     "parse_openai_ref",
+    "redact_secrets",
     "resolve_model",
 ]

@@ -7,13 +7,14 @@ where there is one, the line or row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from aftertune.errors import UserError
-from aftertune.fileio import read_jsonl
+from aftertune.fileio import read_jsonl, read_text
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
             ".parquet": "parquet", ".pq": "parquet"}
@@ -49,7 +50,7 @@ def read_rows(source: str | Path, *, split: str | None = None, config: str | Non
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, ".json file"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(data, dict):
@@ -68,7 +69,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
 
 def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_text(path, "CSV file"), newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         if not reader.fieldnames:
             raise UserError(f"{path}: empty file; the first line must name the columns")

@@ -74,6 +74,37 @@ _HOW = ("use a packaged name (aftertune models list), a Hugging Face hub id like
         "a local model directory, or openai:MODEL@http://host:port/v1")
 
 
+def check_model_ref(ref: str) -> None:
+    """Refuse a reference that cannot resolve, without pulling or downloading anything: commands call it
+    for every model before they create a run folder or a store run. Variants (`REF#...`) are checked
+    where they are applied."""
+    base = ref.strip().partition("#")[0].strip()
+    if not base:
+        raise UserError("empty model reference; " + _HOW)
+    if base.startswith("openai:"):
+        parse_openai_ref(base)
+    elif base in DATASETS and base not in MODELS:
+        raise UserError(f"{base!r} is a packaged data set, not a model; packaged models: {', '.join(MODELS.names())}")
+    elif base in MODELS or Path(base).expanduser().exists():
+        return
+    elif _looks_like_path(base):
+        raise UserError(f"{base}: no such directory; pass an existing model directory "
+                        "(config.json + *.safetensors, or a PEFT adapter with adapter_config.json)")
+    elif not _HUB_ID.match(base):
+        raise UserError(f"unknown model {base!r}: not a packaged model ({', '.join(MODELS.names())}) "
+                        f"nor an existing directory; {_HOW}")
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:api_key|apikey|key|token|access_token)=)[^&#\s'\"]*")
+_URL_PASSWORD = re.compile(r"(://[^/@:\s'\"]+:)[^/@\s'\"]+@")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with API keys in URL queries (?api_key=...) and URL passwords (user:PASS@host) replaced by ***,
+    for every message or record that may quote a reference."""
+    return _URL_PASSWORD.sub(r"\1***@", _SECRET_QUERY.sub(r"\1***", text))
+
+
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
 
@@ -82,27 +113,28 @@ def _looks_like_path(ref: str) -> bool:
 
 def parse_openai_ref(ref: str) -> ModelRef:
     """`openai:MODEL@URL[?key_env=VAR]` -> ModelRef(kind="openai"); the key itself never appears."""
+    shown = redact_secrets(ref)  # what messages quote: never the key itself
     body = ref[len("openai:"):]
     at = body.rfind("@http")
     model, url = (body[:at], body[at + 1:]) if at >= 0 else (body, None)
     model = model.strip()
     if not model:
-        raise UserError(f"{ref!r}: no model name; write openai:MODEL@http://host:port/v1")
+        raise UserError(f"{shown!r}: no model name; write openai:MODEL@http://host:port/v1")
     url = url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UserError(f"{ref!r}: {url!r} is not an http(s) URL; write openai:MODEL@http://host:port/v1")
+        raise UserError(f"{shown!r}: {redact_secrets(url)!r} is not an http(s) URL; write openai:MODEL@http://host:port/v1")
+    if shown != ref:
+        raise UserError(f"{shown!r}: never put an API key or password in a model reference; put the key in an "
+                        "environment variable and name that variable with ?key_env=VAR")
     key_env = DEFAULT_KEY_ENV
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "key_env":
             key_env = value
-        elif key in ("key", "api_key", "token"):
-            raise UserError(f"{ref!r}: never put an API key in a model reference; put it in an environment "
-                            "variable and name that variable with ?key_env=VAR")
         else:
-            raise UserError(f"{ref!r}: unknown option {key!r}; the only option is ?key_env=VAR")
+            raise UserError(f"{shown!r}: unknown option {key!r}; the only option is ?key_env=VAR")
     if not _ENV_NAME.match(key_env):
-        raise UserError(f"{ref!r}: key_env must be the NAME of an environment variable (like MY_API_KEY), "
+        raise UserError(f"{shown!r}: key_env must be the NAME of an environment variable (like MY_API_KEY), "
                         f"got {key_env!r}")
     api_base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     return ModelRef(ref=ref, kind="openai", name=model, api_model=model, api_base=api_base, api_key_env=key_env)

@@ -91,6 +91,13 @@ class Run:
     updated: float
 
 
+def new_run_id(tag: str = "") -> str:
+    """A fresh run id: time first (ids sort by start), then the tag, then random bits, so two identical runs
+    started in the same second never share an id (nor a run in the store)."""
+    middle = f"-{tag}" if tag else ""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}{middle}-{uuid.uuid4().hex[:6]}"
+
+
 class Store:
     """Thread-safe handle on a store file; cheap to open, safe to share across processes."""
 
@@ -177,7 +184,7 @@ class Store:
     def create_run(self, kind: str, name: str, spec: dict[str, Any], out_dir: str | None = None,
                    run_id: str | None = None) -> str:
         """Create a run, or return the existing one with the same id (resume)."""
-        run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = run_id or new_run_id()
         now = time.time()
         with self.transaction() as cur:
             cur.execute(
