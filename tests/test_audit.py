@@ -24,6 +24,7 @@ def packaged(tmp_path, monkeypatch):
 def engines(monkeypatch):
     """load_engine → a FakeEngine per reference ("model-N" plays seed N); every engine built is kept."""
     import aftertune.engines
+    import aftertune.sources
 
     built: list[tuple[str, FakeEngine]] = []
 
@@ -34,6 +35,7 @@ def engines(monkeypatch):
         return eng
 
     monkeypatch.setattr(aftertune.engines, "load_engine", load_engine)
+    monkeypatch.setattr(aftertune.sources, "check_model_ref", lambda ref: None)  # "model-N" resolves to a fake
     return built
 
 

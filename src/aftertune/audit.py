@@ -243,10 +243,6 @@ def audit(
         if not label or not re.fullmatch(r"[\w.@+-]+", label):
             raise UserError(f"model label {label!r}: use letters, digits and . _ - + @ only (e.g. --model base=REF)")
     refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
-    from aftertune.sources import check_model_ref
-
-    for ref in refs.values():  # before anything is created: no run folder or store run for a bad reference
-        check_model_ref(ref)
     suite_specs = parse_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
 

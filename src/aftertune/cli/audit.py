@@ -55,6 +55,7 @@ def audit_cmd(
     Running the same command again resumes an interrupted audit: finished items are not recomputed.
     """
     from aftertune.audit import audit, label_for
+    from aftertune.sources import check_model_ref
 
     models: dict[str, str] = {}
     for text in model:
@@ -63,6 +64,7 @@ def audit_cmd(
         if label in models:
             raise UserError(f"--model {text!r}: label {label!r} is used twice; name them, e.g. --model base=REF "
                             "--model tuned=REF")
+        check_model_ref(ref)  # before anything is created: no run folder or store run for a bad reference
         models[label] = ref
     judges = dict(parse_judge_arg(j) for j in judge or [])
     if batch_size < 1:
