@@ -18,7 +18,7 @@ import os
 import time
 
 from aftertune.judges import build_judge
-from aftertune.judges.labelled import SETS, tuned_on
+from aftertune.judges.labelled import load_sets, tuned_on
 from aftertune.judges.validate import measure
 
 JUDGES = {
@@ -62,7 +62,9 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for kind in args.kinds.split(","):
         judges = [build_judge(spec) for spec in JUDGES[kind]]
-        for ls in SETS[kind]():
+        sets, missing = load_sets(kind)
+        lines.extend(f"<!-- {line} -->" for line in missing)
+        for ls in sets:
             tuned = frozenset().union(*(tuned_on(j).get(ls.name, frozenset()) for j in judges))
             rows = ls.without(tuned)
             for spec, judge in zip(JUDGES[kind], judges, strict=True):

@@ -27,7 +27,7 @@ import numpy as np
 
 from aftertune.judges.embedding import DEFAULT_ENCODER, load_encoder
 from aftertune.judges.head import L2, Head, HeadJudge, features, fit_logistic
-from aftertune.judges.labelled import SETS, LabelledSet, design_rows, tuned_rows
+from aftertune.judges.labelled import LabelledSet, design_rows, load_sets, tuned_rows
 from aftertune.judges.validate import format_validity, validity
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "aftertune" / "judges" / "data" / "heads"
@@ -48,7 +48,10 @@ def training_ids(ls: LabelledSet) -> list[str]:
 def train(task: str) -> Head:
     encoder = load_encoder(DEFAULT_ENCODER)
     xs, ys, trained_on = [], [], {}
-    for ls in SETS[task]():
+    sets, missing = load_sets(task)
+    if missing:
+        raise SystemExit("cannot train on incomplete data: " + "; ".join(missing))
+    for ls in sets:
         ids = set(training_ids(ls))
         keep = [i for i, ident in enumerate(ls.ids or []) if ident in ids]
         if not keep:

@@ -570,3 +570,21 @@ def test_judge_agreement_on_a_runs_items():
     harmful = rows["harmful (complying answers)"]
     assert harmful["n"] == 3 and harmful["agreement"] == pytest.approx(2 / 3) and harmful["judge_a"] == "head:harm"
     assert judge_agreement([Record("m", "safety", "x", "all", {}, "t", {}, {"refusal": {"verdict": "comply"}})]) == []
+
+
+def test_a_set_that_cannot_be_fetched_is_named_not_hidden(monkeypatch):
+    import aftertune.judges.labelled as labelled
+
+    def offline(task):
+        raise UserError("uncensorbench==0.3.7: could not download (offline)")
+
+    monkeypatch.setattr(labelled, "uncensorbench", offline)
+    judge = _CountingJudge()
+    res = validity(judge, only=["refusal-labelled", "uncensorbench"])
+    assert [s["set"] for s in res["sets"]] == ["refusal-labelled"]
+    assert res["unavailable"] == ["uncensorbench: not measured (uncensorbench==0.3.7: could not download (offline))"]
+    validity(judge, only=["refusal-labelled", "uncensorbench"])
+    assert judge.calls == 2  # not cached while a set is missing
+    from aftertune.judges.validate import format_validity
+
+    assert "uncensorbench: not measured" in format_validity(res)

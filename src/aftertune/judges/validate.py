@@ -28,7 +28,7 @@ import numpy as np
 from aftertune import paths
 from aftertune.fileio import canonical_json, sha256_text, write_json_atomic
 from aftertune.judges.base import Judge, Verdict
-from aftertune.judges.labelled import SETS, LabelledSet, refusal_rows, tuned_on
+from aftertune.judges.labelled import SETS, LabelledSet, load_sets, refusal_rows, tuned_on
 
 __all__ = ["LabelledSet", "agreement", "auroc", "binary_metrics", "cohen_kappa", "format_validity", "measure",
            "refusal_rows", "spearman", "validity"]
@@ -190,22 +190,24 @@ def validity(judge: Judge, store: Any = None, *, limit: int | None = None,
                 "note": f"no labelled data for judges of type {name!r}"}
     predict = PREDICT.get(kind, _label_predict)
     limit = limit if limit is not None else DEFAULT_LIMITS.get(kind)
-    sets = [s for s in SETS[kind]() if only is None or s.name in only]
+    sets, missing = load_sets(kind, only)
     parts = [(_subset(s, limit), excluded) for s, excluded in held_out(judge, sets)]
     key = sha256_text(canonical_json({
         "judge": judge.fingerprint, "limit": limit, "v": 2,
         "sets": [[s.name, excluded, sha256_text(canonical_json([s.prompts, s.texts, s.labels, s.reference]))]
                  for s, excluded in parts],
     }))
-    cached = _cache_get(key, store)
+    cached = _cache_get(key, store) if not missing else None
     if cached is not None:
         return cached
     result = {
         "judge": name, "fingerprint": judge.fingerprint, "limit": limit,
         "sets": [{**measure(judge, s, predict), "excluded_tuning_rows": excluded} for s, excluded in parts],
+        "unavailable": missing,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _cache_put(key, result, store)
+    if not missing:  # a result lacking a set is not cached: the set may be fetched next time
+        _cache_put(key, result, store)
     return result
 
 
@@ -234,6 +236,7 @@ def _cache_put(key: str, result: dict[str, Any], store: Any) -> None:
 def format_validity(result: dict[str, Any]) -> str:
     """A plain-text table of a validity result, with each set's confusion matrix and label provenance."""
     lines = [f"judge {result['judge']}  ({result['fingerprint']})"]
+    lines.extend(f"  {line}" for line in result.get("unavailable") or [])
     if not result.get("sets"):
         lines.append(result.get("note", "no labelled data"))
         return "\n".join(lines)
