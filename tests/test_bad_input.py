@@ -101,3 +101,177 @@ def test_bad_model_refs_create_nothing(work, capsys, command, ref):
             else ["generate", "-m", ref, "-p", str(prompts)])
     code, out, err = _cli(args, capsys)
     _assert_refused(code, out, err, "model", work, before)
+
+
+# ---------------------------------------------------------------------------------------------- results.json
+
+@pytest.fixture(scope="module")
+def good_results(tmp_path_factory):
+    from aftertune.report import write_reports
+    from compare_fixtures import make_run
+
+    tmp = tmp_path_factory.mktemp("results")
+    store = Store(tmp / "store.sqlite")
+    out = tmp / "out"
+    write_reports(store, make_run(store), out)
+    store.close()
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def _broken(results: dict, how: str) -> tuple[bytes, str]:
+    """results.json damaged one way; (bytes, the field the error must name)."""
+    r = json.loads(json.dumps(results))
+    if how == "missing_section":
+        del r["comparisons"]
+        return json.dumps(r).encode(), "comparisons"
+    if how == "wrong_type_section":
+        r["models"] = "base,tuned"
+        return json.dumps(r).encode(), "models"
+    if how == "row_missing_field":
+        del r["comparisons"][3]["delta"]
+        return json.dumps(r).encode(), "comparisons[3].delta"
+    if how == "row_wrong_type":
+        r["comparisons"][2]["value"] = "0.5"
+        return json.dumps(r).encode(), "comparisons[2].value"
+    if how == "interval_shape":
+        r["comparisons"][0]["delta_ci"] = [0.1]
+        return json.dumps(r).encode(), "comparisons[0].delta_ci"
+    if how == "newer_schema":
+        r["schema_version"] = 99
+        return json.dumps(r).encode(), "schema_version"
+    if how == "not_results":
+        return b'{"comparisons": []}', "schema"
+    if how == "top_level_list":
+        return b"[1, 2]", "results.json"
+    if how == "not_json":
+        return b"{\n  nope", ":2"
+    if how == "latin1":
+        return json.dumps(r, ensure_ascii=False).replace("base", "b\u00e4se").encode("latin-1", errors="replace"), "UTF-8"
+    if how == "binary":
+        return bytes(range(256)), "UTF-8"
+    raise AssertionError(how)
+
+
+RESULT_DAMAGE = ["missing_section", "wrong_type_section", "row_missing_field", "row_wrong_type", "interval_shape",
+                 "newer_schema", "not_results", "top_level_list", "not_json", "latin1", "binary"]
+
+
+@pytest.mark.parametrize("how", RESULT_DAMAGE)
+@pytest.mark.parametrize("command", ["report", "gate"])
+def test_malformed_results_json(work, capsys, good_results, command, how):
+    data, field = _broken(good_results, how)
+    path = work / "results.json"
+    path.write_bytes(data)
+    before = _files(work)
+    args = [command, str(path)] + (["-t", "t_safety.compliance_rate.max_increase=0.05"] if command == "gate" else [])
+    code, out, err = _cli(args, capsys)
+    _assert_refused(code, out, err, field, work, before)
+    assert str(path) in err
+
+
+def test_good_results_json_validates_and_gates(work, capsys, good_results):
+    path = work / "results.json"
+    path.write_text(json.dumps(good_results), encoding="utf-8")
+    code, out, err = _cli(["gate", str(path), "-t", "t_capability.acc.max_decrease=1"], capsys)
+    assert code == 0 and "gate passed" in out, err
+
+
+# -------------------------------------------------------------------------------------- outputs and the store
+
+@pytest.mark.parametrize("target", ["folder", "under_a_file", "unwritable"])
+def test_generate_checks_its_output_before_the_work(work, capsys, target):
+    prompts = work / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n", encoding="utf-8")
+    out = {"folder": work / "adir", "under_a_file": prompts / "x.jsonl", "unwritable": Path("/proc/aftertune/x.jsonl")}[target]
+    (work / "adir").mkdir()
+    before = _files(work)
+    code, o, err = _cli(["generate", "-m", "smollm2-135m-instruct", "-p", str(prompts), "-o", str(out)], capsys)
+    _assert_refused(code, o, err, "--out", work, before)
+
+
+def test_audit_out_is_a_file(work, capsys):
+    (work / "taken").write_text("x", encoding="utf-8")
+    before = _files(work)
+    code, out, err = _cli(["audit", "-m", "smollm2-135m-instruct", "-s", "safety", "-o", str(work / "taken")], capsys)
+    _assert_refused(code, out, err, "--out", work, before)
+
+
+def test_aftertune_home_is_a_file(work, capsys, monkeypatch):
+    home = work / "home-file"
+    home.write_text("", encoding="utf-8")
+    monkeypatch.setenv("AFTERTUNE_HOME", str(home))
+    monkeypatch.delenv("AFTERTUNE_STORE")
+    code, _out, err = _cli(["runs", "list"], capsys)
+    assert code == 2 and "AFTERTUNE_HOME" in err and str(home) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fill", [b"\xab", b"\x00"])
+def test_damaged_store_is_reported_not_read_as_empty(work, capsys, fill):
+    store_path = Path(os.environ["AFTERTUNE_HOME"]) / "store.sqlite"
+    s = Store(store_path)
+    for i in range(3):
+        s.set_run_status(s.create_run("audit", f"r{i}", {"pad": "x" * 3000}), "done")
+    s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    with store_path.open("r+b") as fh:  # overwrite one page of the runs table
+        fh.seek(6 * 4096)
+        fh.write(fill * 4096)
+    code, _out, err = _cli(["runs", "list"], capsys)
+    assert code == 2 and "damaged" in err and ".recover" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------- run specs
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("name: ../../escape\n", "name"),
+    ("name: /abs\n", "name"),
+    ("gate: {safety.complience: {max_increase: 0.1}}\n", "safety.complience"),
+    ("gate: {safety.compliance: {max_incr: 0.1}}\n", "max_incr"),
+    ("gate: {toxicity.toxic: {max_ratio: -1.2}}\n", "max_ratio"),
+    ("gate: {nosuite.metric: {max: 1}}\n", "nosuite"),
+    ("base: no-such-model\n", "no-such-model"),
+    (f"base: 'openai:m@http://127.0.0.1:9/v1?api_key={KEY}'\n", "api_key=***"),
+    ("audit: [not, a, mapping]\n", "audit"),
+    ("- a list\n", "mapping"),
+    ("name: [unclosed\n", "YAML"),
+])
+@pytest.mark.parametrize("print_spec", [False, True])
+def test_bad_run_specs_fail_before_any_work(work, capsys, spec, names, print_spec):
+    path = work / "spec.yaml"
+    path.write_text(spec, encoding="utf-8")
+    before = _files(work)
+    code, out, err = _cli(["run", str(path)] + (["--print-spec"] if print_spec else []), capsys)
+    _assert_refused(code, out, err, names, work, before)
+
+
+@pytest.mark.parametrize("kind", ["binary", "latin1", "utf16", "empty_dir"])
+def test_run_spec_file_kinds(work, capsys, kind):
+    path = work / "spec.yaml"
+    if kind == "empty_dir":
+        path.mkdir()
+    else:
+        path.write_bytes({"binary": bytes(range(256)), "latin1": "name: caf\u00e9\n".encode("latin-1"),
+                          "utf16": "name: x\n".encode("utf-16")}[kind])
+    before = _files(work)
+    code, out, err = _cli(["run", str(path)], capsys)
+    _assert_refused(code, out, err, "spec.yaml", work, before)
+
+
+@pytest.mark.parametrize("kind", ["binary", "utf16", "negative_ratio", "missing", "not_mapping"])
+def test_gate_thresholds_file(work, capsys, good_results, kind):
+    results = work / "results.json"
+    results.write_text(json.dumps(good_results), encoding="utf-8")
+    th = work / "th.yaml"
+    content = {"binary": bytes(range(256)), "utf16": "a.b: {max: 1}\n".encode("utf-16"),
+               "negative_ratio": b"t_toxicity.toxic: {max_ratio: -2}\n", "not_mapping": b"- 1\n"}
+    if kind != "missing":
+        th.write_bytes(content[kind])
+    before = _files(work)
+    code, out, err = _cli(["gate", str(results), "--thresholds", str(th)], capsys)
+    _assert_refused(code, out, err, "max_ratio" if kind == "negative_ratio" else "th.yaml", work, before)
+
+
+def test_the_store_still_works_after_the_battery(work, capsys):
+    code, out, err = _cli(["runs", "list"], capsys)
+    assert code == 0 and "before" in out, err

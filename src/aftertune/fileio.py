@@ -40,6 +40,21 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
                         f"{kind}); save the {what} as UTF-8") from None
 
 
+def load_yaml(path: str | os.PathLike[str], what: str) -> Any:
+    """A user's YAML file (UTF-8, safe loader); a syntax error is one line naming file, line and problem."""
+    import yaml
+
+    p = Path(path)
+    text = read_text(p, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise UserError(f"{p}{line}: not valid YAML ({problem})") from None
+
+
 def load_json(path: str | os.PathLike[str]) -> Any:
     """A JSON file's value; invalid JSON raises UserError naming the file and line."""
     path = Path(path)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aftertune.errors import UserError
-from aftertune.fileio import read_text
+from aftertune.fileio import load_yaml
 
 
 class _Strict(BaseModel):
@@ -135,6 +135,31 @@ class PipelineSpec(_Strict):
                 raise ValueError(f"{where}: '{sorted(bad)[0]}' is set by the pipeline (base model / run folder)")
         return self
 
+    @model_validator(mode="after")
+    def _gate_names_measured_metrics(self) -> PipelineSpec:
+        """Every gate rule is checked now, before any model loads: a misspelt rule or a metric no audited suite
+        reports would otherwise surface only after all the work, inside report writing."""
+        from aftertune.compare.gate import SCAN_PREFIX, normalize
+        from aftertune.errors import UserError as _UserError
+        from aftertune.suites.base import SUITES
+        from aftertune.suites.spec import suite_names
+
+        try:
+            rules, _ = normalize(self.gate)
+        except _UserError as exc:
+            raise ValueError(f"gate: {exc}") from None
+        audited = suite_names(self.audit.suites)
+        for key in rules:
+            if key.startswith(SCAN_PREFIX):
+                continue
+            suite, _, metric = key.partition(".")
+            if suite not in audited:
+                raise ValueError(f"gate: {key!r}: suite {suite!r} is not audited; audited: {', '.join(audited)}")
+            metrics = [m.name for m in SUITES.get(suite).metrics]
+            if metric not in metrics:
+                raise ValueError(f"gate: {key!r}: unknown metric; {suite} reports {', '.join(metrics)}")
+        return self
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
@@ -182,17 +207,13 @@ def variant_label(suffix: str) -> str:
 
 def load_pipeline_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineSpec:
     """Read a YAML spec (or the defaults when `path` is None) and apply top-level overrides."""
-    import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"{p}: no such spec file; `aftertune run --print-spec` prints a starting point")
-        try:
-            data = yaml.safe_load(read_text(p, "YAML spec")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{p}: not valid YAML ({exc})") from None
+        data = load_yaml(p, "YAML spec") or {}
         if not isinstance(data, dict):
             raise UserError(f"{p}: the spec must be a mapping (keys like base, train, audit)")
     data.update(overrides or {})
@@ -200,8 +221,9 @@ def load_pipeline_spec(path: str | Path | None, overrides: dict[str, Any] | None
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        loc = ".".join(str(x) for x in err["loc"])
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{path or 'spec'}: {loc}: {msg}; `aftertune run --print-spec` shows every field") from None
+        where = f"{loc}: " if loc else ""  # spec-wide checks name their section in the message
+        raise UserError(f"{path or 'spec'}: {where}{msg}; `aftertune run --print-spec` shows every field") from None
     spec.tune_configs(Path("."))  # validate the training configs now, before any work
     return spec

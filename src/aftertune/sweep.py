@@ -269,11 +269,12 @@ def choose(points: Sequence[dict[str, Any]], max_safety_loss: float) -> tuple[in
 
 def _finished(run: PlannedRun, out: Path, store: Store) -> dict[str, Any] | None:
     """The results of a run already finished with this exact spec, else None."""
+    from aftertune.compare.results_model import load_results
     from aftertune.pipeline import RUN_FILE
 
     try:
         info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        results = load_results(out / "results.json")
         if (info["spec"] == run.spec.model_dump(mode="json") and results["volatile"]["run_id"] == info["run_id"]
                 and store.get_run(info["run_id"]).status == "done"):
             return dict(results)

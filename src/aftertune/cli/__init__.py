@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sqlite3
 import sys
 
 import typer
@@ -59,6 +60,15 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"aftertune: error: {redact_secrets(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except sqlite3.DatabaseError as exc:  # damage found mid-command; `aftertune runs list` checks up front
+        if debug:
+            raise
+        from aftertune.paths import default_store_path
+        from aftertune.store.db import damaged_message
+
+        print(f"aftertune: error: {damaged_message(os.environ.get('AFTERTUNE_STORE') or default_store_path(), str(exc))}",
+              file=sys.stderr)
+        sys.exit(2)
     except UnicodeDecodeError as exc:  # a reader that does not name its file yet: still one line, exit 2
         if debug:
             raise

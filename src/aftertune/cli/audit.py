@@ -66,6 +66,9 @@ def audit_cmd(
                             "--model tuned=REF")
         check_model_ref(ref)  # before anything is created: no run folder or store run for a bad reference
         models[label] = ref
+    from aftertune.paths import check_writable
+
+    check_writable(out, "--out", folder=True)
     judges = dict(parse_judge_arg(j) for j in judge or [])
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")

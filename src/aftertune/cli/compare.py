@@ -7,7 +7,6 @@ gate:    check thresholds on a run's comparison; exit 0 when all hold, 1 otherwi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from aftertune.cli import app
 from aftertune.errors import UserError
-from aftertune.fileio import read_text
+from aftertune.fileio import load_yaml
 from aftertune.paths import default_store_path
 
 _STORE_HELP = "The run store (default: $AFTERTUNE_STORE or $AFTERTUNE_HOME/store.sqlite)."
@@ -102,17 +101,9 @@ def report_cmd(
 
 
 def _read_results(path: Path) -> dict[str, Any]:
-    try:
-        results = json.loads(read_text(path, "results.json"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not a readable results.json ({exc})") from None
-    keys = ("schema", "comparisons", "models", "primary", "reference")
-    missing = [k for k in keys if k not in results] if isinstance(results, dict) else ["an object"]
-    if missing:
-        raise UserError(f"{path}: not an aftertune results.json (no {missing[0]!r}); pass the file a run wrote")
-    from aftertune.compare.comparison import upgrade
+    from aftertune.compare.results_model import load_results
 
-    return upgrade(results)
+    return load_results(path)
 
 
 def _parse_threshold(text: str) -> dict[str, Any]:
@@ -140,10 +131,7 @@ def _parse_threshold(text: str) -> dict[str, Any]:
 def _load_thresholds_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: thresholds file not found")
-    try:
-        data = yaml.safe_load(read_text(path, "thresholds file"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML/JSON ({exc})") from None
+    data = load_yaml(path, "thresholds file")
     if isinstance(data, dict) and isinstance(data.get("gate"), dict):
         data = data["gate"]
     if not isinstance(data, dict):
@@ -157,15 +145,7 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
     if p.is_dir():
         p = p / "results.json"
     if p.is_file():
-        try:
-            results = json.loads(read_text(p, "results.json"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}: not valid JSON ({exc.msg})") from None
-        from aftertune.compare.comparison import SCHEMA, upgrade
-
-        if not isinstance(results, dict) or results.get("schema") != SCHEMA:
-            raise UserError(f"{p}: not an aftertune results.json")
-        results = upgrade(results)
+        results = _read_results(p)
         if reference and reference != results["reference"]:
             raise UserError(f"{p} compares against {results['reference']!r}; to use --reference {reference}, "
                             "pass the run id so the comparison can be recomputed from the store")

@@ -104,6 +104,10 @@ def generate_cmd(
     if not 0 < top_p <= 1:
         raise UserError("--top-p must be in (0, 1]")
     rows = read_jsonl(prompts)
+    if out is not None:
+        from aftertune.paths import check_writable
+
+        check_writable(out, "--out")  # before generating everything
     if not rows:
         raise UserError(f"{prompts}: no prompts in the file; {_ROW_HELP}")
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,

@@ -62,15 +62,21 @@ def run_cmd(
         overrides = load_preset(preset)
     if base:
         overrides["base"] = base
-    pipeline_spec = load_pipeline_spec(spec, overrides)
+    pipeline_spec = load_pipeline_spec(spec, overrides)  # every section, the gate's metrics included
+    from aftertune.paths import check_writable
+    from aftertune.sources import check_model_ref
+
+    check_model_ref(pipeline_spec.base)
+    run_dir = out or Path("aftertune-runs") / pipeline_spec.name
     if print_spec:
         typer.echo(yaml.safe_dump(pipeline_spec.model_dump(mode="json"), sort_keys=False, width=110))
         return
     from aftertune.pipeline import run_pipeline
     from aftertune.store import Store
 
+    check_writable(run_dir, "the run folder", folder=True)
     store = Store(store_path) if store_path else None
-    result = run_pipeline(pipeline_spec, out or Path("aftertune-runs") / pipeline_spec.name, store=store,
+    result = run_pipeline(pipeline_spec, run_dir, store=store,
                           progress=not no_progress)
     for v in result.violations:
         print(f"gate: FAIL {v.line()}", file=sys.stderr)

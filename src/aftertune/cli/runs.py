@@ -29,7 +29,9 @@ def _open(store_path: Path | None) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no store here yet; runs appear once a command such as `aftertune audit` or "
                         "`aftertune generate` has run (or pass --store)")
-    return Store(path)
+    store = Store(path)
+    store.check()  # reading a damaged store would silently show fewer (or no) runs
+    return store
 
 
 def _when(ts: float) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aftertune.errors import UserError
-from aftertune.fileio import read_text
+from aftertune.fileio import load_yaml
 
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ia3"]
 Objective = Literal["sft", "dpo"]
@@ -221,17 +221,11 @@ def _pretty(exc: ValidationError) -> str:
 
 def load_spec(path: str | Path) -> TuneConfig | SequentialSpec:
     """A YAML file holding either one TuneConfig or a sequential spec (`stages:`)."""
-    import yaml
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such spec file")
-    try:
-        data = yaml.safe_load(read_text(p, "YAML spec"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = load_yaml(p, "YAML spec")
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of fields at the top level")
     if "tune" in data and isinstance(data["tune"], dict):  # allow a `tune:` section inside a larger spec

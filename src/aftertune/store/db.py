@@ -98,12 +98,24 @@ def new_run_id(tag: str = "") -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}{middle}-{uuid.uuid4().hex[:6]}"
 
 
+def damaged_message(path: Path | str, problem: str) -> str:
+    """One line for a damaged store: what SQLite found and how to recover."""
+    problem = " ".join(problem.split())[:200]
+    return (f"{path}: the store is damaged ({problem}); recover what is readable with "
+            f"`sqlite3 {path} .recover | sqlite3 {path}.recovered` and pass --store {path}.recovered, or move "
+            "the file aside to start an empty store (cached answers are then recomputed)")
+
+
 class Store:
     """Thread-safe handle on a store file; cheap to open, safe to share across processes."""
 
     def __init__(self, path: str | Path) -> None:
+        from aftertune.paths import ensure_dir
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: the store is a folder; point --store (or AFTERTUNE_STORE) at a file")
+        ensure_dir(self.path.parent, "the store's folder")
         self._lock = threading.RLock()
         try:
             self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
@@ -151,6 +163,17 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def check(self) -> None:
+        """UserError with recovery advice when SQLite's own check finds damage (overwritten pages read as
+        missing rows, so a damaged store would otherwise list nothing and exit 0). Reads every page once."""
+        try:
+            with self._lock:
+                problems = [r[0] for r in self._conn.execute("PRAGMA quick_check(3)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise UserError(damaged_message(self.path, "; ".join(problems)))
 
     # -- cache -------------------------------------------------------------
     def cache_get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
