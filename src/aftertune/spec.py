@@ -163,9 +163,9 @@ class PipelineSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
-            raise ValueError(f"{name!r} is not a plain name; use letters, digits, '.', '_' or '-' (at most 100, "
-                             "starting with a letter or digit), with no '/' or '..'")
+        if not re.fullmatch(r"[A-Za-z0-9][\w.,=+@-]{0,149}", name, flags=re.ASCII):
+            raise ValueError(f"{name!r} is not a plain name (it names the run folder); use letters, digits and "
+                             ". _ - = + @ , only, starting with a letter or digit: no '/', no '..' folder")
         return name
 
     @field_validator("variants")
