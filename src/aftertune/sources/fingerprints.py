@@ -9,7 +9,8 @@
 - openai: sha256 of the base URL and model name (the server's weights are unknowable).
 
 File hashes are cached in `$AFTERTUNE_HOME/fingerprints.json`, keyed by resolved path
-with size and mtime, so a multi-GB model is hashed once, not on every run.
+with size, mtime and ctime, so a multi-GB model is hashed once, not on every run, and a file
+rewritten with its mtime restored is hashed again (its ctime moved).
 """
 
 from __future__ import annotations
@@ -39,16 +40,31 @@ def fingerprint(model: ModelRef | str) -> str:
         if ref.base is None:
             raise ValueError(f"adapter {ref.ref!r} has no base model")
         cfg = json.loads((ref.path / "adapter_config.json").read_text(encoding="utf-8"))
-        cfg.pop("base_model_name_or_path", None)
         ident: dict[str, Any] = {
             "adapter": _weights(ref.path, cache),
-            "adapter_config": cfg,
+            "adapter_config": normalised_adapter_config(cfg),
             "base": fingerprint(ref.base),
         }
     else:
         ident = {"weights": _weights(ref.path, cache), "chat_template": _chat_template_sha(ref.path)}
     cache.save()
     return sha256_text(canonical_json(ident))
+
+
+# adapter_config.json lists that PEFT treats as sets: peft writes target_modules from a Python set, so two
+# runs that save byte-identical weights can list them in different orders.
+_SET_FIELDS = ("target_modules", "modules_to_save", "exclude_modules")
+
+
+def normalised_adapter_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The adapter config as far as it decides behaviour: without the base's path (the base enters the
+    fingerprint by its own content) and with set-valued lists sorted."""
+    out = {k: v for k, v in cfg.items() if k != "base_model_name_or_path"}
+    for key in _SET_FIELDS:
+        value = out.get(key)
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            out[key] = sorted(set(value))
+    return out
 
 
 def _weights(path: Path, cache: _FileHashes) -> dict[str, str]:
@@ -76,7 +92,10 @@ def _chat_template_sha(path: Path) -> str | None:
 
 
 class _FileHashes:
-    """sha256 of files, remembered across runs by (resolved path, size, mtime)."""
+    """sha256 of files, remembered across runs by (resolved path, size, mtime, ctime).
+
+    ctime is the cheap re-check that catches content changed with its mtime put back (`touch -d`,
+    `os.utime`): the kernel sets ctime on every write or utime and no user call can set it back."""
 
     def __init__(self) -> None:
         self.path = paths.home() / SIDECAR
@@ -90,10 +109,12 @@ class _FileHashes:
         real = os.path.realpath(file)
         st = os.stat(real)
         hit = self.data.get(real)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        if (hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns
+                and hit.get("ctime_ns") == st.st_ctime_ns):
             return hit["sha256"]
         digest = sha256_file(real)
-        self.data[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self.data[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                           "sha256": digest}
         self.dirty = True
         return digest
 
