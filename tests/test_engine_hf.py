@@ -198,6 +198,84 @@ def test_left_padding_in_a_batch_equals_transformers_batched_generate(chaotic):
     assert [r.text for r in ours] == hf
 
 
+def test_generate_path_equals_continuous_batching(chaotic_dir):
+    """The CUDA path (transformers' generate in fixed batches) ends rows exactly as continuous batching does,
+    and ignores a model's own sampling defaults and repetition penalty: greedy is argmax."""
+    cont = _engine(chaotic_dir, batch_size=3, decode_path="continuous")
+    gen = _engine(chaotic_dir, batch_size=3, decode_path="generate")
+    assert gen.decode_path == "generate" and gen.version != cont.version and "decode/hf-generate" in gen.version
+    gen.model.generation_config.update(do_sample=True, temperature=0.3, top_k=5, repetition_penalty=1.8)
+    reqs = [_chat(q, n=4 + 2 * i) for i, q in enumerate(PROMPTS)]
+    want = cont.generate(reqs)
+    stop = want[0].text[3:6]
+    reqs.append(_chat(PROMPTS[0], n=12, stop=(stop,)))
+    want += cont.generate(reqs[-1:])
+    calls = []
+    assert gen.generate(reqs, progress=calls.append) == want
+    assert len(calls) == len(reqs) and want[-1].finish_reason == "stop"
+
+
+def test_decode_path_is_chosen_by_device():
+    from aftertune.engines.hf import choose_decode_path
+
+    assert choose_decode_path("auto", torch.device("cpu")) == "continuous"
+    assert choose_decode_path("auto", torch.device("cuda")) == "generate"
+    with pytest.raises(UserError, match="decode path"):
+        choose_decode_path("fast", torch.device("cpu"))
+
+
+def _in_chunks(fn, reqs, order, sizes):
+    """fn over reqs taken in `order`, in calls of the given sizes (cycled); results in request order."""
+    out, i, k = {}, 0, 0
+    while i < len(order):
+        part = order[i:i + sizes[k % len(sizes)]]
+        i, k = i + len(part), k + 1
+        out.update(zip(part, fn([reqs[j] for j in part]), strict=True))
+    return [out[j] for j in range(len(reqs))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shuffled_batches_give_identical_records(chaotic_dir, dtype):
+    """Batch invariance (issue 13): the same requests, shuffled into other batches of other sizes or run alone,
+    give bitwise the same texts and log-likelihoods."""
+    import random
+
+    eng = _engine(chaotic_dir, dtype=dtype, batch_size=5)
+    assert eng.batch_invariant and "attn/rowwise" in eng.version
+    gen = [_chat(q + " " + q[: i], n=5 + i % 4) for i, q in enumerate(PROMPTS * 2)]
+    lls = [LoglikelihoodRequest(q[: 3 + i % 7], " " + w) for i, q in enumerate(PROMPTS)
+           for w in ("yes", "no thanks", "maybe so, perhaps")]
+    shuffled = list(range(len(gen)))
+    random.Random(0).shuffle(shuffled)
+    for fn, reqs in ((eng.generate, gen), (eng.loglikelihood, lls)):
+        order = list(range(len(reqs)))
+        random.Random(1).shuffle(order)
+        together = fn(reqs)
+        assert _in_chunks(fn, reqs, order, [3, 1, 7, 2]) == together
+        assert _in_chunks(fn, reqs, list(range(len(reqs))), [1]) == together
+
+
+def test_batch_invariance_can_be_switched_off(chaotic_dir):
+    eng = _engine(chaotic_dir, batch_invariant=False)
+    assert not eng.batch_invariant and "rowwise" not in eng.version
+    assert eng.model.config._attn_implementation == "sdpa"
+
+
+def test_small_products_are_padded_to_the_probed_row_count():
+    from aftertune.engines.invariant import pad_linear_rows
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 64))
+    want = model(torch.randn(200, 64))
+    rows = pad_linear_rows(model)
+    assert rows is not None and rows >= 1
+    x = torch.randn(40, 64)
+    full = model(x)
+    for n in (1, 2, 3, 5, 7, 11):
+        assert torch.equal(model(x[:n]), full[:n])
+    assert want.shape == (200, 64)
+
+
 def test_eos_stops_each_sequence_on_its_own(chaotic_dir):
     eng = _engine(chaotic_dir, batch_size=4)
     reqs = [_chat(q, n=10) for q in PROMPTS[:4]]
@@ -341,18 +419,19 @@ def _paths(eng, pairs, monkeypatch):
     return out
 
 
-def test_shared_context_paths_equal_the_naive_path(chaotic, monkeypatch):
+def test_shared_context_paths_equal_the_naive_path(chaotic_dir, monkeypatch):
     """Packed rows, the KV cache and its chunked form all give the full-forward numbers."""
-    pairs = [chaotic.encode_pair(r.context, r.continuation) for r in LL_REQUESTS] * 2
-    naive = [_manual_loglikelihood(chaotic.model, ctx, cont) for ctx, cont in pairs]
-    for name, scores in _paths(chaotic, pairs, monkeypatch).items():
+    eng = _engine(chaotic_dir, batch_invariant=False)  # sdpa attention: packing allowed
+    pairs = [eng.encode_pair(r.context, r.continuation) for r in LL_REQUESTS] * 2
+    naive = [_manual_loglikelihood(eng.model, ctx, cont) for ctx, cont in pairs]
+    for name, scores in _paths(eng, pairs, monkeypatch).items():
         for (a, ga), (b, gb) in zip(scores, naive, strict=True):
             assert a == pytest.approx(b, abs=1e-4), name
             assert ga == gb, name
 
 
 def test_eager_attention_takes_a_float_mask(chaotic_dir, monkeypatch):
-    eng = _engine(chaotic_dir)
+    eng = _engine(chaotic_dir, batch_invariant=False)
     eng.model.config._attn_implementation = "eager"
     assert batching_mod._packed_mask_kind(eng.model) == torch.float32
     pairs = [eng.encode_pair(r.context, r.continuation) for r in LL_REQUESTS]
@@ -365,7 +444,7 @@ def test_eager_attention_takes_a_float_mask(chaotic_dir, monkeypatch):
 
 
 def test_rows_are_packed_only_within_a_sliding_window(chaotic_dir):
-    eng = _engine(chaotic_dir)
+    eng = _engine(chaotic_dir, batch_invariant=False)
     assert batching_mod._pack_limit(eng.model) == batching_mod.PACK_MAX_LEN
     eng.model.config.sliding_window = 8
     assert batching_mod._pack_limit(eng.model) == 8

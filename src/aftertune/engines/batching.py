@@ -186,8 +186,8 @@ class _Group:
 
 
 def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], *, pad_id: int,
-                batch_size: int, device: torch.device,
-                progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+                batch_size: int, device: torch.device, progress: Callable[[int], None] | None = None,
+                invariant: bool = False) -> list[tuple[float, bool]]:
     """(sum of log-probs of the continuation tokens, whether each was the argmax) for every pair.
 
     Every context and continuation must be non-empty. Pairs are grouped by
@@ -196,6 +196,11 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
     (`_score_packed`: the context and all its continuations in one row), long
     ones through the KV cache (`_score_cached`: the context once, then the
     continuations in chunks on top of it).
+
+    `invariant` (the model runs `invariant.rowwise_attention`, which also rules
+    packing out): batches are cut so their contexts prefill in one pass, and
+    continuations are fed in fixed chunks, so a pair's arithmetic never depends on
+    the other pairs of the call.
     """
     groups: dict[tuple[int, ...], _Group] = {}
     for i, (ctx, cont) in enumerate(pairs):
@@ -212,13 +217,14 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
     for g in ordered:
         packed = _packed_len(g, pairs) <= limit
         if batch and (len(batch) >= batch_size or packed != batch_packed
-                      or (packed and _packed_logit_positions([*batch, g], pairs) > LOGIT_POSITIONS)):
-            _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress)
+                      or (packed and _packed_logit_positions([*batch, g], pairs) > LOGIT_POSITIONS)
+                      or (invariant and not _fits_one_pass([len(x.context) for x in (*batch, g)]))):
+            _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress, invariant)
             batch = []
         batch.append(g)
         batch_packed = packed
     if batch:
-        _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress)
+        _run_batch(model, pairs, batch, batch_packed, results, pad_id, device, progress, invariant)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -226,6 +232,27 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], 
 # Groups whose packed row (context + every continuation but its last token) is longer
 # than this go through the KV cache instead (their logits and 4D mask would be large).
 PACK_MAX_LEN = 1024
+
+
+# invariant mode: continuation tokens per forward pass, the same for every call
+INVARIANT_CHUNK = 8
+
+
+def _fits_one_pass(lengths: Sequence[int]) -> bool:
+    """Whether prompts of these lengths, left-padded together, prefill in one pass (a single prompt always
+    counts as fitting: alone it has no padding, so its own time chunks do not depend on other prompts)."""
+    return len(lengths) == 1 or len(lengths) * max(lengths) <= PREFILL_POSITIONS
+
+
+def _one_pass_groups(seqs: Sequence[GenSeq], prefix_len: int) -> list[list[GenSeq]]:
+    """`seqs` (longest prompt first) cut into consecutive groups that each prefill in one pass."""
+    groups: list[list[GenSeq]] = []
+    for s in seqs:
+        if groups and _fits_one_pass([len(x.prompt) - prefix_len for x in (*groups[-1], s)]):
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
 
 
 def _packed_len(g: _Group, pairs: Sequence[tuple[Tokens, Tokens]]) -> int:
@@ -240,11 +267,11 @@ def _packed_logit_positions(batch: Sequence[_Group], pairs: Sequence[tuple[Token
 
 def _run_batch(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], batch: Sequence[_Group],
                packed: bool, results: list[tuple[float, bool] | None], pad_id: int, device: torch.device,
-               progress: Callable[[int], None] | None) -> None:
+               progress: Callable[[int], None] | None, invariant: bool) -> None:
     if packed:
         _score_packed(model, pairs, batch, results, pad_id=pad_id, device=device)
     else:
-        _score_cached(model, pairs, batch, results, pad_id=pad_id, device=device)
+        _score_cached(model, pairs, batch, results, pad_id=pad_id, device=device, invariant=invariant)
     if progress:
         progress(sum(len(g.members) for g in batch))
 
@@ -393,7 +420,8 @@ def _score_packed(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]]
 
 @torch.inference_mode()
 def _score_cached(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], groups: Sequence[_Group],
-                 results: list[tuple[float, bool] | None], *, pad_id: int, device: torch.device) -> None:
+                 results: list[tuple[float, bool] | None], *, pad_id: int, device: torch.device,
+                 invariant: bool = False) -> None:
     # 1. every distinct context once; keep only the last position's logits (they predict
     #    the first continuation token)
     ctx_ids, ctx_mask = _left_pad([g.context for g in groups], pad_id, device)
@@ -440,7 +468,7 @@ def _score_cached(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]]
             lp_sum = lp_sum + torch.where(valid, tok_lp, torch.zeros_like(tok_lp)).double().sum(-1)
             all_greedy = all_greedy & ((lf.argmax(-1) == tgt) | ~valid).all(-1)
 
-        chunk = max(1, LOGIT_POSITIONS // len(rows))
+        chunk = INVARIANT_CHUNK if invariant else max(1, LOGIT_POSITIONS // len(rows))
         _extend(model, cache, ctx_mask[row_group], ids, new_mask, chunk=chunk, keep_last=False, on_logits=consume)
         logprob = logprob + lp_sum
         greedy = greedy & all_greedy
@@ -576,16 +604,18 @@ def common_prefix(prompts: Sequence[Tokens]) -> int:
 
 @torch.inference_mode()
 def decode(model: torch.nn.Module, seqs: Sequence[GenSeq], *, eos_ids: set[int], pad_id: int, batch_size: int,
-           device: torch.device, share_prefix: bool = True,
+           device: torch.device, share_prefix: bool = True, invariant: bool = False,
            on_finish: Callable[[GenSeq], None] | None = None) -> None:
     """Generate for every sequence in place (continuous batching; see the module docstring).
 
     Sequences are admitted longest prompt first. `on_finish` is called once per finished sequence.
+    `invariant` (with `invariant.rowwise_attention`): no shared prefix, and admitted prompts prefill in
+    groups that fit one pass, so a sequence's tokens never depend on the call's other sequences.
     """
     if not seqs:
         return
     queue = sorted(seqs, key=lambda s: -len(s.prompt))
-    prefix_len = common_prefix([s.prompt for s in seqs]) if share_prefix else 0
+    prefix_len = common_prefix([s.prompt for s in seqs]) if share_prefix and not invariant else 0
     prefix: tuple[DynamicCache, torch.Tensor] | None = None
     if prefix_len >= 2:
         ids = torch.tensor([queue[0].prompt[:prefix_len]], device=device)
@@ -602,11 +632,12 @@ def decode(model: torch.nn.Module, seqs: Sequence[GenSeq], *, eos_ids: set[int],
         if queue and free > 0 and (continuous or not running.seqs):
             # admit waiting prompts (longest first); their first token comes from the prefill
             admit, queue = queue[:free], queue[free:]
-            cache, mask, logits = _prefill(model, admit, prefix, prefix_len, pad_id=pad_id, device=device)
-            if continuous is None:
-                continuous = _mergeable(cache)
             fresh = len(running)
-            running.add(admit, cache, mask, torch.tensor(_choose(logits, admit), device=device))
+            for group in _one_pass_groups(admit, prefix_len) if invariant else [admit]:
+                cache, mask, logits = _prefill(model, group, prefix, prefix_len, pad_id=pad_id, device=device)
+                if continuous is None:
+                    continuous = _mergeable(cache)
+                running.add(group, cache, mask, torch.tensor(_choose(logits, group), device=device))
         else:
             # one decoding step for every running row
             assert running.mask is not None and running.last is not None and running.cache is not None
@@ -619,19 +650,24 @@ def decode(model: torch.nn.Module, seqs: Sequence[GenSeq], *, eos_ids: set[int],
         assert running.last is not None
         alive = list(range(fresh))
         for r, (s, tok) in enumerate(zip(running.seqs[fresh:], running.last[fresh:].tolist(), strict=True), fresh):
-            if tok in eos_ids:
-                s.eos, s.finish = True, "stop"
-            else:
-                s.out.append(tok)
-                if s.stop_check is not None and s.stop_check(s.out):
-                    s.finish = "stop"
-                elif len(s.out) >= s.max_new_tokens:
-                    s.finish = "length"
-            if s.finish is None:
+            if not record_token(s, tok, eos_ids):
                 alive.append(r)
             elif on_finish is not None:
                 on_finish(s)
         running.keep(alive)
+
+
+def record_token(s: GenSeq, tok: int, eos_ids: set[int]) -> bool:
+    """Append a chosen token to `s` (an EOS token ends it instead); True once `s` is finished."""
+    if tok in eos_ids:
+        s.eos, s.finish = True, "stop"
+    else:
+        s.out.append(tok)
+        if s.stop_check is not None and s.stop_check(s.out):
+            s.finish = "stop"
+        elif len(s.out) >= s.max_new_tokens:
+            s.finish = "length"
+    return s.finish is not None
 
 
 def _prefill(model: torch.nn.Module, seqs: Sequence[GenSeq], prefix: tuple[DynamicCache, torch.Tensor] | None,

@@ -29,9 +29,16 @@ Behaviour worth knowing:
   text is returned as `prompt_text`; it is tokenized without adding special
   tokens (the template writes them). Raw `prompt` requests are tokenized as they
   are, with the tokenizer's own special tokens (as lm-evaluation-harness does).
-- **Generation.** Greedy requests run with continuous batching (see
-  `batching.decode`): left padding, longest prompts first, a finished row's slot
-  is refilled at once, results come back in request order. Generation stops per
+- **Batch invariance** (CPU, on by default; `batch_invariant=False` turns it
+  off): attention runs row by row and small matrix products are padded
+  (`invariant`), so a request's text and log-likelihood are bitwise the same
+  whatever other requests share its batch or ran before it; the version says
+  `attn/rowwise`. Not on CUDA.
+- **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
+  continuous batching (see `batching.decode`): left padding, longest prompts
+  first, a finished row's slot is refilled at once; on CUDA, transformers'
+  `generate` with its static KV cache (`hf_generate`). Results come back in
+  request order. Generation stops per
   sequence at an EOS id (tokenizer and generation_config, e.g. `<|im_end|>`) or a
   stop string (the text is cut before it): finish_reason "stop"; or at
   max_new_tokens: "length"; or when the request's `early_stop` rule says the
@@ -83,6 +90,8 @@ from aftertune.engines.base import (
 )
 from aftertune.engines.batching import GenSeq, decode, score_pairs
 from aftertune.engines.cpu_linear import cpu_has_native_bf16, pack_linear_weights
+from aftertune.engines.hf_generate import generate_batches
+from aftertune.engines.invariant import pad_linear_rows, use_rowwise_attention
 from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
 
@@ -123,6 +132,20 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float32 or float16") from None
+
+
+def choose_decode_path(path: str, device: torch.device) -> str:
+    """Greedy batches: "continuous" (`batching.decode`) or "generate" (`hf_generate`); "auto" by device.
+
+    CPU: continuous batching, faster than transformers' loop there (benchmarks/RESULTS.md); CUDA: transformers'
+    own `generate` with its static cache (the custom loop ran at 0.62-0.97x plain `generate` on an H200,
+    the static cache at 6-7.6x; bench_gpu).
+    """
+    if path == "auto":
+        return "generate" if device.type == "cuda" else "continuous"
+    if path not in ("continuous", "generate"):
+        raise UserError(f"unknown decode path {path!r}; use auto, continuous or generate")
+    return path
 
 
 def cpu_threads() -> int:
@@ -256,7 +279,8 @@ class HFEngine(Engine):
     def __init__(self, model: Any, tokenizer: Any, *, model_ref: ModelRef, fingerprint: str, dtype: torch.dtype,
                  device: torch.device, batch_size: int = 16, max_length: int | None = None,
                  base_tokenizer: Any | None = None, base_fingerprint: str | None = None,
-                 adapter_enabled: bool = True) -> None:
+                 adapter_enabled: bool = True, decode_path: str = "auto", static_cache: bool | None = None,
+                 batch_invariant: bool | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.model = model
@@ -282,12 +306,38 @@ class HFEngine(Engine):
                          f"dtype/{dtype_name};max_length/{self.max_length}")
         if "bfloat16" in self.packed_linears:  # not bitwise torch's bf16 GEMM: never mix their cache entries
             self._version += ";linear/bf16-packed-fp32"
+        self.batch_invariant = self._make_batch_invariant(batch_invariant)
+        self.decode_path = choose_decode_path(decode_path, device)
+        # transformers' static KV cache lets it compile the decoding step: 6-7.6x plain generate on an H200
+        # (benchmarks/RESULTS.md, bench_gpu); on CPU the continuous path is the fast one
+        if static_cache is None:
+            static_cache = device.type == "cuda"
+        self.static_cache = static_cache and self.decode_path == "generate"
+        if self.decode_path == "generate":  # other batches, other rounding: its own cache entries
+            self._version += ";decode/hf-generate" + ("-static" if self.static_cache else "")
+
+    def _make_batch_invariant(self, wanted: bool | None) -> bool:
+        """Row-wise attention and padded small products (`invariant`); by default on CPU, where it is checked
+        to hold. Returns whether the engine is batch-invariant; the version names what changed the arithmetic."""
+        if wanted is False or (wanted is None and self.device.type != "cpu"):
+            return False
+        if self.device.type != "cpu":
+            raise UserError("batch-invariant decoding is implemented on CPU only (on CUDA it is off)")
+        if not use_rowwise_attention(self.model):
+            return False
+        self._version += ";attn/rowwise"
+        rows = pad_linear_rows(self.model)
+        if rows is None:
+            return False
+        self._version += f";linear/min-rows-{rows}"
+        return True
 
     # -- construction ------------------------------------------------------------
     @classmethod
     def from_ref(cls, model_ref: ModelRef, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                  batch_size: int = 16, max_length: int | None = None, trust_remote_code: bool = False,
-                 adapter_enabled: bool = True, merge_adapter: bool = False) -> HFEngine:
+                 adapter_enabled: bool = True, merge_adapter: bool = False, decode_path: str = "auto",
+                 static_cache: bool | None = None, batch_invariant: bool | None = None) -> HFEngine:
         """`merge_adapter`: fold a LoRA-style adapter into the weights (faster: no extra matmuls per layer;
         equal to the unmerged model up to float rounding, so it is part of the engine version). A merged
         engine has no `adapter_disabled()`; prompt-learning adapters cannot be merged and stay as they are."""
@@ -316,17 +366,21 @@ class HFEngine(Engine):
             if merge_adapter and adapter_enabled and not model.peft_config[model.active_adapter].is_prompt_learning:
                 merged = cls(_frozen(model.merge_and_unload().to(dev)), tok, model_ref=model_ref,
                              fingerprint=fingerprint(model_ref), dtype=torch_dtype, device=dev, batch_size=batch_size,
-                             max_length=max_length)
+                             max_length=max_length, decode_path=decode_path,
+                             static_cache=static_cache, batch_invariant=batch_invariant)
                 merged._version += ";adapter/merged"
                 return merged
             model = _frozen(model.to(dev))
             return cls(model, tok, model_ref=model_ref, fingerprint=fingerprint(model_ref), dtype=torch_dtype,
                        device=dev, batch_size=batch_size, max_length=max_length, base_tokenizer=base_tok,
-                       base_fingerprint=fingerprint(base), adapter_enabled=adapter_enabled)
+                       base_fingerprint=fingerprint(base), adapter_enabled=adapter_enabled,
+                       decode_path=decode_path, static_cache=static_cache,
+                       batch_invariant=batch_invariant)
         model = _load_causal_lm(_source(model_ref), torch_dtype, dev, trust_remote_code)
         tok = _load_tokenizer(_source(model_ref), trust_remote_code)
         return cls(model, tok, model_ref=model_ref, fingerprint=fingerprint(model_ref), dtype=torch_dtype, device=dev,
-                   batch_size=batch_size, max_length=max_length)
+                   batch_size=batch_size, max_length=max_length, decode_path=decode_path,
+                             static_cache=static_cache, batch_invariant=batch_invariant)
 
     # -- identity ------------------------------------------------------------------
     @property
@@ -352,6 +406,8 @@ class HFEngine(Engine):
             "device": str(self.device),
             "max_length": self.max_length,
             "packed_linears": self.packed_linears,
+            "decode_path": self.decode_path,
+            "batch_invariant": self.batch_invariant,
             "adapter": self.is_adapter,
             "adapter_active": self.is_adapter and self._adapter_on,
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
@@ -475,8 +531,11 @@ class HFEngine(Engine):
             common = {"eos_ids": self.eos_token_ids(), "pad_id": self.pad_token_id, "device": self.device,
                       "on_finish": finished}
             greedy = [s for s, r in zip(seqs, requests, strict=True) if r.decoding.greedy]
-            if greedy:
-                decode(self.model, greedy, batch_size=self.batch_size, **common)
+            if greedy and self.decode_path == "generate":
+                generate_batches(self.model, greedy, batch_size=self.batch_size, static_cache=self.static_cache,
+                                 **common)
+            elif greedy:
+                decode(self.model, greedy, batch_size=self.batch_size, invariant=self.batch_invariant, **common)
             for s, r in zip(seqs, requests, strict=True):
                 if not r.decoding.greedy:
                     decode(self.model, [s], batch_size=1, **common)
@@ -524,7 +583,8 @@ class HFEngine(Engine):
             progress(len(pairs) - len(todo))
         if todo:
             scored = score_pairs(self.model, [self._truncate(*pairs[i]) for i in todo], pad_id=self.pad_token_id,
-                                 batch_size=self.batch_size, device=self.device, progress=progress)
+                                 batch_size=self.batch_size, device=self.device, progress=progress,
+                                 invariant=self.batch_invariant)
             for i, s in zip(todo, scored, strict=True):
                 out[i] = s
         return out

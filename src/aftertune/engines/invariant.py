@@ -1,0 +1,166 @@
+"""Batch invariance on CPU: a request's numbers do not depend on the requests batched with it.
+
+An audit must give an item the same answer whichever other items share its
+batch, and whatever ran before in the store (issue 13; the idea is Thinking
+Machines' "Defeating nondeterminism in LLM inference", 2025). Two things made a
+row's arithmetic depend on its neighbours here, measured on this project's CPUs:
+
+- **Matrix products.** MKL's float32 GEMM rounds a row differently when the
+  product has few rows (on an AVX-512 CPU: 1, 2, 3, 5, 6, 7, 9, 10 or 11 rows,
+  against 4, 8 and 12 or more), and decoding multiplies as many rows as there
+  are running sequences. `pad_linear_rows` probes the smallest row count from
+  which every larger one gives bitwise the same rows, on this machine and build,
+  and pads smaller products up to it with zero rows (oneDNN's native bf16 GEMM
+  needed no padding: every row count agreed).
+- **Attention.** With padding, a row's keys sit at batch-dependent columns, and
+  the attention kernel's blocks and vector lanes then sum them in another order.
+  `rowwise_attention` (registered with transformers as `aftertune_rowwise`)
+  runs SDPA once per row on exactly that row's own queries and keys, so a row
+  computes the same thing alone or in any batch.
+
+The callers (`batching`) do their part: no shared-prefix prefill (the prefix
+would depend on the call's other prompts), no packing of answer choices (a
+packed row's layout depends on which sibling choices are in the call), and no
+splitting of a padded batch into time chunks whose borders depend on padding.
+Costs and the check that identical records come out of shuffled batches are in
+benchmarks/RESULTS.md and tests/test_engine_hf.py. Not done on CUDA: cuBLAS
+chooses kernels by shape, and a per-row loop would throw the GPU's batching away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+ATTENTION = "aftertune_rowwise"
+# row counts probed: every count from 1 to PROBE_MAX, and a few larger ones
+PROBE_MAX = 32
+PROBE_LARGE = (48, 64, 100)
+REFERENCE_ROWS = 160
+
+
+def _row_spans(mask: torch.Tensor | None, b: int, t: int, s: int) -> list[tuple[int, int, int, int]]:
+    """Per row (first query, end query, first key, end key) of its own real tokens.
+
+    A query is real when its own key (new tokens are the last `t` of the `s` keys) is attended to; a key
+    when some real query attends to it. Both are contiguous in this engine's layouts (left-padded prompts,
+    right-padded continuations).
+    """
+    if mask is None:
+        return [(0, t, 0, s)] * b
+    m = mask[:, 0] if mask.dim() == 4 else mask
+    if m.dtype != torch.bool:
+        m = m == 0
+    q_idx = torch.arange(t, device=m.device)
+    real_q = m[:, q_idx, s - t + q_idx]  # b x t
+    real_k = (m & real_q[:, :, None]).any(1)  # b x s
+    spans = []
+    for rq, rk in zip(real_q.tolist(), real_k.tolist(), strict=True):
+        if not any(rq):
+            spans.append((0, 0, 0, 0))
+            continue
+        q0, k0 = rq.index(True), rk.index(True)
+        spans.append((q0, t - rq[::-1].index(True), k0, s - rk[::-1].index(True)))
+    return spans
+
+
+_memo: dict[str, Any] = {}
+
+
+def rowwise_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: query b x h x t x d, key/value b x h_kv x s x d;
+    returns b x t x h x d. Padded queries get zeros (nothing reads them)."""
+    b, h, t, _ = query.shape
+    s = key.shape[2]
+    # the mask is the same object for every layer of one forward pass: find the spans once
+    if _memo.get("mask") is not attention_mask or _memo.get("shape") != (b, t, s):
+        _memo.update(mask=attention_mask, shape=(b, t, s), spans=_row_spans(attention_mask, b, t, s))
+    out = query.new_zeros(b, h, t, value.shape[-1])
+    groups = h // key.shape[1]
+    for r, (q0, q1, k0, k1) in enumerate(_memo["spans"]):
+        if q1 <= q0:
+            continue
+        k = key[r:r + 1, :, k0:k1]
+        v = value[r:r + 1, :, k0:k1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if attention_mask is None:
+            keep = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool, device=query.device).tril(k1 - k0 - (q1 - q0))
+        else:
+            m = attention_mask[r, 0, q0:q1, k0:k1]
+            keep = m if m.dtype == torch.bool else m == 0
+        out[r, :, q0:q1] = nn.functional.scaled_dot_product_attention(
+            query[r:r + 1, :, q0:q1], k, v, attn_mask=keep[None, None], scale=scaling)[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_rowwise_attention(model: nn.Module) -> bool:
+    """Switch `model` to `rowwise_attention`; False (model unchanged) where transformers refuses."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, rowwise_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        return False
+    try:
+        setter(ATTENTION)
+    except (ValueError, ImportError, NotImplementedError):
+        return False
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == ATTENTION
+
+
+def _min_rows(forward: Callable[[torch.Tensor], torch.Tensor], in_features: int, dtype: torch.dtype) -> int | None:
+    """The smallest row count from which `forward` gives every row bitwise as in a large product (None: none)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(REFERENCE_ROWS, in_features, generator=gen).to(dtype)
+    with torch.inference_mode():
+        ref = forward(x)
+        ok = [torch.equal(forward(x[5:5 + m]), ref[5:5 + m]) for m in range(1, PROBE_MAX + 1)]
+        if not all(torch.equal(forward(x[:m]), ref[:m]) for m in PROBE_LARGE):
+            return None
+    if not ok[-1]:
+        return None
+    first_bad_from_top = next((i for i in range(PROBE_MAX - 1, -1, -1) if not ok[i]), None)
+    return 1 if first_bad_from_top is None else first_bad_from_top + 2
+
+
+def pad_linear_rows(model: nn.Module) -> int | None:
+    """Make every `nn.Linear` of `model` batch-invariant by padding small products; returns the row count
+    products are padded to (1: none needed), or None when no row count gave invariant rows (model unchanged)."""
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not linears:
+        return 1
+    shapes: dict[tuple[int, int], nn.Linear] = {}
+    for m in linears:
+        shapes.setdefault(tuple(m.weight.shape), m)  # type: ignore[arg-type]
+    probes = sorted(shapes.items(), key=lambda kv: kv[0][0] * kv[0][1])[:3]  # the small ones: the same kernels
+    need = 1
+    for (_, in_f), lin in probes:
+        m0 = _min_rows(lin, in_f, lin.weight.dtype)
+        if m0 is None:
+            return None
+        need = max(need, m0)
+    if need > 1:
+        for m in linears:
+            m.forward = _padded(m.forward, need)  # type: ignore[method-assign]
+    return need
+
+
+def _padded(forward: Callable[[torch.Tensor], torch.Tensor], rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = x.numel() // x.shape[-1]
+        if n >= rows:
+            return forward(x)
+        flat = x.reshape(n, x.shape[-1])
+        out = forward(torch.cat([flat, flat.new_zeros(rows - n, flat.shape[1])]))[:n]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    return run
