@@ -407,8 +407,8 @@ def render(r: dict[str, Any]) -> str:
            f"Measured {r['date']} on {where}{' (--tiny: shrunk models, a code check, not a measurement)' if r['tiny'] else ''}; "
            f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, trl {v['trl']}, "
            f"lm-eval {v['lm_eval']}. Random-weight models with the packaged configs and tokenizers (no network "
-           f"there); one process per model for generation and scoring, one per side for training. Whole run "
-           f"{r.get('seconds', float('nan')):.0f} s.", ""]
+           f"there); one process per model for generation and scoring, one per side for training."
+           + (f" Whole run {r['seconds']:.0f} s." if r.get("seconds") else ""), ""]
     for name, e in r["models"].items():
         out += [f"### {name}", ""]
         failed = [f"{part} failed: `{x['error']}`" for part, x in e.items() if "error" in x]
@@ -418,12 +418,13 @@ def render(r: dict[str, Any]) -> str:
             continue
         out += [
                 f"Greedy generation, {g['prompts']} chat prompts x {g['max_new_tokens']} new tokens, batch "
-                f"{g['batch']}, bf16 (best of two runs, alternating order; the engine dispatches to "
-                f"`{g['auto_path']}` here):", "",
-                "| | tokens | s | tokens/s | vs plain | peak GiB |", "|---|--:|--:|--:|--:|--:|"]
+                f"{g['batch']}, bf16 (best of up to two runs in alternating order, after an untimed warm-up "
+                f"batch; the static-cache row runs once, as it recompiles; the engine's default here is "
+                f"`{g['auto_path']}`):", "",
+                "| | tokens | s | tokens/s | vs plain | peak GiB | runs |", "|---|--:|--:|--:|--:|--:|--:|"]
         for k, row in g["rows"].items():
             out.append(f"| {k} | {row['tokens']} | {row['s']} | {row['tok_per_s']} | {row['vs_plain']}x | "
-                       f"{row['peak_gib'] if row['peak_gib'] is not None else ''} |")
+                       f"{row['peak_gib'] if row['peak_gib'] is not None else ''} | {row.get('runs', '')} |")
         out += ["", f"float32: the engine's texts equal plain `model.generate`'s on {g['fp32_identical']:.1%} of "
                 f"{g['fp32_n']} prompts (engine path `{g['fp32_path']}`).", ""]
         for k, err in g.get("errors", {}).items():

@@ -53,3 +53,13 @@ def test_mosbach_preset_tunes_and_prompts_on_the_pattern_it_scores():
     assert suites["ood"]["exclude"] == "nli-fewshot" and set(suites) == {"ood", "capability"}
     assert all(spec.audit.limits[n] <= 40 for n, _ in (p for t in spec.audit.suites for p in parse_suite_arg(t)))
     assert spec.gate == {} and "HANS" in spec.notes
+
+
+def test_the_default_and_every_preset_pin_their_dtype():
+    """Issue 13: no spec leaves the audit dtype to the machine ('auto' gives bf16 on some CPUs only)."""
+    from aftertune.presets import load_preset, preset_names
+    from aftertune.spec import PipelineSpec
+
+    assert PipelineSpec().audit.dtype == "float32"
+    for name in preset_names():
+        assert PipelineSpec.model_validate(load_preset(name)).audit.dtype == "float32", name

@@ -166,7 +166,9 @@ def _record_guard_validity(store: Store, run_id: str, label: str, engine: Any) -
 def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
     """The backend's options; local backends also get the batch size (an API endpoint has concurrency instead)."""
     out = dict(options)
-    if engine != "openai" and not ref.startswith("openai:"):
+    if engine == "openai" or ref.startswith("openai:"):
+        out.pop("dtype", None)  # the server's choice
+    else:
         out.setdefault("batch_size", batch_size)
     if engine in (None, "hf") and not ref.startswith("openai:"):
         out.setdefault("merge_adapter", True)  # an audit never switches the adapter off: run it at base speed

@@ -137,7 +137,8 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     data = train["data"]
     main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
     audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
-                    batch_size=spec.audit.batch_size, progress=progress, reports=False)
+                    batch_size=spec.audit.batch_size, progress=progress, reports=False,
+                    engine_options={"dtype": spec.audit.dtype})
     models: dict[str, str] = {"base": spec.base}
 
     if spec.scan:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,6 +48,11 @@ class AuditSection(_Strict):
                                       "default: the target change + 0.10")
     power_max_items: int = Field(400, ge=1, description="the most items a power target may ask of one suite: the "
                                                         "run's budget (a capped plan prints the power it keeps)")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="local models' dtype, pinned so that every machine computes the same numbers: "
+                               "float32 agrees with lm-eval on 100% of multiple-choice picks and is batch-invariant "
+                               "on CPU; 'auto' (bf16 where the hardware has it) is faster on GPUs but gives other "
+                               "answers on CPUs with and without native bf16")
 
     @model_validator(mode="after")
     def _plannable_power_targets(self) -> AuditSection:

@@ -68,6 +68,24 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cpu_kind() -> str:
+    """This CPU's model name and the flags that pick its kernels (AVX-512, bf16, AMX): what the report's
+    protocol names, since float32 sums can round differently on another kind of CPU."""
+    name, flags = "", []
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        return "unknown CPU"
+    keep = sorted(f for f in flags if f.startswith(("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx")))
+    return f"{name or 'CPU'} ({' '.join(keep) or 'no AVX2/AVX-512'})"
+
+
 def _bf16_is_emulated() -> bool:
     return not cpu_has_native_bf16()
 

@@ -89,7 +89,7 @@ from aftertune.engines.base import (
     RollingResult,
 )
 from aftertune.engines.batching import GenSeq, decode, score_pairs
-from aftertune.engines.cpu_linear import cpu_has_native_bf16, pack_linear_weights
+from aftertune.engines.cpu_linear import cpu_has_native_bf16, cpu_kind, pack_linear_weights
 from aftertune.engines.hf_generate import generate_batches
 from aftertune.engines.invariant import pad_linear_rows, use_rowwise_attention
 from aftertune.errors import UserError
@@ -408,6 +408,7 @@ class HFEngine(Engine):
             "packed_linears": self.packed_linears,
             "decode_path": self.decode_path,
             "batch_invariant": self.batch_invariant,
+            "hardware": cpu_kind() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "adapter": self.is_adapter,
             "adapter_active": self.is_adapter and self._adapter_on,
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),

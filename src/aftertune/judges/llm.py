@@ -173,7 +173,9 @@ class LLMJudge(Judge):
             from aftertune.store import CachedEngine, Store
 
             store = self._store if self._store is not None else Store(default_store_path())
-            self._engine = CachedEngine(load_engine(self.model), store)
+            # a local judge computes in float32 on every machine, so its verdicts do not depend on the CPU kind
+            local = {} if str(self.model).startswith("openai:") else {"dtype": "float32"}
+            self._engine = CachedEngine(load_engine(self.model, **local), store)
         return self._engine
 
     @cached_property

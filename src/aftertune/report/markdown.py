@@ -255,7 +255,29 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     shown = {m["label"] for m in results["models"] if m["role"] != "checkpoint"}
     out += ["Models: " + "; ".join(f"`{_cell(m['label'])}` = `{_cell(m['ref'])}`" for m in proto["models"]
                                     if m["label"] in shown), ""]
-    return out
+    return out + _machine(proto, shown)
+
+
+def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
+    """What can change the numbers on another machine: per model the engine (its version string carries the
+    libraries, dtype and kernel path), device and hardware; and the software versions of this report."""
+    rows = []
+    for m in proto["models"]:
+        info = m.get("info") or {}
+        if m["label"] not in shown or not info.get("version"):
+            continue
+        where = ", ".join(str(info[k]) for k in ("device", "hardware") if info.get(k))
+        inv = {True: "batch-invariant", False: "not batch-invariant"}.get(info.get("batch_invariant"), "")
+        rows.append(f"| {_cell(m['label'])} | {_cell(info.get('engine', ''))} | {_cell(info.get('dtype', ''))} | "
+                    f"{_cell(where)} | {_cell(inv)} | `{_cell(info['version'])}` |")
+    if not rows:
+        return []
+    soft = proto.get("software") or {}
+    return ["Reproducing these numbers elsewhere: they can differ with the dtype, the kernels (CPU kind, GPU), "
+            "batch invariance and library versions below; the same spec on the same machine and versions gives "
+            "the same records.", "", "| model | engine | dtype | device, hardware | batching | engine version |",
+            "|---|---|---|---|---|---|", *rows, "",
+            "Software: " + ", ".join(f"{_cell(k)} {_cell(v)}" for k, v in sorted(soft.items())), ""]
 
 
 def _num(x: Any) -> str:
