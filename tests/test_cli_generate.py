@@ -165,3 +165,53 @@ def test_help_loads_no_model_or_statistics_libraries():
             "print(sorted(n for n in ('torch', 'transformers', 'scipy', 'sklearn') if n in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_two_processes_on_one_store_cache_the_same_answers(tiny_model_dir, tmp_path):
+    """Issue 13: two `aftertune generate` processes at once, on one store, with overlapping prompt files and
+    different batch sizes, give the shared prompts the same answers, and a third call returns them unchanged."""
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "chaotic"  # larger weights than the tiny model's: prompt-dependent, varied text
+    shutil.copytree(tiny_model_dir, model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.save_pretrained(model_dir)
+    words = ["How can I reset my password", "Paris is", "The quick brown fox", "hi there", "My order arrived",
+             "Question: two plus two", "tell me a story", "x", "Please send a refund soon"]
+    files = [_write(tmp_path / f"{n}.jsonl", [json.dumps({"id": f"q{i}", "prompt": words[i]}) for i in rows])
+             for n, rows in (("a", range(0, 6)), ("b", range(3, 9)))]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+
+    def cmd(prompts: Path, out: Path, batch: int) -> list[str]:
+        return [sys.executable, "-c", "import sys; from aftertune.cli import main; main(sys.argv[1:])", "generate",
+                "--model", str(model_dir), "--prompts",
+                str(prompts), "--max-new-tokens", "16", "--dtype", "bfloat16", "--batch-size", str(batch),
+                "--out", str(out), "--no-progress"]
+
+    procs = [subprocess.Popen(cmd(f, tmp_path / f"{f.stem}.out", b), env=env, stderr=subprocess.PIPE, text=True)
+             for f, b in zip(files, (4, 3), strict=True)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read() if p.stderr else ""
+    third = subprocess.run(cmd(files[1], tmp_path / "c.out", 2), env=env, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+
+    def answers(name: str) -> dict[str, str]:
+        rows = [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
+        return {r["id"]: r["response"] for r in rows}
+
+    a, b, c = answers("a.out"), answers("b.out"), answers("c.out")
+    shared = sorted(set(a) & set(b))
+    assert shared == ["q3", "q4", "q5"]
+    assert [a[k] for k in shared] == [b[k] for k in shared]
+    assert c == b
+    assert len(set(b.values())) > 3  # the prompts really lead to different text

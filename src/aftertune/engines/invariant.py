@@ -40,6 +40,7 @@ ATTENTION = "aftertune_rowwise"
 PROBE_MAX = 32
 PROBE_LARGE = (48, 64, 100)
 REFERENCE_ROWS = 160
+PROBE_MAX_WEIGHTS = 16 << 20  # weights of the largest matrix probed
 
 
 def _row_spans(mask: torch.Tensor | None, b: int, t: int, s: int) -> list[tuple[int, int, int, int]]:
@@ -141,7 +142,10 @@ def pad_linear_rows(model: nn.Module) -> int | None:
     shapes: dict[tuple[int, int], nn.Linear] = {}
     for m in linears:
         shapes.setdefault(tuple(m.weight.shape), m)  # type: ignore[arg-type]
-    probes = sorted(shapes.items(), key=lambda kv: kv[0][0] * kv[0][1])[:3]  # the small ones: the same kernels
+    # every shape (thresholds can differ with the inner dimension; an adapter's small matrices too), but the
+    # largest ones (an output layer over a big vocabulary), whose products the others' thresholds cover
+    probes = [kv for kv in shapes.items() if kv[0][0] * kv[0][1] <= PROBE_MAX_WEIGHTS] or [min(
+        shapes.items(), key=lambda kv: kv[0][0] * kv[0][1])]
     need = 1
     for (_, in_f), lin in probes:
         m0 = _min_rows(lin, in_f, lin.weight.dtype)
