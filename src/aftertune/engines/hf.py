@@ -329,7 +329,7 @@ class HFEngine(Engine):
         rows = pad_linear_rows(self.model)
         if rows is None:
             return False
-        self._version += f";linear/min-rows-{rows}"
+        self._version += f";matmul/min-rows-{rows}"
         return True
 
     # -- construction ------------------------------------------------------------
