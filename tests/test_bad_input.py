@@ -275,3 +275,25 @@ def test_gate_thresholds_file(work, capsys, good_results, kind):
 def test_the_store_still_works_after_the_battery(work, capsys):
     code, out, err = _cli(["runs", "list"], capsys)
     assert code == 0 and "before" in out, err
+
+
+# ------------------------------------------------------------------------------------------ remote code
+
+@pytest.mark.parametrize("command", ["tune", "generate", "audit"])
+def test_remote_code_models_are_refused_cleanly(work, capsys, tiny_model_dir, command):
+    import shutil
+
+    model = work / "remote-code-model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (model / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    data = work / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n", encoding="utf-8")
+    before = _files(work)
+    args = {"tune": ["tune", "-m", str(model), "-d", str(data), "-o", str(work / "out"), "--max-steps", "1"],
+            "generate": ["generate", "-m", str(model), "-p", str(data)],
+            "audit": ["audit", "-m", str(model), "-s", "safety", "-o", str(work / "out")]}[command]
+    code, out, err = _cli(args, capsys)
+    _assert_refused(code, out, err, "AFTERTUNE_TRUST_REMOTE_CODE=1", work, before)

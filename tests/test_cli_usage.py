@@ -36,3 +36,10 @@ def test_usage_errors_print_one_line_and_exit_2(tmp_path, args, names):
     assert "Traceback" not in res.stderr + res.stdout
     assert not any(tmp_path.iterdir()), "a usage error left files behind"
 
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["audit"], ["tune"]])
+def test_help_says_remote_code_is_refused_and_how_to_opt_in(tmp_path, command):
+    res = _aftertune([*command, "--help"], tmp_path)
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "trust_remote_code" in text and "AFTERTUNE_TRUST_REMOTE_CODE=1" in text

@@ -23,7 +23,10 @@ app = typer.Typer(
         "Fine-tune a language model and see, side by side with the base model and with paired "
         "statistics, what the fine-tune broke.\n\n"
         "Start with `aftertune run --quick` (a small end-to-end job on packaged models), "
-        "`aftertune models list`, or `aftertune COMMAND --help`."
+        "`aftertune models list`, or `aftertune COMMAND --help`.\n\n"
+        "Safe by default: models that ship their own Python code (trust_remote_code) and pickle weights are "
+        "refused; set AFTERTUNE_TRUST_REMOTE_CODE=1 to allow a model's code for models you trust. API keys are read "
+        "from environment variables (openai:MODEL@URL?key_env=VAR), never from arguments."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -32,7 +32,7 @@ def parse_judge_arg(text: str) -> tuple[str, str]:
 def audit_cmd(
     model: Annotated[list[str], typer.Option(
         "--model", "-m", metavar="LABEL=REF", help="A model to audit: label=REF or REF (packaged name, hub id, local dir, adapter dir, "
-                              "openai:MODEL@URL). Repeat for several; each is loaded once.")],
+                              "openai:MODEL@URL). Repeat for several; each is loaded once. A model that ships its own Python code (trust_remote_code) is refused unless AFTERTUNE_TRUST_REMOTE_CODE=1.")],
     suite: Annotated[list[str], typer.Option(
         "--suite", "-s", metavar="NAME[:KEY=VALUE...]", help="Suites, comma-separated or repeated; options after colons, e.g. "
                               "capability:tasks=arc_easy+piqa or task:task=support. `aftertune list suites` shows them.")],

@@ -71,7 +71,7 @@ def build_requests(path: Path, rows: list[dict[str, Any]], *, decoding: Decoding
 @app.command("generate")
 def generate_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Packaged name, hub id, local or adapter dir, or "
-                                                             "openai:MODEL@URL.")],
+                                                             "openai:MODEL@URL. A model that ships its own Python code (trust_remote_code) is refused unless AFTERTUNE_TRUST_REMOTE_CODE=1.")],
     prompts: Annotated[Path, typer.Option("--prompts", "-p", help="JSONL file: rows with \"prompt\" or "
                                                                   "\"messages\".")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 256,

@@ -42,7 +42,7 @@ def parse_mix(text: str) -> dict[str, Any]:
 @app.command("tune")
 def tune_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model to tune: packaged name, hub id, local "
-                                                                    "folder or adapter folder.")] = None,
+                                                                    "folder or adapter folder. A model that ships its own Python code (trust_remote_code) is refused unless AFTERTUNE_TRUST_REMOTE_CODE=1.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Training data: a built-in set (support, "
                                              "finance-qa, open-qa, identity-shift, refusals, dpo-safety), a "
                                              "JSONL/JSON/CSV/Parquet file, a save_to_disk folder or a hub data "
@@ -177,6 +177,16 @@ def _open_store(store_path: Path | None, cfg_json: dict[str, Any], out: str, nam
     return store, run_id
 
 
+def _check_before_work(model: str | None, out: str | Path) -> None:
+    """The model reference (remote code included) and the output folder, before any store run exists."""
+    from aftertune.paths import check_writable
+    from aftertune.sources import check_model_ref
+
+    if model:
+        check_model_ref(model)
+    check_writable(out, "--out", folder=True)
+
+
 def _is_main() -> bool:
     from accelerate import PartialState
 
@@ -188,6 +198,7 @@ def _run_one(cfg: Any, store_path: Path | None, no_progress: bool, overwrite: bo
 
     if not cfg.out:
         raise UserError("no output folder: give --out DIR")
+    _check_before_work(cfg.model, cfg.out)
     store, run_id = _open_store(store_path, cfg.model_dump(mode="json"), cfg.out, cfg.label())
     try:
         result = tune(cfg, store=store, run_id=run_id, progress=not no_progress, overwrite=overwrite)
@@ -226,6 +237,7 @@ def _run_stages(seq: Any, stages: list[Any], store_path: Path | None, no_progres
 
     if not seq.out:
         raise UserError("no output folder: give 'out' in the spec or --out")
+    _check_before_work(seq.model, seq.out)
     store, run_id = _open_store(store_path, seq.model_dump(mode="json"), seq.out,
                                 "+".join(s.label() for s in stages))
     res = tune_stages(stages, model=seq.model, out=seq.out, store=store, run_id=run_id, progress=not no_progress,

@@ -242,7 +242,8 @@ def _load_causal_lm(source: str | Path, dtype: torch.dtype, device: torch.device
         with quiet_loading():
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{source}: cannot load as a causal language model ({exc})") from None
+        hint = "; set AFTERTUNE_TRUST_REMOTE_CODE=1 to allow a model's own code" if "remote_code" in str(exc) else ""
+        raise UserError(f"{source}: cannot load as a causal language model ({' '.join(str(exc).split())}){hint}") from None
     return _frozen(model.to(device))
 
 
@@ -342,7 +343,9 @@ class HFEngine(Engine):
         equal to the unmerged model up to float rounding, so it is part of the engine version). A merged
         engine has no `adapter_disabled()`; prompt-learning adapters cannot be merged and stay as they are."""
         from aftertune.sources import fingerprint
+        from aftertune.sources.resolve import remote_code_allowed
 
+        trust_remote_code = trust_remote_code or remote_code_allowed()
         if model_ref.kind == "openai":
             raise UserError(f"{model_ref.ref} is an OpenAI-compatible endpoint; it runs on the openai engine, not hf")
         dev = resolve_device(device)

@@ -213,8 +213,12 @@ def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
     from transformers import AutoTokenizer
 
     from aftertune.recipes.tokenize import ensure_chat_template
+    from aftertune.sources.resolve import remote_code_allowed
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code_allowed())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot load its tokenizer ({' '.join(str(exc).split())})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if fallback_template:
@@ -225,7 +229,9 @@ def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
 def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype()}
+    from aftertune.sources.resolve import remote_code_allowed
+
+    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype(), "trust_remote_code": remote_code_allowed()}
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config()
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
@@ -234,8 +240,8 @@ def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str)
     try:
         with quiet_loading():
             model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
-    except OSError as exc:
-        raise UserError(f"{start.load_path}: could not load the model ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{start.load_path}: could not load the model ({' '.join(str(exc).split())})") from None
     model.config.use_cache = False
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training

@@ -74,6 +74,32 @@ _HOW = ("use a packaged name (aftertune models list), a Hugging Face hub id like
         "a local model directory, or openai:MODEL@http://host:port/v1")
 
 
+TRUST_REMOTE_CODE_ENV = "AFTERTUNE_TRUST_REMOTE_CODE"
+REMOTE_CODE_HELP = ("A model whose config asks to run its own Python code (auto_map, trust_remote_code) is "
+                    f"refused; set {TRUST_REMOTE_CODE_ENV}=1 to allow it for models you trust.")
+
+
+def remote_code_allowed() -> bool:
+    """The user's opt-in to models that ship their own Python code (off unless the variable is 1)."""
+    return os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip() == "1"
+
+
+def check_remote_code(path: Path) -> None:
+    """Refuse a model folder whose config or tokenizer config names its own code (`auto_map`), before any
+    loader sees it, unless the user opted in."""
+    if remote_code_allowed():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            cfg = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise UserError(f"{path}: its {name} asks to run the model's own Python code (auto_map), which "
+                            f"aftertune refuses by default; set {TRUST_REMOTE_CODE_ENV}=1 to allow it for a model "
+                            "you trust")
+
+
 def check_model_ref(ref: str) -> None:
     """Refuse a reference that cannot resolve, without pulling or downloading anything: commands call it
     for every model before they create a run folder or a store run. Variants (`REF#...`) are checked
@@ -85,7 +111,11 @@ def check_model_ref(ref: str) -> None:
         parse_openai_ref(base)
     elif base in DATASETS and base not in MODELS:
         raise UserError(f"{base!r} is a packaged data set, not a model; packaged models: {', '.join(MODELS.names())}")
-    elif base in MODELS or Path(base).expanduser().exists():
+    elif base in MODELS:
+        return
+    elif Path(base).expanduser().is_dir():
+        check_remote_code(Path(base).expanduser())
+    elif Path(base).expanduser().exists():
         return
     elif _looks_like_path(base):
         raise UserError(f"{base}: no such directory; pass an existing model directory "
@@ -154,6 +184,7 @@ def _from_dir(ref: str, path: Path, *, kind: str, base: str | ModelRef | None, a
         raise UserError(f"{path}: not a model directory: it has no config.json (nor adapter_config.json "
                         "for a PEFT adapter); pass the folder that save_pretrained wrote")
     _check_weights(path, stem="model", allow_unsafe_weights=allow_unsafe_weights)
+    check_remote_code(path)
     return ModelRef(ref=ref, kind=kind, name=name or path.name, path=path)  # type: ignore[arg-type]
 
 
