@@ -202,3 +202,41 @@ def test_protocol_names_what_can_differ_across_machines():
     assert "`hf-engine/1;torch/2.13;dtype/float32;attn/rowwise`" in lines and "| ck |" not in lines
     assert "Software: torch 2.13.0, transformers 5.25.0" in lines
     assert _machine({"models": [{"label": "base", "ref": "b", "info": {}}]}, {"base"}) == []
+
+
+PAYLOADS = ["[x](javascript:alert(1))", "![i](data:text/html;base64,PHNjcmlwdD4=)", "<a href=javascript:alert(2)>a</a>",
+            "<script>alert(3)</script>", "[r][ref]\n\n[ref]: javascript:alert(4)", "`code` | pipe", "&lt;b&gt;"]
+
+
+def test_markdown_is_inert_under_a_real_renderer(report):
+    """Every string field of results.json carrying link, image and HTML payloads renders (CommonMark with raw
+    HTML on, every URL trusted as Python-Markdown does) without a javascript:/data: link or any tag."""
+    import copy
+
+    from markdown_it import MarkdownIt
+
+    from aftertune.report.markdown import render_markdown
+
+    res = copy.deepcopy(report["results"])
+    payload = " ".join(PAYLOADS)
+
+    def poison(node):
+        if isinstance(node, dict):
+            return {k: (payload if isinstance(v, str) and k not in ("kind", "direction", "change", "category",
+                                                                    "family", "role")
+                        else poison(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [payload if isinstance(x, str) else poison(x) for x in node]
+        return node
+
+    for key in ("verdict", "models", "protocol", "gate"):
+        res[key] = poison(res[key])
+    res["protocol"]["models"] = [{**m, "label": payload, "ref": payload} for m in report["results"]["protocol"]["models"]]
+    md = render_markdown(res)
+    renderer = MarkdownIt("commonmark", {"html": True}).enable("table")
+    renderer.validateLink = lambda url: True  # trust every URL, as Python-Markdown does (markdown-it filters some)
+    html = renderer.render(md)
+    tags = re.findall(r"<[a-z][^>]*>", html, re.I)  # real tags only: escaped text reads &lt;...
+    assert not [t for t in tags if re.search(r"(href|src)\s*=\s*[\"']?\s*(javascript|data):", t, re.I)]
+    assert not [t for t in tags if re.match(r"<(script|a|img|iframe)\b", t, re.I)], tags
+    assert "[x](javascript:alert(1))" in html  # the payload is shown as text, not dropped

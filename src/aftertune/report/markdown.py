@@ -11,9 +11,18 @@ _MARK = {"worse": "🔴 worse", "better": "🟢 better", "none": "no change"}
 
 
 def _cell(text: Any) -> str:
-    """Table-safe text: no pipes, no newlines, no HTML."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-            .replace("<", "&lt;").replace(">", "&gt;"))
+    """Inert, table-safe text from any field (model outputs, names, refs): no pipes, no newlines, no raw HTML
+    (< > & as entities), and no links or images: escaped brackets keep `[x](javascript:...)`, `![x](data:...)`
+    and reference-style links from forming, so every Markdown renderer shows the text as it is."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+            .replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("[", "\\[").replace("]", "\\]").replace("`", "\\`"))
+
+
+def _code(text: Any) -> str:
+    """A code span's content: inert by itself (no HTML, links or escapes inside), so only what could end the
+    span or the table cell is replaced."""
+    return " ".join(str(text).split()).replace("`", "'").replace("|", "\\|")
 
 
 def _training_outcomes(results: dict[str, Any]) -> list[str]:
@@ -57,7 +66,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                 k = m["kind"]
                 out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | {fmt_value(val['value'], k)} | "
                            f"{fmt_value(val['ci'][0], k)} to {fmt_value(val['ci'][1], k)} | {val['n']} |")
-        out += ["", f"<sub>run `{_cell(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
+        out += ["", f"<sub>run `{_code(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
         return "\n".join(out)
     out += [
         f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | MDE | |",
@@ -102,7 +111,7 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                               and r["change"] == "worse") for m in others}
         out += ["", "Other models vs " + _cell(ref) + ": " + ", ".join(
             f"{_cell(m)} worse on {n}" for m, n in worse_other.items())]
-    out += ["", f"<sub>run `{_cell(results['volatile']['run_id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
+    out += ["", f"<sub>run `{_code(results['volatile']['run_id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
             "Tango CI, Bonett–Price ratio CI; scores: paired bootstrap CI, permutation test · "
             "full report: report.html, numbers: results.json</sub>", ""]
     out += _details(results, figures or [])
@@ -253,7 +262,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         out += ["Wall time per step: " + "; ".join(f"{_cell(t['step'])} {t['seconds']:.0f} s" for t in steps
                                                      if t.get("seconds") is not None), ""]
     shown = {m["label"] for m in results["models"] if m["role"] != "checkpoint"}
-    out += ["Models: " + "; ".join(f"`{_cell(m['label'])}` = `{_cell(m['ref'])}`" for m in proto["models"]
+    out += ["Models: " + "; ".join(f"`{_code(m['label'])}` = `{_code(m['ref'])}`" for m in proto["models"]
                                     if m["label"] in shown), ""]
     return out + _machine(proto, shown)
 
@@ -269,7 +278,7 @@ def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
         where = ", ".join(str(info[k]) for k in ("device", "hardware") if info.get(k))
         inv = {True: "batch-invariant", False: "not batch-invariant"}.get(info.get("batch_invariant"), "")
         rows.append(f"| {_cell(m['label'])} | {_cell(info.get('engine', ''))} | {_cell(info.get('dtype', ''))} | "
-                    f"{_cell(where)} | {_cell(inv)} | `{_cell(info['version'])}` |")
+                    f"{_cell(where)} | {_cell(inv)} | `{_code(info['version'])}` |")
     if not rows:
         return []
     soft = proto.get("software") or {}
