@@ -1,4 +1,4 @@
-"""Fine-tuning recipes: methods (full, lora, qlora, prefix, prompt, ia3) × objectives (sft, dpo).
+"""Fine-tuning recipes: a method (`recipes.methods.RECIPES`) × an objective (`recipes.objectives.OBJECTIVES`).
 
 Public API:
 

@@ -77,7 +77,7 @@ def probe_bytes_per_token(model: Any, vocab_size: int, tokens: int = 64) -> int:
 
 
 def default_budget(device: str) -> int:
-    from aftertune.recipes.train import available_memory
+    from aftertune.recipes.environment import available_memory
 
     free = available_memory(device)
     if device == "cuda":

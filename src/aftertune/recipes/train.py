@@ -16,11 +16,7 @@ Running the same config again into the same folder resumes from the newest check
 (same data order, RNG states, optimizer): the result equals an uninterrupted run. A
 finished folder is returned as it is. A different config into a used folder is refused.
 
-Precision (`precision="auto"`): where the hardware computes bf16 natively (AVX512-BF16/AMX
-CPUs, bf16 GPUs), adapter methods keep the frozen base weights in bf16 and the trainable
-adapter weights in fp32 (no autocast pass, half the weight memory); full fine-tuning keeps
-fp32 master weights with bf16 autocast, since pure-bf16 AdamW drops small updates.
-Elsewhere everything is fp32.
+Device and precision: `recipes.environment`; loading: `recipes.loading`; examples: `recipes.examples`.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ import resource
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +44,15 @@ from aftertune.recipes.callbacks import (
     resumable_checkpoint,
 )
 from aftertune.recipes.config import TuneConfig
-from aftertune.recipes.methods import RECIPES, preflight, quantization_config
+from aftertune.recipes.environment import (
+    choose_precision,
+    dist_state,
+    resolve_device,
+    set_threads,
+)
+from aftertune.recipes.examples import prepare_examples
+from aftertune.recipes.loading import apply_peft, load_model, load_tokenizer, merge_adapter, resolve_start
+from aftertune.recipes.methods import RECIPES, preflight
 
 TUNE_JSON = "tune.json"
 STATE_JSON = "tune-state.json"
@@ -88,298 +92,6 @@ class TuneResult:
         d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
         d["checkpoints"] = [Checkpoint(**c) for c in d.get("checkpoints", [])]
         return cls(**d)
-
-
-# --------------------------------------------------------------------------- environment
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
-    return device
-
-
-def native_bf16(device: str) -> bool:
-    import torch
-
-    if device == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    from aftertune.engines.cpu_linear import cpu_has_native_bf16
-
-    return bool(cpu_has_native_bf16())
-
-
-@dataclass(frozen=True)
-class Precision:
-    weights: str  # "bfloat16" | "float32"
-    autocast_bf16: bool
-
-    def torch_dtype(self) -> Any:
-        import torch
-
-        return torch.bfloat16 if self.weights == "bfloat16" else torch.float32
-
-
-def choose_precision(cfg: TuneConfig, device: str) -> Precision:
-    if cfg.precision == "fp32":
-        return Precision("float32", False)
-    native = native_bf16(device)
-    if cfg.precision == "auto" and not native:
-        return Precision("float32", False)
-    if cfg.method == "full":
-        # explicit bf16 on full fine-tuning: pure bf16 weights (the user's call); auto: fp32 master + autocast
-        return Precision("bfloat16", False) if cfg.precision == "bf16" else Precision("float32", True)
-    return Precision("bfloat16", False)
-
-
-def available_memory(device: str) -> int:
-    import torch
-
-    if device == "cuda":
-        free, _total = torch.cuda.mem_get_info()
-        return int(free)
-    try:
-        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        avail = pages * size
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-        return int(avail)
-    except (OSError, ValueError):
-        return 8 << 30
-
-
-def set_threads(world_size: int) -> None:
-    import torch
-
-    from aftertune.engines.hf import cpu_threads
-
-    n = cpu_threads()
-    torch.set_num_threads(max(1, n // max(1, world_size)))
-
-
-def dist_state() -> Any:
-    from accelerate import PartialState
-
-    return PartialState()
-
-
-# --------------------------------------------------------------------------- model loading
-
-@dataclass
-class Start:
-    """Where a tune starts: the weights to load, and what the result will be layered on."""
-
-    ref: str  # as given
-    load_path: Path  # full model folder to load (possibly a merged copy)
-    adapter_path: Path | None  # a prompt-learning adapter to continue training
-    tokenizer_path: Path
-
-
-def resolve_start(cfg: TuneConfig, out: Path, is_main: bool, barrier: Any) -> Start:
-    from aftertune.sources import resolve_model
-
-    assert cfg.model is not None
-    ref = resolve_model(cfg.model)
-    if ref.kind == "openai":
-        raise UserError(f"{cfg.model}: an API model cannot be fine-tuned here; pass local weights")
-    assert ref.path is not None
-    if ref.kind != "adapter":
-        return Start(cfg.model, ref.path, None, ref.path)
-    assert ref.base is not None and ref.base.path is not None
-    acfg = json.loads((ref.path / "adapter_config.json").read_text(encoding="utf-8"))
-    ptype = str(acfg.get("peft_type", "")).upper()
-    if ptype in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
-        want = {"PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt"}.get(ptype, ptype.lower())
-        if cfg.method != want:
-            raise UserError(f"{cfg.model} is a {want} adapter, which cannot be merged into the weights; a stage "
-                            f"after it must use the same method ({want}) to keep training it")
-        tok = ref.path if (ref.path / "tokenizer_config.json").is_file() else ref.base.path
-        return Start(cfg.model, ref.base.path, ref.path, tok)
-    merged = out / "start-merged"
-    if is_main and not (merged / "config.json").is_file():
-        merge_adapter(ref.base.path, ref.path, merged)
-    barrier()
-    return Start(cfg.model, merged, None, merged)
-
-
-def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
-    """The tokenizer, with a pad token; a template-less one gets the fallback chat template unless told not to
-    (raw-text training keeps it as it is, so the saved model chats exactly like its base)."""
-    from transformers import AutoTokenizer
-
-    from aftertune.recipes.tokenize import ensure_chat_template
-    from aftertune.sources.resolve import remote_code_allowed
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code_allowed())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot load its tokenizer ({' '.join(str(exc).split())})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if fallback_template:
-        ensure_chat_template(tok)
-    return tok
-
-
-def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from aftertune.sources.resolve import remote_code_allowed
-
-    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype(), "trust_remote_code": remote_code_allowed()}
-    if cfg.method == "qlora":
-        kwargs["quantization_config"] = quantization_config()
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    from aftertune.engines.hf import quiet_loading
-
-    try:
-        with quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{start.load_path}: could not load the model ({' '.join(str(exc).split())})") from None
-    model.config.use_cache = False
-    if cfg.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if start.adapter_path is not None:
-        from peft import PeftModel
-
-        with quiet_loading():
-            model = PeftModel.from_pretrained(model, str(start.adapter_path), is_trainable=True)
-    return model
-
-
-def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
-    """Wrap `model` with its adapter, seeded like TRL does (adapter weights are initialised randomly)."""
-    import torch
-    from peft import get_peft_model
-    from transformers import set_seed
-
-    from aftertune.engines.hf import quiet_loading
-
-    set_seed(cfg.seed)
-    with quiet_loading():
-        model = get_peft_model(model, peft_config)
-    if cfg.method == "qlora":  # QLoRA keeps the adapters in bf16 (Dettmers et al. 2023, as TRL does)
-        for name, p in model.named_parameters():
-            if p.requires_grad and "lora_magnitude_vector" not in name:
-                p.data = p.data.to(torch.bfloat16)
-    return model
-
-
-def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
-    """Write base + adapter merged into a full model folder (with the tokenizer)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from aftertune.engines.hf import quiet_loading
-
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
-    if base.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        base = base.to(torch.bfloat16)
-    with quiet_loading():
-        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    tok_src = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
-    load_tokenizer(tok_src, fallback_template=False).save_pretrained(str(tmp))  # as the adapter saved it
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
-
-
-# --------------------------------------------------------------------------- data
-
-@dataclass
-class PreparedData:
-    train: list[Any]  # Example
-    eval: list[Any]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), model_for_pairs: str | None = None,
-                     out: Path | None = None, store: Any = None, is_main: bool = True,
-                     barrier: Any = lambda: None) -> PreparedData:
-    """Training and held-out examples (with mixing) for `cfg`; every row checked before any training."""
-    from aftertune.recipes.data import (
-        builtin_name,
-        evaluation_prompts,
-        held_out_examples,
-        load_examples,
-        mix_in,
-        split_off,
-    )
-    from aftertune.sources.harmful_prompts import normalise_prompt
-
-    info: dict[str, Any] = {"data": cfg.data}
-    if builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists():
-        if cfg.objective != "dpo":
-            raise UserError("dpo-safety holds preference pairs: use it with --objective dpo")
-        from aftertune.trainsets.dpo_safety import build_pairs
-
-        if model_for_pairs is None:
-            raise UserError("dpo-safety needs the model being tuned to write the rejected answers")
-        if is_main:
-            build_pairs(model_for_pairs, limit=cfg.limit, store=store, max_new_tokens=cfg.dpo_max_new_tokens, out=out)
-        barrier()
-        train, pair_info = build_pairs(model_for_pairs, limit=cfg.limit, store=store,
-                                       max_new_tokens=cfg.dpo_max_new_tokens, out=out)
-        info["dpo_safety"] = pair_info
-        if not train:
-            raise UserError(f"dpo-safety: the model refused (or gave no answer to) all {pair_info['prompts']} "
-                            "prompts, so there is no compliant answer to prefer the refusal over")
-        held = None
-    else:
-        train = load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit,
-                              seed=cfg.seed)
-        held = None
-    if cfg.eval_data:
-        held = load_examples(cfg.eval_data, split=cfg.eval_split, objective=cfg.objective, seed=cfg.seed)
-        info["eval_source"] = cfg.eval_data
-    elif cfg.eval_fraction > 0:
-        if "dpo_safety" not in info:
-            held = held_out_examples(cfg.data, cfg.objective, cfg.eval_split)
-        if held:
-            info["eval_source"] = f"{cfg.data} ({cfg.eval_split} split)"
-        else:
-            train, held = split_off(train, cfg.eval_fraction, cfg.seed)
-            info["eval_source"] = f"{cfg.eval_fraction:.0%} of {cfg.data}, held out (seed {cfg.seed})"
-    held = list(held or [])
-    if cfg.eval_limit is not None:
-        held = held[: cfg.eval_limit]
-    if not train:
-        raise UserError(f"{cfg.data}: no training examples left")
-    mixes = []
-    if cfg.mix:
-        held_keys = {normalise_prompt(e.user_prompt()) for e in held}
-        eval_keys: frozenset[str] | None = None
-        n_base = len(train)
-        for i, m in enumerate(cfg.mix):
-            extra = load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
-                                  seed=m.seed if m.seed is not None else cfg.seed)
-            exclude = set(held_keys) | {normalise_prompt(p) for p in exclude_prompts}
-            if m.dedup_eval:
-                if eval_keys is None:
-                    eval_keys = evaluation_prompts()
-                exclude |= eval_keys
-            train, rep = mix_in(train, extra, n=m.amount(n_base), seed=(m.seed if m.seed is not None else cfg.seed) + i,
-                                exclude=exclude, source=m.data)
-            d = rep.as_dict()
-            d["evaluation_prompts_checked"] = len(eval_keys or ()) if m.dedup_eval else 0
-            mixes.append(d)
-    if not cfg.chat_template:
-        for e in [*train, *held]:  # refuse examples without a raw-text form before the model is loaded
-            e.raw_text(cfg.target_delimiter)
-    info.update({"train_examples": len(train), "eval_examples": len(held), "mix": mixes})
-    return PreparedData(train, held, info)
 
 
 # --------------------------------------------------------------------------- the tune

@@ -1,8 +1,7 @@
 """What is measured. Importing this package registers every built-in suite in `SUITES`.
 
 Each suite = items + prompt format + scorer + metrics with a direction
-(`suites.base`). Built in: capability, perplexity, task, ood, bias, diversity,
-and the safety family (safety, jailbreak, overrefusal, toxicity).
+(`suites.base`); `aftertune list suites` shows the registered ones.
 """
 
 from __future__ import annotations

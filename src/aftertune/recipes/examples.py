@@ -1,0 +1,95 @@
+"""The examples a tune trains and evaluates on: loading, splitting, mixing, dpo-safety pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aftertune.errors import UserError
+from aftertune.recipes.config import TuneConfig
+
+
+@dataclass
+class PreparedData:
+    train: list[Any]  # Example
+    eval: list[Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), model_for_pairs: str | None = None,
+                     out: Path | None = None, store: Any = None, is_main: bool = True,
+                     barrier: Any = lambda: None) -> PreparedData:
+    """Training and held-out examples (with mixing) for `cfg`; every row checked before any training."""
+    from aftertune.recipes.data import (
+        builtin_name,
+        evaluation_prompts,
+        held_out_examples,
+        load_examples,
+        mix_in,
+        split_off,
+    )
+    from aftertune.sources.harmful_prompts import normalise_prompt
+
+    info: dict[str, Any] = {"data": cfg.data}
+    if builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists():
+        if cfg.objective != "dpo":
+            raise UserError("dpo-safety holds preference pairs: use it with --objective dpo")
+        from aftertune.trainsets.dpo_safety import build_pairs
+
+        if model_for_pairs is None:
+            raise UserError("dpo-safety needs the model being tuned to write the rejected answers")
+        if is_main:
+            build_pairs(model_for_pairs, limit=cfg.limit, store=store, max_new_tokens=cfg.dpo_max_new_tokens, out=out)
+        barrier()
+        train, pair_info = build_pairs(model_for_pairs, limit=cfg.limit, store=store,
+                                       max_new_tokens=cfg.dpo_max_new_tokens, out=out)
+        info["dpo_safety"] = pair_info
+        if not train:
+            raise UserError(f"dpo-safety: the model refused (or gave no answer to) all {pair_info['prompts']} "
+                            "prompts, so there is no compliant answer to prefer the refusal over")
+        held = None
+    else:
+        train = load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit,
+                              seed=cfg.seed)
+        held = None
+    if cfg.eval_data:
+        held = load_examples(cfg.eval_data, split=cfg.eval_split, objective=cfg.objective, seed=cfg.seed)
+        info["eval_source"] = cfg.eval_data
+    elif cfg.eval_fraction > 0:
+        if "dpo_safety" not in info:
+            held = held_out_examples(cfg.data, cfg.objective, cfg.eval_split)
+        if held:
+            info["eval_source"] = f"{cfg.data} ({cfg.eval_split} split)"
+        else:
+            train, held = split_off(train, cfg.eval_fraction, cfg.seed)
+            info["eval_source"] = f"{cfg.eval_fraction:.0%} of {cfg.data}, held out (seed {cfg.seed})"
+    held = list(held or [])
+    if cfg.eval_limit is not None:
+        held = held[: cfg.eval_limit]
+    if not train:
+        raise UserError(f"{cfg.data}: no training examples left")
+    mixes = []
+    if cfg.mix:
+        held_keys = {normalise_prompt(e.user_prompt()) for e in held}
+        eval_keys: frozenset[str] | None = None
+        n_base = len(train)
+        for i, m in enumerate(cfg.mix):
+            extra = load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
+                                  seed=m.seed if m.seed is not None else cfg.seed)
+            exclude = set(held_keys) | {normalise_prompt(p) for p in exclude_prompts}
+            if m.dedup_eval:
+                if eval_keys is None:
+                    eval_keys = evaluation_prompts()
+                exclude |= eval_keys
+            train, rep = mix_in(train, extra, n=m.amount(n_base), seed=(m.seed if m.seed is not None else cfg.seed) + i,
+                                exclude=exclude, source=m.data)
+            d = rep.as_dict()
+            d["evaluation_prompts_checked"] = len(eval_keys or ()) if m.dedup_eval else 0
+            mixes.append(d)
+    if not cfg.chat_template:
+        for e in [*train, *held]:  # refuse examples without a raw-text form before the model is loaded
+            e.raw_text(cfg.target_delimiter)
+    info.update({"train_examples": len(train), "eval_examples": len(held), "mix": mixes})
+    return PreparedData(train, held, info)

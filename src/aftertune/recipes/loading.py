@@ -1,0 +1,141 @@
+"""Loading what a tune starts from: the start model (merging a previous stage's adapter), tokenizer, PEFT wrapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aftertune.errors import UserError
+from aftertune.recipes.config import TuneConfig
+from aftertune.recipes.environment import Precision
+from aftertune.recipes.methods import quantization_config
+
+
+@dataclass
+class Start:
+    """Where a tune starts: the weights to load, and what the result will be layered on."""
+
+    ref: str  # as given
+    load_path: Path  # full model folder to load (possibly a merged copy)
+    adapter_path: Path | None  # a prompt-learning adapter to continue training
+    tokenizer_path: Path
+
+
+def resolve_start(cfg: TuneConfig, out: Path, is_main: bool, barrier: Any) -> Start:
+    from aftertune.sources import resolve_model
+
+    assert cfg.model is not None
+    ref = resolve_model(cfg.model)
+    if ref.kind == "openai":
+        raise UserError(f"{cfg.model}: an API model cannot be fine-tuned here; pass local weights")
+    assert ref.path is not None
+    if ref.kind != "adapter":
+        return Start(cfg.model, ref.path, None, ref.path)
+    assert ref.base is not None and ref.base.path is not None
+    acfg = json.loads((ref.path / "adapter_config.json").read_text(encoding="utf-8"))
+    ptype = str(acfg.get("peft_type", "")).upper()
+    if ptype in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
+        want = {"PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt"}.get(ptype, ptype.lower())
+        if cfg.method != want:
+            raise UserError(f"{cfg.model} is a {want} adapter, which cannot be merged into the weights; a stage "
+                            f"after it must use the same method ({want}) to keep training it")
+        tok = ref.path if (ref.path / "tokenizer_config.json").is_file() else ref.base.path
+        return Start(cfg.model, ref.base.path, ref.path, tok)
+    merged = out / "start-merged"
+    if is_main and not (merged / "config.json").is_file():
+        merge_adapter(ref.base.path, ref.path, merged)
+    barrier()
+    return Start(cfg.model, merged, None, merged)
+
+
+def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
+    """The tokenizer, with a pad token; a template-less one gets the fallback chat template unless told not to
+    (raw-text training keeps it as it is, so the saved model chats exactly like its base)."""
+    from transformers import AutoTokenizer
+
+    from aftertune.recipes.tokenize import ensure_chat_template
+    from aftertune.sources.resolve import remote_code_allowed
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote_code_allowed())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot load its tokenizer ({' '.join(str(exc).split())})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if fallback_template:
+        ensure_chat_template(tok)
+    return tok
+
+
+def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.sources.resolve import remote_code_allowed
+
+    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype(), "trust_remote_code": remote_code_allowed()}
+    if cfg.method == "qlora":
+        kwargs["quantization_config"] = quantization_config()
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    from aftertune.engines.hf import quiet_loading
+
+    try:
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{start.load_path}: could not load the model ({' '.join(str(exc).split())})") from None
+    model.config.use_cache = False
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if start.adapter_path is not None:
+        from peft import PeftModel
+
+        with quiet_loading():
+            model = PeftModel.from_pretrained(model, str(start.adapter_path), is_trainable=True)
+    return model
+
+
+def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
+    """Wrap `model` with its adapter, seeded like TRL does (adapter weights are initialised randomly)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from aftertune.engines.hf import quiet_loading
+
+    set_seed(cfg.seed)
+    with quiet_loading():
+        model = get_peft_model(model, peft_config)
+    if cfg.method == "qlora":  # QLoRA keeps the adapters in bf16 (Dettmers et al. 2023, as TRL does)
+        for name, p in model.named_parameters():
+            if p.requires_grad and "lora_magnitude_vector" not in name:
+                p.data = p.data.to(torch.bfloat16)
+    return model
+
+
+def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
+    """Write base + adapter merged into a full model folder (with the tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from aftertune.engines.hf import quiet_loading
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
+    if base.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        base = base.to(torch.bfloat16)
+    with quiet_loading():
+        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp))
+    tok_src = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
+    load_tokenizer(tok_src, fallback_template=False).save_pretrained(str(tmp))  # as the adapter saved it
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
