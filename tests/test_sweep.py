@@ -10,7 +10,10 @@ import pytest
 from aftertune.errors import UserError
 from aftertune.spec import load_pipeline_spec
 from aftertune.store import Store
-from aftertune.sweep import FILES, choose, pareto_front, parse_values, plan_sweep, run_sweep, set_path
+from aftertune.sweep import run_sweep
+from aftertune.sweep.plan import parse_values, plan_sweep, set_path
+from aftertune.sweep.report import FILES
+from aftertune.sweep.tradeoff import choose, pareto_front
 from aftertune.testing.support_rows import write_support_rows
 
 # -- values and knobs ------------------------------------------------------------------
@@ -202,7 +205,7 @@ def test_sweep_end_to_end_resumes_and_reuses_the_base_audit(tiny_spec, tmp_path)
 
 
 def test_reports_escape_labels_and_say_when_no_point_qualifies(tmp_path):
-    from aftertune.sweep import write_sweep_reports
+    from aftertune.sweep.report import write_sweep_reports
 
     row = {"suite": "safety", "metric": "compliance", "kind": "binary", "n": 8, "delta": 0.25,
            "delta_ci": [0.1, 0.4]}
