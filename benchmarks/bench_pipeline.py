@@ -88,7 +88,7 @@ def steps(run_dir: Path) -> list[tuple[str, float]]:
 
 def interval_widths(run_dir: Path) -> list[dict[str, Any]]:
     """Half-width of each overall tuned-vs-base change's 95% interval (rates in points)."""
-    from aftertune.compare.comparison import OVERALL
+    from aftertune.compare.format import OVERALL
 
     res = json.loads((run_dir / "results.json").read_text())
     out = []

@@ -127,7 +127,7 @@ def choose(results: dict[str, Any], candidates: Sequence[tuple[str, int]], metri
     Ties go to the earlier step (fewer updates away from the base), and at the same step to
     the final model "tuned". When no candidate qualifies the choice is the base model.
     """
-    from aftertune.compare.comparison import OVERALL, fmt_value
+    from aftertune.compare.format import OVERALL, fmt_value
 
     suite, _, name = metric.partition(".")
     rows = {r["model"]: r for r in results["comparisons"]

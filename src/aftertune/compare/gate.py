@@ -32,7 +32,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_value
+from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_value
 from aftertune.errors import UserError
 
 RULES = ("max_increase", "max_decrease", "max_ratio", "min_ratio", "max", "min")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aftertune.compare.comparison import OVERALL
+from aftertune.compare.format import OVERALL
 from aftertune.fileio import atomic_path
 from aftertune.report import plots
 

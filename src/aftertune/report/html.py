@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
+from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 from aftertune.judges.validate import harm_judge_note
 from aftertune.report import plots
 from aftertune.report.figures import Figures, draw

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aftertune.compare.comparison import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
+from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 
 _MARK = {"worse": "🔴 worse", "better": "🟢 better", "none": "no change"}
 

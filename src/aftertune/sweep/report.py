@@ -19,7 +19,7 @@ def _axis_label(rows: Sequence[dict[str, Any] | None], what: str) -> str:
 
 
 def _md(sweep: dict[str, Any]) -> str:
-    from aftertune.compare.comparison import fmt_ci, fmt_delta
+    from aftertune.compare.format import fmt_ci, fmt_delta
     from aftertune.report.markdown import _cell
 
     def change(row: dict[str, Any] | None) -> str:

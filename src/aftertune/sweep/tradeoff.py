@@ -14,7 +14,7 @@ _EPS = 1e-12
 
 def headline(results: dict[str, Any], suite: str, model: str) -> dict[str, Any] | None:
     """The model's overall comparison row on the suite's first declared metric with scored pairs."""
-    from aftertune.compare.comparison import OVERALL  # scipy: loaded when a sweep runs, not for `--help`
+    from aftertune.compare.format import OVERALL
 
     rows = {r["metric"]: r for r in results["comparisons"]
             if r["model"] == model and r["suite"] == suite and r["category"] == OVERALL}
