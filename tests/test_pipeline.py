@@ -72,6 +72,24 @@ def test_gate_violation_is_reported(spec, tmp_path):
     assert len(result.violations) == 1
 
 
+def test_a_crash_marks_the_pipeline_run_failed(spec, tmp_path, monkeypatch):
+    """One owner of the status: the base audit inside the run finishes, tuning then crashes, and the run
+    reads "failed" (nested audits used to leave it "done")."""
+    import aftertune.recipes
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("tuning crashed")
+
+    monkeypatch.setattr(aftertune.recipes, "tune", crash)
+    store = Store(tmp_path / "store.sqlite")
+    quick = spec.model_copy(update={"checkpoints": None, "icl": None})
+    with pytest.raises(RuntimeError, match="tuning crashed"):
+        run_pipeline(quick, tmp_path / "run", store=store, progress=False, say=lambda _m: None)
+    (run,) = store.list_runs()
+    assert run.kind == "pipeline" and run.status == "failed"
+    assert store.records(run.id, model="base")  # the audit before the crash did run
+
+
 def test_bad_specs_fail_before_any_work(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: x\ntrian: {data: support}\n", encoding="utf-8")

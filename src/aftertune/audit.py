@@ -271,21 +271,14 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
                                        "protocol_sha256": hashlib.sha256(canonical_json(p.suite.protocol()).encode())
                                        .hexdigest()} for p in prepared}
     spec_hash = hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+    owner = run_id is None  # inside a caller's run (the pipeline), the caller owns its status
     run_id = run_id or _resume_id(out, spec_hash, store) or new_run_id(f"audit-{spec_hash[:6]}")
     store.create_run("audit", name or f"audit of {', '.join(refs)}", spec, out_dir=str(out.resolve()), run_id=run_id)
     write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "audit", "store": str(store.path.resolve()),
                                        "spec_sha256": spec_hash, "spec": spec})
-    store.set_run_status(run_id, "running")
-    try:
+    with store.run_status(run_id) if owner else contextlib.nullcontext():
         _run(store, run_id, refs, models, prepared, seed=seed, judges=judges,
              batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options)
-    except KeyboardInterrupt:
-        store.set_run_status(run_id, "interrupted")
-        raise
-    except BaseException:
-        store.set_run_status(run_id, "failed")
-        raise
-    store.set_run_status(run_id, "done")
     if reports:
         write_outputs(store, run_id, out)
     return run_id

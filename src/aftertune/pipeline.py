@@ -132,82 +132,82 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     write_json_atomic(out / RUN_FILE, {"run_id": run_id, "kind": "pipeline", "store": str(store.path.resolve()),
                                        "spec_sha256": spec_hash, "spec": spec_json})
     say(f"aftertune run {spec.name!r}: run {run_id}, store {store.path}, output {out}")
-    steps = _Steps(store, run_id, say)
-    train = spec.stages[-1] if spec.stages else spec.train
-    data = train["data"]
-    main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
-    audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
-                    batch_size=spec.audit.batch_size, progress=progress, reports=False,
-                    engine_options={"dtype": spec.audit.dtype})
-    models: dict[str, str] = {"base": spec.base}
+    with store.run_status(run_id):  # failed/interrupted when any step raises; nested audits leave it alone
+        steps = _Steps(store, run_id, say)
+        train = spec.stages[-1] if spec.stages else spec.train
+        data = train["data"]
+        main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
+        audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
+                        batch_size=spec.audit.batch_size, progress=progress, reports=False,
+                        engine_options={"dtype": spec.audit.dtype})
+        models: dict[str, str] = {"base": spec.base}
 
-    if spec.scan:
-        with steps.step(f"scan the training data ({data})"):
-            _scan(store, run_id, data, out, say, main_suites)
+        if spec.scan:
+            with steps.step(f"scan the training data ({data})"):
+                _scan(store, run_id, data, out, say, main_suites)
 
-    base_models = dict(models)
-    if spec.icl is not None:
-        icl = spec.icl
-        label = f"icl-{icl.k}"
-        base_models[label] = f"{spec.base}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
-    with steps.step(f"audit the base model{' and the ICL baseline' if spec.icl else ''}"):
-        audit(base_models, main_suites, out_dir=out / "steps" / "audit-base", **audit_kw)
-    models.update(base_models)
+        base_models = dict(models)
+        if spec.icl is not None:
+            icl = spec.icl
+            label = f"icl-{icl.k}"
+            base_models[label] = f"{spec.base}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
+        with steps.step(f"audit the base model{' and the ICL baseline' if spec.icl else ''}"):
+            audit(base_models, main_suites, out_dir=out / "steps" / "audit-base", **audit_kw)
+        models.update(base_models)
 
-    checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
-    ck = spec.checkpoints
-    ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in suite_names(ck.suites)}), train) if ck else []
-    configs = spec.tune_configs(out / "tune")
-    start = spec.base
-    lineage: list[dict[str, Any]] = []
-    for i, cfg in enumerate(configs):
-        cfg = cfg.model_copy(update={"model": start})
-        prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
-        guard = [] if ck is None or not ck.stop_when else [SafetyStop(
-            store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites), rules=ck.stop_when,
-            tune_dir=Path(str(cfg.out)), label_prefix=prefix,
-            audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw))]
-        with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
-            result = tune(cfg, store=store, run_id=run_id, progress=progress, lineage=lineage or None,
-                          label=cfg.label(), callbacks=guard)
-        stop = record_early_stop(store, run_id, result, 1000 * i)
-        if stop:
-            say(f"    stopped at step {stop['train_step']} of {stop['max_steps']}: {stop['violations'][0]}")
-        tuned_step = int(result.metrics.get("global_step") or 0) + 1000 * i
-        lineage = result.lineage
-        for c in result.checkpoints:
-            checkpoints.append((f"{prefix}checkpoint-{c.step}", c.path, c.step + 1000 * i))
-        label = "tuned" if i == len(configs) - 1 else cfg.label()
-        models[label] = result.model_ref
-        start = result.model_ref
+        checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
+        ck = spec.checkpoints
+        ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in suite_names(ck.suites)}), train) if ck else []
+        configs = spec.tune_configs(out / "tune")
+        start = spec.base
+        lineage: list[dict[str, Any]] = []
+        for i, cfg in enumerate(configs):
+            cfg = cfg.model_copy(update={"model": start})
+            prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
+            guard = [] if ck is None or not ck.stop_when else [SafetyStop(
+                store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites), rules=ck.stop_when,
+                tune_dir=Path(str(cfg.out)), label_prefix=prefix,
+                audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw))]
+            with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
+                result = tune(cfg, store=store, run_id=run_id, progress=progress, lineage=lineage or None,
+                              label=cfg.label(), callbacks=guard)
+            stop = record_early_stop(store, run_id, result, 1000 * i)
+            if stop:
+                say(f"    stopped at step {stop['train_step']} of {stop['max_steps']}: {stop['violations'][0]}")
+            tuned_step = int(result.metrics.get("global_step") or 0) + 1000 * i
+            lineage = result.lineage
+            for c in result.checkpoints:
+                checkpoints.append((f"{prefix}checkpoint-{c.step}", c.path, c.step + 1000 * i))
+            label = "tuned" if i == len(configs) - 1 else cfg.label()
+            models[label] = result.model_ref
+            start = result.model_ref
 
-    tuned = {label: ref for label, ref in models.items() if label not in base_models}
-    with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
-        audit(tuned, main_suites, out_dir=out / "steps" / "audit-tuned", **audit_kw)
+        tuned = {label: ref for label, ref in models.items() if label not in base_models}
+        with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
+            audit(tuned, main_suites, out_dir=out / "steps" / "audit-tuned", **audit_kw)
 
-    variants = spec.variant_models(models["tuned"])
-    if variants:
-        with steps.step(f"audit {len(variants)} variant(s) of the tuned model ({', '.join(spec.variants)})"):
-            audit(variants, main_suites, out_dir=out / "steps" / "audit-variants", **audit_kw)
-        models.update(variants)
+        variants = spec.variant_models(models["tuned"])
+        if variants:
+            with steps.step(f"audit {len(variants)} variant(s) of the tuned model ({', '.join(spec.variants)})"):
+                audit(variants, main_suites, out_dir=out / "steps" / "audit-variants", **audit_kw)
+            models.update(variants)
 
-    if ck is not None and checkpoints:
-        curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
-        for label, _, step in checkpoints:
-            store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
-        with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(suite_names(ck.suites))}, {ck.limit} items)"):
-            audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
-        _tag_steps(store, run_id, {label: step for label, _, step in checkpoints})
-        if ck.select is not None:
-            with steps.step("choose the model to keep (checkpoints.select)"):
-                choice = choose_checkpoint(store, run_id, ck.select, suite_names(ck.suites),
-                                           [(label, step) for label, _, step in checkpoints] + [("tuned", tuned_step)])
-                say(f"    {choice['reason']}")
+        if ck is not None and checkpoints:
+            curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
+            for label, _, step in checkpoints:
+                store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
+            with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(suite_names(ck.suites))}, {ck.limit} items)"):
+                audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
+            _tag_steps(store, run_id, {label: step for label, _, step in checkpoints})
+            if ck.select is not None:
+                with steps.step("choose the model to keep (checkpoints.select)"):
+                    choice = choose_checkpoint(store, run_id, ck.select, suite_names(ck.suites),
+                                               [(label, step) for label, _, step in checkpoints] + [("tuned", tuned_step)])
+                    say(f"    {choice['reason']}")
 
-    with steps.step("compare and write the reports"):
-        results = write_reports(store, run_id, out, reference="base", thresholds=spec.gate or None)
-    violations = check(results, spec.gate) if spec.gate else []
-    store.set_run_status(run_id, "done")
+        with steps.step("compare and write the reports"):
+            results = write_reports(store, run_id, out, reference="base", thresholds=spec.gate or None)
+        violations = check(results, spec.gate) if spec.gate else []
     say(f"report: {out / 'report.html'}  (summary: {out / 'report.md'})")
     if own_store:
         store.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sqlite3
 import sys
+import threading
 
 import typer
 from typer.exceptions import TyperException
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     for mod in COMMAND_MODULES:
         importlib.import_module(f"aftertune.cli.{mod}")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # a killed run is marked "interrupted", like Ctrl-C
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except TyperException as exc:  # typer's (vendored click) usage errors arrive here in non-standalone mode
         _usage_error(exc)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _usage_error(exc: TyperException) -> None:

@@ -216,6 +216,22 @@ class Store:
             )
         return run_id
 
+    @contextmanager
+    def run_status(self, run_id: str) -> Iterator[None]:
+        """The one owner of a run's status: "running" inside, "done" on success, "interrupted" on Ctrl-C or
+        SIGTERM (the CLI turns it into KeyboardInterrupt), "failed" on any other exception. Nested steps that
+        work inside a run someone else owns (the pipeline's audits) do not touch it."""
+        self.set_run_status(run_id, "running")
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.set_run_status(run_id, "interrupted")
+            raise
+        except BaseException:
+            self.set_run_status(run_id, "failed")
+            raise
+        self.set_run_status(run_id, "done")
+
     def set_run_status(self, run_id: str, status: str) -> None:
         with self.transaction() as cur:
             cur.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
