@@ -162,38 +162,32 @@ def _run(store: Any, model: str, requests: list[GenerateRequest], *, prompts_fil
             "n": len(requests), "decoding": requests[0].to_json()["decoding"], "engine": engine, **options}
     run_id = store.create_run("generate", f"generate {label_for(model)} on {prompts_file.name}", spec)
     bar = None
-    try:
-        t0 = time.time()
-        eng = load_engine(model, engine=engine, **options)  # a string: prompting variants (REF#icl:...) work
-        store.add_model(run_id, "model", model, eng.fingerprint, {**eng.describe(), "label": "model"})
-        store.add_event(run_id, "load:model", "timing", {"seconds": round(time.time() - t0, 3)})
-        # several engine batches per store transaction: room for continuous batching to refill slots
-        cached = CachedEngine(eng, store, batch_size=batch_size * 8 if local else 64)
-        if progress:
-            from tqdm.auto import tqdm
+    with store.run_status(run_id):
+        try:
+            t0 = time.time()
+            eng = load_engine(model, engine=engine, **options)  # a string: prompting variants (REF#icl:...) work
+            store.add_model(run_id, "model", model, eng.fingerprint, {**eng.describe(), "label": "model"})
+            store.add_event(run_id, "load:model", "timing", {"seconds": round(time.time() - t0, 3)})
+            # several engine batches per store transaction: room for continuous batching to refill slots
+            cached = CachedEngine(eng, store, batch_size=batch_size * 8 if local else 64)
+            if progress:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(requests), desc="generate", unit="prompt", file=sys.stderr,
-                       dynamic_ncols=True)
-        t1 = time.time()
-        results = cached.generate(requests, bar.update if bar is not None else None)
-        store.add_event(run_id, "generate", "timing", {"seconds": round(time.time() - t1, 3), **cached.stats,
-                                                       "n_new_tokens": sum(r.n_new_tokens for r in results)})
-        store.put_records(run_id, [
-            Record(model="model", suite="generate", item_id=str(i), category="", request=req.to_json(),
-                   response=res.text, scores={},
-                   details={"finish_reason": res.finish_reason, "prompt_text": res.prompt_text,
-                            "n_prompt_tokens": res.n_prompt_tokens, "n_new_tokens": res.n_new_tokens})
-            for i, (req, res) in enumerate(zip(requests, results, strict=True))
-        ])
-        eng.close()
-    except KeyboardInterrupt:
-        store.set_run_status(run_id, "interrupted")
-        raise
-    except BaseException:
-        store.set_run_status(run_id, "failed")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    store.set_run_status(run_id, "done")
+                bar = tqdm(total=len(requests), desc="generate", unit="prompt", file=sys.stderr,
+                           dynamic_ncols=True)
+            t1 = time.time()
+            results = cached.generate(requests, bar.update if bar is not None else None)
+            store.add_event(run_id, "generate", "timing", {"seconds": round(time.time() - t1, 3), **cached.stats,
+                                                           "n_new_tokens": sum(r.n_new_tokens for r in results)})
+            store.put_records(run_id, [
+                Record(model="model", suite="generate", item_id=str(i), category="", request=req.to_json(),
+                       response=res.text, scores={},
+                       details={"finish_reason": res.finish_reason, "prompt_text": res.prompt_text,
+                                "n_prompt_tokens": res.n_prompt_tokens, "n_new_tokens": res.n_new_tokens})
+                for i, (req, res) in enumerate(zip(requests, results, strict=True))
+            ])
+            eng.close()
+        finally:
+            if bar is not None:
+                bar.close()
     return results
