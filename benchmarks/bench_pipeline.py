@@ -148,7 +148,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick", help="quick, default, or a preset name")
     ap.add_argument("--run-dir", type=Path, help="render a finished run instead of running one")
-    ap.add_argument("--out", type=Path, help="keep the run folder here (default: a temporary folder)")
+    ap.add_argument("--out", type=Path, help="keep the run folder here, and its store in OUT.home/ so later "
+                    "benchmarks can reuse the cached answers (default: both in a temporary folder)")
     ap.add_argument("--write", action="store_true", help="update this benchmark's section of benchmarks/RESULTS.md")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -160,7 +161,9 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             run_dir = args.out or Path(tmp) / "run"
-            timing = run_preset(args.preset, run_dir, fresh_home(Path(tmp)))
+            keep = run_dir.with_name(run_dir.name + ".home") if args.out else Path(tmp)
+            keep.mkdir(parents=True, exist_ok=False)
+            timing = run_preset(args.preset, run_dir, fresh_home(keep))
             text = markdown(args.preset, timing, run_dir)
     print(text)
     if args.write:

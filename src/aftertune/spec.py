@@ -110,8 +110,9 @@ class PipelineSpec(_Strict):
     train: dict[str, Any] = Field(
         default_factory=lambda: {"data": "support", "method": "lora", "max_steps": 12, "batch_size": 4,
                                  "max_length": 256, "learning_rate": 0.0005, "checkpoint_every": 6, "limit": 96,
-                                 "eval_limit": 8},
-        description="a TuneConfig without 'model' and 'out' (see `aftertune tune --help`)")
+                                 "eval_limit": 8, "precision": "fp32"},
+        description="a TuneConfig without 'model' and 'out' (see `aftertune tune --help`); precision defaults to "
+                    "fp32 here (not auto), so the tuned weights are the same on CPUs with and without native bf16")
     stages: list[dict[str, Any]] = Field(
         default_factory=list, description="sequential fine-tuning: stages replacing 'train', each a TuneConfig")
     scan: bool = Field(True, description="scan the training data for risks first")
@@ -200,7 +201,8 @@ class PipelineSpec(_Strict):
         configs = []
         for i, stage in enumerate(stages, 1):
             name = stage.get("name") or ("tuned" if len(stages) == 1 else f"stage{i}")
-            configs.append(parse_config({**stage, "name": name, "model": self.base, "out": str(out / name)},
+            pinned = {"precision": "fp32", **stage}  # like audit.dtype: the same weights on every kind of CPU
+            configs.append(parse_config({**pinned, "name": name, "model": self.base, "out": str(out / name)},
                                         where=f"spec train/stages[{i - 1}]"))
         return configs
 
