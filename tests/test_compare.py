@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from aftertune.compare import combine, compare_run, stats
+from aftertune.compare import RunFacts, combine, compare_records, compare_run, stats
 from aftertune.errors import UserError
 from aftertune.record import Record
 from aftertune.store.db import Store
@@ -236,6 +236,32 @@ def test_reference_override_and_determinism(store):
     for res in (a, b):
         assert set(res.pop("volatile")) == {"run_id", "created", "updated", "timings"}
     assert a == b
+
+
+def test_records_alone_give_the_comparison_and_checkpoint_choice_pairs_the_shared_items(store):
+    """compare_records needs no store; shared_results compares candidates on the items all of them answered."""
+    from aftertune.checkpoint_choice import shared_results
+
+    run_id = make_run(store, n_safety=30, checkpoints=False)
+    store.add_model(run_id, "checkpoint-2", "out/checkpoint-2", "fp-ck2", {"step": 2})
+    subset = store.records(run_id, model="tuned", suite="t_safety")[::3]
+    store.put_records(run_id, [Record("checkpoint-2", r.suite, r.item_id, r.category, r.request, r.response,
+                                      r.scores, r.details) for r in subset])
+    shared = shared_results(store, run_id, ["checkpoint-2", "tuned"], ["t_safety"])
+    rows = [r for r in shared["comparisons"] if r["category"] == "all"]
+    assert {r["model"] for r in rows} == {"checkpoint-2", "tuned"} and {r["n"] for r in rows} == {len(subset)}
+    assert shared["protocol"]["suites"][0]["items_shared"] == len(subset)
+    # checkpoint-2 answered as tuned did on those items: the same numbers
+    by_model = {r["model"]: {k: r[k] for k in ("value", "delta", "p_value")} for r in rows}
+    assert by_model["checkpoint-2"] == by_model["tuned"]
+
+    run = store.get_run(run_id)
+    facts = RunFacts(run.id, run.name, run.kind, run.status, run.spec, events=store.events(run_id))
+    direct = compare_records(store.records(run_id), store.models(run_id), facts)
+    stored = compare_run(store, run_id)
+    for res in (direct, stored):
+        res.pop("volatile")
+    assert direct == stored
 
 
 def test_json_is_strict(results):

@@ -6,14 +6,12 @@ final model, the best value of one metric among those whose rules against the ba
 hold (`aftertune.early_stop` checks `checkpoints.stop_when` the same way during training).
 Every candidate is judged on the same items, those the checkpoint audit gave every model
 and the base, with the gate's own rules and statistics (`aftertune.compare.gate.check` on a
-`compare_run` of those items), so a rule means here exactly what it means in the gate.
+`compare_records` of those items), so a rule means here exactly what it means in the gate.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from aftertune.errors import UserError
@@ -78,30 +76,23 @@ def shared_results(store: Store, run_id: str, labels: Sequence[str], suites: Seq
     """The results dict of `labels` vs the base on the items of `suites` that all of them and the base answered.
 
     The final model is audited on the main sample, the checkpoints on a subset of it; comparing
-    all of them on the common subset keeps the candidates on equal terms. The records are copied
-    into a scratch store so that `compare_run` computes every number the usual way.
+    all of them on the common subset keeps the candidates on equal terms. `compare_records`
+    computes every number the usual way, from those records alone (no spec: no power targets).
     """
-    from aftertune.compare.comparison import compare_run
+    from aftertune.compare.comparison import RunFacts, compare_records
 
-    wanted = [REFERENCE, *labels]
+    wanted = list(dict.fromkeys([REFERENCE, *labels]))
     known = {m["label"]: m for m in store.models(run_id)}
-    with tempfile.TemporaryDirectory(prefix="aftertune-choice-") as tmp:
-        scratch = Store(Path(tmp) / "store.sqlite")
-        try:
-            rid = scratch.create_run("checkpoint-choice", f"candidates of {run_id}", {}, run_id="candidates")
-            for label in wanted:
-                m = known.get(label) or {"ref": label, "fingerprint": "", "info": {}}
-                scratch.add_model(rid, label, m["ref"], m["fingerprint"], m["info"])
-            for suite in suites:
-                per = {label: {r.item_id: r for r in store.records(run_id, model=label, suite=suite)}
-                       for label in wanted}
-                shared = sorted(set.intersection(*(set(v) for v in per.values())))
-                scratch.put_records(rid, [per[label][i] for label in wanted for i in shared])
-            if not scratch.records(rid):  # e.g. the task suite was left out (no held-out data)
-                return {"comparisons": [], "protocol": {"suites": []}}
-            return compare_run(scratch, rid, REFERENCE)
-        finally:
-            scratch.close()
+    records = []
+    for suite in dict.fromkeys(suites):
+        per = {label: {r.item_id: r for r in store.records(run_id, model=label, suite=suite)} for label in wanted}
+        shared = sorted(set.intersection(*(set(v) for v in per.values())))
+        records += [per[label][i] for label in wanted for i in shared]
+    if not records:  # e.g. the task suite was left out (no held-out data)
+        return {"comparisons": [], "protocol": {"suites": []}}
+    models = [known.get(label) or {"label": label, "ref": label, "fingerprint": "", "info": {}} for label in wanted]
+    run = RunFacts(run_id, f"candidates of {run_id}", "checkpoint-choice", "running", {})
+    return compare_records(records, models, run, REFERENCE)
 
 
 def violations(results: dict[str, Any], label: str, rules: dict[str, Any]) -> list[str]:

@@ -150,7 +150,8 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
             raise UserError(f"{p} compares against {results['reference']!r}; to use --reference {reference}, "
                             "pass the run id so the comparison can be recomputed from the store")
         return results, results.get("protocol", {}).get("spec", {})
-    from aftertune.compare.comparison import compare_run, run_id
+    from aftertune.compare.comparison import run_id
+    from aftertune.compare.stored_run import compare_run
     from aftertune.run_outcomes import attach_outcomes
 
     store = _store(store_path)

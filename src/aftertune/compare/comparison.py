@@ -1,12 +1,14 @@
-"""Compare the models of one run, item by item, and build the results dict.
+"""Compare models item by item, and build the results dict.
 
-`compare_run(store, run_id)` reads the run's per-item records and returns the
-results dict that every report is rendered from (`docs/results-schema.md`
-describes it): for each suite, metric, category and model, the reference and
-model values on the items both answered, the difference and ratio with
-intervals, the p-value and its Holm adjustment, the verdict, the flipped items,
-checkpoint curves, seed aggregates, score distributions and the protocol.
-Nothing is computed outside the records and events of the store.
+`compare_records(records, models, run)` turns per-item records into the results
+dict that every report is rendered from (`docs/results-schema.md` describes
+it): for each suite, metric, category and model, the reference and model values
+on the items both answered, the difference and ratio with intervals, the
+p-value and its Holm adjustment, the verdict, the flipped items, checkpoint
+curves, seed aggregates, score distributions and the protocol. It reads no
+store (`compare.stored_run.compare_run` reads a run's records, models and
+events and calls it; checkpoint choice calls it on the candidates' shared
+items): nothing is computed outside the records and the run's events.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from aftertune.compare.verdict import build_verdict
 from aftertune.errors import UserError
 from aftertune.judges.agreement import judge_agreement
 from aftertune.record import Record
-from aftertune.store.db import Store
+
+# The run's events a comparison reads besides its records (timings, sampling and suite protocols, judge accuracy,
+# loss curves: tune_train/tune_eval as training writes them, train_metrics from older runs).
+EVENT_KINDS = ("timing", "sample", "protocol", "judge_validity", "tune_train", "tune_eval", "train_metrics")
 
 SCHEMA = "aftertune.results"
 SCHEMA_VERSION = 2  # 2: run id, times and wall times moved to `volatile`
@@ -359,8 +364,9 @@ def _metric_values(recs: list[Record], metric: _MetricSpec, generic: bool) -> li
 # ---------------------------------------------------------------------------
 
 
-def _models_of(store: Store, run_id: str, records: Sequence[Record]) -> list[dict[str, Any]]:
-    models = store.models(run_id)
+def _models_of(declared: Sequence[dict[str, Any]], records: Sequence[Record]) -> list[dict[str, Any]]:
+    """The declared models, then any label that only the records name."""
+    models = list(declared)
     known = {m["label"] for m in models}
     for r in records:
         if r.model not in known:
@@ -387,14 +393,37 @@ def _pick_primary(models: list[dict[str, Any]], reference: str) -> str | None:
     return plain[0] if plain else labels[-1]
 
 
-def compare_run(store: Store, run_id: str, reference: str | None = None, *,
-                settings: Settings | None = None) -> dict[str, Any]:
-    """The results dict of one run (see docs/results-schema.md); raises UserError when there is nothing to compare."""
+@dataclass(frozen=True)
+class RunFacts:
+    """What a comparison reads about its run besides records and models: the run's row and its events.
+
+    `events` are the run's events in the order they were written (dicts with "step", "kind" and
+    "payload", as `Store.events` returns them); only the kinds in EVENT_KINDS are read.
+    """
+
+    id: str
+    name: str
+    kind: str
+    status: str
+    spec: dict[str, Any]
+    created: float | None = None
+    updated: float | None = None
+    events: Sequence[dict[str, Any]] = ()
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind]
+
+
+def compare_records(records: Sequence[Record], declared_models: Sequence[dict[str, Any]], run: RunFacts,
+                    reference: str | None = None, *, settings: Settings | None = None) -> dict[str, Any]:
+    """The results dict (see docs/results-schema.md) of `records`, pairing models by (suite, item_id).
+
+    `declared_models` are the run's models in order ({"label", "ref", "fingerprint", "info"}); a label
+    only the records name is added after them. Raises UserError when there is nothing to compare.
+    """
     started = time.time()
     settings = settings or Settings()
-    run = store.get_run(run_id)
-    records = store.records(run.id)
-    models = _models_of(store, run.id, records)
+    models = _models_of(declared_models, records)
     with_records = {r.model for r in records}
     labels = [m["label"] for m in models if m["label"] in with_records]
     if not labels:
@@ -479,7 +508,7 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
         suites_out.append(suite_out)
 
     _adjust(rows, settings.alpha)
-    _add_power(rows, settings.alpha, effects_that_matter(run.spec or {}))
+    _add_power(rows, settings.alpha, effects_that_matter(run.spec))
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -495,12 +524,12 @@ def compare_run(store: Store, run_id: str, reference: str | None = None, *,
         "distributions": [d for d in distributions if d],
         "checkpoints": curves,
         "seed_groups": _seed_groups(models, rows, reference, settings),
-        "protocol": _protocol(store, run, models, records, by_suite),
+        "protocol": _protocol(run, models, records, by_suite),
         "warnings": warnings,
     }
     results = _clean(results)
     results["verdict"] = build_verdict(results)
-    timings = [*_timings(store, run.id), {"step": "compare", "seconds": round(time.time() - started, 3)}]
+    timings = [*_timings(run), {"step": "compare", "seconds": round(time.time() - started, 3)}]
     results["volatile"] = {"run_id": run.id, "created": run.created, "updated": run.updated, "timings": timings}
     return results
 
@@ -522,9 +551,9 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _timings(store: Store, run_id: str) -> list[dict[str, Any]]:
+def _timings(run: RunFacts) -> list[dict[str, Any]]:
     return [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
-            for e in store.events(run_id, kind="timing")]
+            for e in run.events_of("timing")]
 
 
 def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str, suite: str, metric: _MetricSpec,
@@ -761,12 +790,12 @@ def _decoding(recs: Sequence[Record]) -> dict[str, list[Any]]:
     return {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(seen.items())}
 
 
-def _train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
+def _train_metrics(run: RunFacts) -> list[dict[str, Any]]:
     """Training/eval loss points of the run's fine-tunes (events `tune_train`/`tune_eval`; `train_metrics` from
     older runs), each with its tune's label, in step order."""
     out = []
     for kind in ("tune_train", "tune_eval", "train_metrics"):
-        for e in store.events(run_id, kind=kind):
+        for e in run.events_of(kind):
             p = e["payload"]
             if isinstance(p.get("step"), int | float) and ("loss" in p or "eval_loss" in p):
                 out.append({"tune": str(e["step"]).removeprefix("tune:"), "step": p["step"],
@@ -774,7 +803,7 @@ def _train_metrics(store: Store, run_id: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: (m["tune"], m["step"]))
 
 
-def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Sequence[Record],
+def _protocol(run: RunFacts, models: list[dict[str, Any]], records: Sequence[Record],
               by_suite: dict[str, dict[str, dict[str, Record]]]) -> dict[str, Any]:
     suites = []
     for name in sorted(by_suite):
@@ -788,23 +817,23 @@ def _protocol(store: Store, run: Any, models: list[dict[str, Any]], records: Seq
             "items_shared": len(shared),
             "decoding": _decoding(recs),
         })
-    samples = {e["payload"].get("suite"): e["payload"] for e in store.events(run.id, kind="sample")}
+    samples = {e["payload"].get("suite"): e["payload"] for e in run.events_of("sample")}
     suite_protocols = {e["payload"].get("suite"): e["payload"].get("protocol")
-                       for e in store.events(run.id, kind="protocol")}
+                       for e in run.events_of("protocol")}
     for entry in suites:
         sample = samples.get(entry["suite"]) or {}
         entry["sampling"] = {k: sample[k] for k in ("n_items", "n_sampled", "limit", "seed", "sampler") if k in sample}
         entry["protocol"] = suite_protocols.get(entry["suite"])
-    spec = run.spec or {}
+    spec = run.spec
     return {
         "models": [{"label": m["label"], "ref": m["ref"], "fingerprint": m["fingerprint"], "info": m["info"]}
                    for m in models],
         "suites": suites,
         "sampling": {k: spec[k] for k in ("limit", "seed", "seeds", "sample", "sampling") if k in spec},
         "spec": spec,
-        "judge_validity": [e["payload"] for e in store.events(run.id, kind="judge_validity")],
+        "judge_validity": [e["payload"] for e in run.events_of("judge_validity")],
         "judge_agreement": judge_agreement(records),
-        "train_metrics": _train_metrics(store, run.id),
+        "train_metrics": _train_metrics(run),
         "software": _package_versions(),
         "n_records": len(records),
     }

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aftertune.compare.comparison import Settings, compare_run
+from aftertune.compare.comparison import Settings
 from aftertune.compare.comparison import run_id as run_id_of
+from aftertune.compare.stored_run import compare_run
 from aftertune.fileio import atomic_path, write_json_atomic, write_text_atomic
 from aftertune.store.db import Store
 
