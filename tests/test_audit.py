@@ -7,8 +7,8 @@ import json
 import pytest
 
 import suites_fixtures
-from aftertune import audit as audit_mod
-from aftertune.audit import audit, label_for
+from aftertune.audit import audit, runner
+from aftertune.audit.plan import label_for, parse_limit
 from aftertune.errors import UserError
 from aftertune.store import Store
 from aftertune.suites.spec import parse_suite_arg
@@ -85,7 +85,7 @@ def test_same_command_resumes_without_recomputing(packaged, engines, tmp_path):
 def test_interrupted_audit_resumes_where_it_stopped(packaged, engines, tmp_path, monkeypatch):
     store = Store(tmp_path / "store.sqlite")
     out = tmp_path / "out"
-    monkeypatch.setattr(audit_mod, "CHUNK_ITEMS", 2)
+    monkeypatch.setattr(runner, "CHUNK_ITEMS", 2)
     from aftertune.suites.capability import CapabilitySuite
 
     real_run = CapabilitySuite.run
@@ -154,11 +154,11 @@ def test_parse_helpers():
     from aftertune.suites import SUITES
 
     ppl = SUITES.get("perplexity")()
-    assert audit_mod._limit(None, ppl) == ppl.default_limit
-    assert audit_mod._limit("all", ppl) is None and audit_mod._limit(0, ppl) is None
-    assert audit_mod._limit("12", ppl) == 12
+    assert parse_limit(None, ppl) == ppl.default_limit
+    assert parse_limit("all", ppl) is None and parse_limit(0, ppl) is None
+    assert parse_limit("12", ppl) == 12
     with pytest.raises(UserError, match="'all'"):
-        audit_mod._limit("lots", ppl)
+        parse_limit("lots", ppl)
 
 
 def test_cli_audit_and_list(packaged, engines, tmp_path, monkeypatch, capsys):

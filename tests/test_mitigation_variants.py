@@ -117,7 +117,7 @@ def test_guard_variant_suffix_on_a_real_model(tiny_model_dir):
 
 def test_an_audited_guard_records_its_own_accuracy_once(packaged_home, monkeypatch, tmp_path):
     """The guard is a judge in front of the model, so the run keeps its measured accuracy beside the judges'."""
-    from aftertune.audit import _record_guard_validity
+    from aftertune.audit.runner import _record_guard_validity
     from aftertune.store import Store
     from aftertune.variants.icl import ICLEngine
 

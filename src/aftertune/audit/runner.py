@@ -1,5 +1,7 @@
 """The audit runner: every suite on every model, one per-item record each, resumable.
 
+What it runs (labels, sampled suites, judges) is settled first by `aftertune.audit.plan`.
+
 `audit(models, suites, out_dir=...)` creates (or resumes) a run of kind
 "audit" in the store. It loads and samples each suite's items once, so every
 model sees the same items and byte-identical requests; then loads each model
@@ -20,78 +22,31 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aftertune.audit.plan import (
+    PreparedSuite,
+    build_judges,
+    check_labels,
+    prepare_suites,
+    with_default_judges,
+)
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, write_json_atomic
 from aftertune.judges.base import NO_JUDGE
 from aftertune.record import Record
 from aftertune.sources.base import ModelRef
 from aftertune.store import CachedEngine, Store, new_run_id
-from aftertune.suites.base import Item, Suite, SuiteContext, sample_items
+from aftertune.suites.base import Item, SuiteContext
 from aftertune.suites.spec import SuiteArg, SuiteSpec, parse_suites
 
 RUN_FILE = "run.json"
 CHUNK_ITEMS = 64  # items per suite.run call: the records of one chunk are committed together
 CACHE_BATCHES = 8  # engine batches per cache commit (the engine sorts and shares contexts within one call)
-
-
-@dataclass
-class PreparedSuite:
-    suite: Suite
-    items: list[Item]  # the sampled items, identical for every model
-    n_total: int
-    limit: int | None
-
-
-def label_for(ref: str | ModelRef) -> str:
-    """A short label for a model reference: its name without folders, org or revision."""
-    if isinstance(ref, ModelRef):
-        return ref.name
-    text = ref.strip().rstrip("/")
-    if text.startswith("openai:"):
-        text = text[len("openai:"):].split("@", 1)[0]
-    text = text.split("@", 1)[0]
-    return re.split(r"[\\/]", text)[-1] or text
-
-
-def _limit(limit: int | str | None, suite: Suite) -> int | None:
-    if limit is None:
-        return suite.default_limit
-    if isinstance(limit, str):
-        if limit.strip().lower() == "all":
-            return None
-        try:
-            limit = int(limit)
-        except ValueError:
-            raise UserError(f"--limit {limit!r}: give a number of items per suite, or 'all'") from None
-    return None if limit <= 0 else int(limit)
-
-
-def prepare_suites(suites: Sequence[SuiteArg], limit: int | str | None, seed: int) -> list[PreparedSuite]:
-    """Instantiate, load and sample every suite before any model is loaded, so bad input fails fast."""
-    import aftertune.suites  # noqa: F401 - registers the built-in suites
-    from aftertune.suites.base import SUITES
-
-    prepared = []
-    for name, options in parse_suites(suites):
-        options = dict(options)
-        own_limit = options.pop("limit", None)  # a per-suite limit (`safety:limit=40`) beats the global one
-        suite = SUITES.get(name)(**options)
-        items = suite.load_items()
-        ids = [it.id for it in items]
-        if len(set(ids)) != len(ids):
-            raise RuntimeError(f"suite {name}: item ids are not unique")  # a suite bug, not user input
-        n = _limit(own_limit if own_limit is not None else limit, suite)
-        sampler: Callable[[Sequence[Item], int | None, int], list[Item]] = getattr(suite, "sample", None) or sample_items
-        prepared.append(PreparedSuite(suite, sampler(items, n, seed), len(items), n))
-    return prepared
 
 
 def _spec(models: Mapping[str, str], suites: Sequence[tuple[str, dict[str, Any]]], limit: Any, seed: int,
@@ -116,32 +71,6 @@ def _resume_id(out_dir: Path, spec_hash: str, store: Store) -> str | None:
     except UserError:
         return None
     return str(info["run_id"])
-
-
-def _build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not judges:
-        return {}
-    from aftertune.judges import build_judge
-
-    # "none" switches a role off (e.g. `--judge harm=none`); the suites see the string and skip the role
-    return {role: spec if spec == NO_JUDGE else build_judge(spec) for role, spec in judges.items()}
-
-
-def _with_default_judges(judges: Mapping[str, Any] | None, prepared: Sequence[PreparedSuite]) -> dict[str, Any]:
-    """The judges passed in, plus the default judge of every role a suite reads and no one configured.
-
-    Building the defaults here (not inside each suite) means one instance serves every suite and
-    its validity figures are recorded for the report like those of a configured judge. Suite
-    options (`safety:refusal_judge=SPEC`) still take precedence inside the suite.
-    """
-    from aftertune.judges.base import JUDGE_ROLES
-
-    out = dict(judges or {})
-    for p in prepared:
-        for role in getattr(p.suite, "judge_roles", ()):
-            if role not in out and JUDGE_ROLES.get(role) and not p.suite.options.get(f"{role}_judge"):
-                out[role] = JUDGE_ROLES[role]
-    return out
 
 
 def _judge_validity(judge: Any, store: Store) -> dict[str, Any] | None:
@@ -241,9 +170,7 @@ def audit(
     """
     if not models:
         raise UserError("no models to audit; pass at least one --model")
-    for label in models:
-        if not label or not re.fullmatch(r"[\w.@+-]+", label):
-            raise UserError(f"model label {label!r}: use letters, digits and . _ - + @ only (e.g. --model base=REF)")
+    check_labels(models)
     refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
     suite_specs = parse_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
@@ -317,7 +244,7 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
             store.add_event(run_id, f"protocol:{p.suite.name}", "protocol",
                             {"suite": p.suite.name, "protocol": p.suite.protocol()})
 
-    judge_objs = _build_judges(_with_default_judges(judges, prepared))
+    judge_objs = build_judges(with_default_judges(judges, prepared))
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
         for role, judge in judge_objs.items():
             if judge == NO_JUDGE:
