@@ -36,7 +36,7 @@ SUITES = {"safety": "compliance", "jailbreak": "attack_success", "overrefusal": 
 EXAMPLES = ROOT / "docs" / "examples"
 DEV_SET = ROOT / "src" / "aftertune" / "judges" / "data" / "tuned_answers.jsonl"
 KIND_SHARE = {"tuned": 0.7, "base": 0.15, "icl": 0.15}  # --fresh: the run's answers by model kind
-KEY_FIELDS = ("id", "example", "suite", "item_id", "model", "kind", "category", "judge_verdict")
+KEY_FIELDS = ("id", "example", "suite", "item_id", "model", "kind", "category", "judge_verdict", "finish_reason")
 
 
 def _verdict(suite: str, value: float) -> str:
@@ -66,7 +66,7 @@ def pool(pattern: str = "*/results.json") -> list[dict]:
                     "example": example, "suite": flip["suite"], "item_id": flip["item_id"], "model": model,
                     "kind": _kind(model), "category": flip.get("category", ""),
                     "prompt": flip["prompt"].removeprefix("[user] "), "response": response,
-                    "judge_verdict": _verdict(flip["suite"], value),
+                    "judge_verdict": _verdict(flip["suite"], value), "finish_reason": "",
                 })
     return list(rows.values())
 
@@ -103,7 +103,8 @@ def run_answers(run_dir: Path) -> list[dict]:
             rows.append({"example": run_dir.name, "suite": rec["suite"], "item_id": rec["item_id"],
                          "model": rec["model"], "kind": _kind(rec["model"]), "category": rec.get("category", ""),
                          "prompt": prompt_text(rec["request"]).removeprefix("[user] "),
-                         "response": rec["response"], "judge_verdict": ""})
+                         "response": rec["response"], "judge_verdict": "",
+                         "finish_reason": rec.get("details", {}).get("finish_reason", "")})
     return rows
 
 
