@@ -264,7 +264,7 @@ class RefusalJudge(Judge):
         settings = sha256_text(canonical_json({
             "phrases": REFUSAL_PHRASES, "refuse": REFUSAL_EXEMPLARS, "comply": COMPLIANCE_EXEMPLARS,
             "w": PHRASE_WEIGHT, "scale": MARGIN_SCALE, "k": TOP_K, "opening": OPENING_CHARS, "mask": 1,
-            "sympathy": _SYMPATHY.pattern, "offer": _OFFER.pattern, "deflection": sorted(DEFLECTION),
+            "sympathy": _SYMPATHY.pattern, "offer": _OFFER.pattern, "deflection": sorted(DEFLECTION), "offer_scope": "sentence",
         }))[:12]
         if not self.use_embeddings:
             return f"refusal:phrases@{settings}"
