@@ -14,7 +14,7 @@ and KEY (the same ids with where each answer came from, kept away from the label
   `mitigations/safety_mix=*`); answers already in `tuned_answers.jsonl` (same prompt and response) and
   repeats are dropped. `--n` answers are drawn with seed 0: `--from-examples` of them from the
   examples' tuned answers (round-robin over (example, verdict) as above), the rest from the run at
-  random within strata: split between its model kinds by KIND_SHARE and within a kind in proportion
+  random within strata: split between its model kinds by KIND_SHARE (over the kinds it has) and within a kind in proportion
   to the suites' sizes, so that part mirrors what the judge sees rather than the items near its
   boundary.
 
@@ -140,9 +140,11 @@ def fresh(run_dir: Path, n: int, from_examples: int, seed: int = 0) -> list[dict
     picked = stratified([r for r in examples if r["kind"] == "tuned"], from_examples, seed)
     rest = n - len(picked)
     by_kind = {k: [r for r in run if r["kind"] == k] for k in KIND_SHARE}
-    for kind, share in KIND_SHARE.items():
-        want = round(rest * share) if kind != "tuned" else rest - sum(round(rest * s) for k, s in KIND_SHARE.items()
-                                                                       if k != "tuned")
+    shares = {k: s for k, s in KIND_SHARE.items() if by_kind[k]}  # a run without an ICL model: tuned and base share
+    total = sum(shares.values())
+    for kind, share in shares.items():
+        want = round(rest * share / total) if kind != "tuned" else rest - sum(
+            round(rest * s / total) for k, s in shares.items() if k != "tuned")
         picked += proportional(by_kind[kind], want, rng, "suite")
     rng.shuffle(picked)
     return picked
