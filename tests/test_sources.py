@@ -216,12 +216,12 @@ def test_openai_ref_errors(ref, match):
 
 
 def test_fingerprint_is_stable_and_cached(tiny_model_dir, monkeypatch):
-    import aftertune.sources.fingerprints as fpmod
+    import aftertune.sources.file_hashes as file_hashes
 
     first = fingerprint(str(tiny_model_dir))
     assert re.fullmatch(r"[0-9a-f]{64}", first)
     calls = []
-    monkeypatch.setattr(fpmod, "sha256_file", lambda p: calls.append(p) or "x")
+    monkeypatch.setattr(file_hashes, "sha256_file", lambda p: calls.append(p) or "x")
     assert fingerprint(str(tiny_model_dir)) == first
     assert calls == []  # served from the sidecar, nothing re-hashed
 

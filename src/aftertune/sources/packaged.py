@@ -15,8 +15,11 @@ downloads/. A mismatch is refused with both hashes and leaves nothing behind.
 The entry is built in a `.tmp-*` folder beside its destination and renamed into
 place at the end, so an interrupted pull leaves no half-written entry (stale
 temp folders are removed by the next pull). A cached entry is recognised by its
-aftertune-source.json, which records the pins and inner paths it was built from;
-when the catalog changes them, the entry is rebuilt.
+aftertune-source.json, which records the pins and inner paths it was built from
+(when the catalog changes them, the entry is rebuilt) and the sha256 of every
+file it holds. Each use re-checks those hashes through the file-hash cache (a
+file is re-hashed when its size, mtime or ctime moved), and `verify_entry`
+re-hashes every file from its content (`aftertune models|data verify`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from aftertune import paths
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_file
 from aftertune.sources.catalog import DATASETS, MODELS, PackagedEntry, WheelPin
+from aftertune.sources.file_hashes import FileHashes
 
 MANIFEST = "aftertune-source.json"
 # Bump when the way an entry is built changes, so old cache entries are rebuilt.
@@ -86,14 +90,17 @@ def read_manifest(entry: PackagedEntry) -> dict | None:
         return None
 
 
-def pull_entry(entry: PackagedEntry, progress: bool = True) -> Path:
-    """Download, verify, build and cache `entry` (idempotent: a cached entry returns at once)."""
+def pull_entry(entry: PackagedEntry, progress: bool = True, force: bool = False) -> Path:
+    """Download, verify, build and cache `entry`. Idempotent: a cached entry returns once its files still
+    match the hashes recorded when it was built; `force` rebuilds it from freshly downloaded wheels."""
     dest = entry_dir(entry)
-    if is_cached(entry):
+    if is_cached(entry) and not force:
+        _check_unchanged(entry)
         return dest
     say = _printer(entry.name, progress)
     with _lock(entry, say):
-        if is_cached(entry):  # another process finished it while we waited
+        if is_cached(entry) and not force:  # another process finished it while we waited
+            _check_unchanged(entry)
             return dest
         _remove_stale(entry)
         start = time.monotonic()
@@ -114,6 +121,7 @@ def pull_entry(entry: PackagedEntry, progress: bool = True) -> Path:
                 "built_seconds": round(time.monotonic() - start, 1),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **facts,
+                "file_sha256": {rel: sha256_file(out / rel) for rel in _files(out)},
             }
             (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             _readable(out)
@@ -132,6 +140,63 @@ def pull_entry(entry: PackagedEntry, progress: bool = True) -> Path:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- integrity of a cached entry
+
+def verify_entry(entry: PackagedEntry) -> tuple[int, list[str]]:
+    """Re-hash every file of a pulled entry from its content and compare with the hashes recorded when it
+    was built: (files checked, one line per file changed, missing or added since, each with the fix)."""
+    manifest = read_manifest(entry) or {}
+    recorded: dict[str, str] | None = manifest.get("file_sha256")
+    fix = _repull(entry)
+    if recorded is None:
+        return 0, [f"{entry.name}: no file hashes were recorded when it was pulled (an older aftertune); "
+                   f"rebuild it with {fix} to record them"]
+    dest = entry_dir(entry)
+    problems = []
+    for rel, expected in recorded.items():
+        path = dest / rel
+        if not path.is_file():
+            problems.append(f"{entry.name}: {path} is missing; restore it with {fix}")
+        elif (actual := sha256_file(path)) != expected:
+            problems.append(f"{entry.name}: {path} changed since it was pulled (sha256 {actual}, recorded "
+                            f"{expected}); restore it with {fix}")
+    for rel in _files(dest):
+        if rel not in recorded:
+            problems.append(f"{entry.name}: {dest / rel} was added after the pull; remove it or rebuild with {fix}")
+    return len(recorded), problems
+
+
+def _check_unchanged(entry: PackagedEntry) -> None:
+    """The cheap check on every use: recorded files against the file-hash cache, which re-hashes a file only
+    when its size, mtime or ctime moved (ctime also catches a write with the mtime put back)."""
+    recorded = (read_manifest(entry) or {}).get("file_sha256")
+    if recorded is None:  # built before hashes were recorded: `verify` says so
+        return
+    dest = entry_dir(entry)
+    hashes = FileHashes()
+    try:
+        for rel, expected in recorded.items():
+            path = dest / rel
+            if not path.is_file():
+                raise UserError(f"packaged {entry.kind} {entry.name}: {path} is missing since the pull; "
+                                f"restore it with {_repull(entry)}")
+            if hashes.sha256(path) != expected:
+                raise UserError(f"packaged {entry.kind} {entry.name}: {path} changed since it was pulled (its "
+                                f"sha256 differs from the one recorded then); restore it with {_repull(entry)}")
+    finally:
+        hashes.save()
+
+
+def _repull(entry: PackagedEntry) -> str:
+    return f"`aftertune {'models' if entry.is_model else 'data'} pull {entry.name} --force`"
+
+
+def _files(folder: Path) -> list[str]:
+    """The entry's files (less its manifest) as sorted POSIX paths relative to `folder`."""
+    rels = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(rel for rel in rels if rel != MANIFEST)
 
 
 # --------------------------------------------------------------------------- download + verify
