@@ -170,7 +170,8 @@ def test_rolling_windows_score_every_token_once(fake_vllm, tiny_model_dir):
 
 def test_real_vllm_on_the_tiny_model(tiny_model_dir):
     pytest.importorskip("vllm", reason="vllm is not installed (it needs a GPU machine)")
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.cuda.is_available():
         pytest.skip("vllm is installed but no GPU is visible")
     eng = _engine(tiny_model_dir, max_model_len=256, gpu_memory_utilization=0.3)
