@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_engine import MODEL, _agree, _picks, arc_questions  # noqa: E402
+from _agreement import agreement, choice_picks  # noqa: E402
+from bench_engine import MODEL, arc_questions  # noqa: E402
 
 START = "<!-- bench_bf16_agreement:start -->"
 END = "<!-- bench_bf16_agreement:end -->"
@@ -101,7 +102,7 @@ def run(n: int) -> str:
     secs: dict[str, float] = {}
     for name, fn in variants.items():
         lps, secs[name] = fn()
-        picks[name] = _picks(qs, lps)
+        picks[name] = choice_picks([q.n_choices for q in qs], lps)
         print(f"{name}: {secs[name]:.1f} s", file=sys.stderr, flush=True)
     names = list(picks)
     short = [f"({i + 1})" for i in range(len(names))]
@@ -112,7 +113,7 @@ def run(n: int) -> str:
              "size 16. Share of questions on which two variants pick the same answer:", "",
              "| variant | seconds | " + " | ".join(short) + " |", "|---|---:|" + "---:|" * len(names)]
     for i, a in enumerate(names):
-        row = [_agree(picks[a], picks[b]) for b in names]
+        row = [agreement(picks[a], picks[b]) for b in names]
         lines.append(f"| ({i + 1}) {a} | {secs[a]:.0f} | " + " | ".join(f"{x:.1%}" for x in row) + " |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
@@ -124,11 +125,9 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="update this benchmark's section of benchmarks/RESULTS.md")
     args = ap.parse_args()
     text = run(args.n)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

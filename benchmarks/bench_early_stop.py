@@ -144,11 +144,9 @@ def main() -> None:
         print(g, flush=True)
         gens.append(g)
     text = markdown(lab, gens, args.max_new_tokens, args.batch_size)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _agreement import agreement, choice_picks  # noqa: E402
 
 START = "<!-- bench_engine:start -->"
 END = "<!-- bench_engine:end -->"
@@ -84,21 +87,6 @@ def chat_prompts(n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def _picks(questions: list[Any], logprobs: list[float]) -> list[int]:
-    """The chosen answer per question: the choice with the highest log-likelihood (lm-eval's `acc`)."""
-    picks, k = [], 0
-    for q in questions:
-        n = q.n_choices
-        picks.append(max(range(n), key=lambda i, k=k: logprobs[k + i]))
-        k += n
-    return picks
-
-
-def _agree(a: list[Any], b: list[Any]) -> float:
-    """Share of positions where two equally long lists hold the same value."""
-    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
 def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunks: int,
@@ -162,14 +150,15 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
         again = ours.loglikelihood(reqs_all)
         t_store = time.perf_counter() - t0
         assert [r.logprob for r in again] == ours_lp
-        picks_o, picks_t = _picks(qs, ours_lp), _picks(qs, theirs_lp)
+        sizes = [q.n_choices for q in qs]
+        picks_o, picks_t = choice_picks(sizes, ours_lp), choice_picks(sizes, theirs_lp)
         acc_o = sum(p in q.gold for p, q in zip(picks_o, qs, strict=True))
         acc_t = sum(p in q.gold for p, q in zip(picks_t, qs, strict=True))
         diffs = sorted(abs(a - b) for a, b in zip(ours_lp, theirs_lp, strict=True))
         result["mc"] = {
             "questions": len(qs), "requests": len(reqs_all), "ours_s": round(t_ours, 2),
             "lm_eval_s": round(t_theirs, 2), "speedup": round(t_theirs / t_ours, 2),
-            "agreement": round(_agree(picks_o, picks_t), 4), "acc_ours": round(acc_o / len(qs), 4),
+            "agreement": round(agreement(picks_o, picks_t), 4), "acc_ours": round(acc_o / len(qs), 4),
             "acc_lm_eval": round(acc_t / len(qs), 4),
             "median_abs_logprob_diff": round(diffs[len(diffs) // 2], 5), "max_abs_logprob_diff": round(diffs[-1], 4),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
@@ -182,11 +171,11 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             lm.batch_size_per_gpu = 1
             solo_lp = [lp for lp, _ in lm.loglikelihood(insts, disable_tqdm=True)]
             lm.batch_size_per_gpu = batch_size
-            picks_s = _picks(qs[:mc_baseline_n], solo_lp)
+            picks_s = choice_picks(sizes[:mc_baseline_n], solo_lp)
             result["mc"].update({
                 "baseline_n": mc_baseline_n,
-                "lm_eval_b1_vs_b16": round(_agree(picks_s, picks_t[:mc_baseline_n]), 4),
-                "lm_eval_b1_vs_ours": round(_agree(picks_s, picks_o[:mc_baseline_n]), 4),
+                "lm_eval_b1_vs_b16": round(agreement(picks_s, picks_t[:mc_baseline_n]), 4),
+                "lm_eval_b1_vs_ours": round(agreement(picks_s, picks_o[:mc_baseline_n]), 4),
                 "lm_eval_b1_vs_b16_median_abs_diff": round(statistics.median(
                     abs(a - b) for a, b in zip(solo_lp, theirs_lp[:len(solo_lp)], strict=True)), 5),
             })
@@ -196,10 +185,10 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             exact = HFLM(pretrained=str(ref.path), dtype="float32", batch_size=batch_size, device="cpu")
             insts = [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(reqs_all)]
             exact_lp = [lp for lp, _ in exact.loglikelihood(insts, disable_tqdm=True)]
-            picks_x = _picks(qs, exact_lp)
+            picks_x = choice_picks(sizes, exact_lp)
             result["mc"].update({
-                "fp32_agree_ours": round(_agree(picks_o, picks_x), 4),
-                "fp32_agree_lm_eval": round(_agree(picks_t, picks_x), 4),
+                "fp32_agree_ours": round(agreement(picks_o, picks_x), 4),
+                "fp32_agree_lm_eval": round(agreement(picks_t, picks_x), 4),
                 "fp32_acc": round(sum(p in q.gold for p, q in zip(picks_x, qs, strict=True)) / len(qs), 4),
                 "fp32_median_abs_diff_ours": round(statistics.median(abs(a - b) for a, b in zip(ours_lp, exact_lp,
                                                                                             strict=True)), 5),
@@ -211,12 +200,12 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             wide = HFLM(pretrained=str(ref.path), dtype=torch_dtype, batch_size=batch_size, device="cpu",
                         softmax_dtype="float32")
             wide_lp = [lp for lp, _ in wide.loglikelihood(insts, disable_tqdm=True)]
-            picks_w = _picks(qs, wide_lp)
+            picks_w = choice_picks(sizes, wide_lp)
             result["mc"].update({
-                "f32_softmax_agree_ours": round(_agree(picks_o, picks_w), 4),
-                "f32_softmax_agree_lm_eval": round(_agree(picks_t, picks_w), 4),
+                "f32_softmax_agree_ours": round(agreement(picks_o, picks_w), 4),
+                "f32_softmax_agree_lm_eval": round(agreement(picks_t, picks_w), 4),
                 "f32_softmax_acc": round(sum(p in q.gold for p, q in zip(picks_w, qs, strict=True)) / len(qs), 4),
-                "f32_softmax_agree_fp32": round(_agree(picks_w, picks_x), 4),
+                "f32_softmax_agree_fp32": round(agreement(picks_w, picks_x), 4),
             })
             del wide
         print(json.dumps({"mc": result["mc"]}), flush=True)
@@ -266,11 +255,11 @@ def run(n_arc: int, n_gen: int, max_new: int, batch_size: int, dtype: str, chunk
             "lm_eval_s": round(t_theirs, 2), "tokens_ours": n_ours, "tokens_lm_eval": n_theirs,
             "tok_s_ours": round(n_ours / t_ours, 1), "tok_s_lm_eval": round(n_theirs / t_theirs, 1),
             "speedup": round((n_ours / t_ours) / (n_theirs / t_theirs), 2),
-            "identical": round(_agree(ours_txt, theirs_txt), 4),
+            "identical": round(agreement(ours_txt, theirs_txt), 4),
             "stopped_early": sum(r.finish_reason == "stop" for r in again),
             "store_s": round(t_store, 4), "store_speedup": round(t_ours / t_store, 1), "loads": loads,
-            **({"baseline_n": baseline_n, "lm_eval_b1_vs_b16": round(_agree(solo, theirs_txt[:baseline_n]), 4),
-                "lm_eval_b1_vs_ours": round(_agree(solo, ours_txt[:baseline_n]), 4)} if baseline_n else {}),
+            **({"baseline_n": baseline_n, "lm_eval_b1_vs_b16": round(agreement(solo, theirs_txt[:baseline_n]), 4),
+                "lm_eval_b1_vs_ours": round(agreement(solo, ours_txt[:baseline_n]), 4)} if baseline_n else {}),
             "differing": [{"prompt": p, "ours": a, "lm_eval": b}
                           for p, a, b in zip(prompts, ours_txt, theirs_txt, strict=True) if a != b][:5],
         }
@@ -413,11 +402,9 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(runs, indent=2, ensure_ascii=False))
     text = markdown(runs)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -275,15 +275,10 @@ def bench_loglik(path: Path, arc: list[list[list[str]]], sz: dict[str, int], dev
     out["lm_eval"] = {"s": round(t, 3), "req_per_s": round(len(reqs) / t, 1), "peak_gib": _peak_gib(device)}
     out["speedup"] = round(out["engine"]["req_per_s"] / out["lm_eval"]["req_per_s"], 2)
 
-    def picks(lps: list[float]) -> list[int]:
-        res, k = [], 0
-        for q in qs:
-            res.append(max(range(len(q)), key=lambda i, k=k: lps[k + i]))
-            k += len(q)
-        return res
+    from _agreement import agreement, choice_picks
 
-    out["choice_agreement"] = round(statistics.mean(a == b for a, b in zip(picks(ours), picks(theirs),
-                                                                           strict=True)), 4)
+    sizes = [len(q) for q in qs]
+    out["choice_agreement"] = round(agreement(choice_picks(sizes, ours), choice_picks(sizes, theirs)), 4)
     del lm
     return out
 
@@ -493,11 +488,9 @@ def main() -> None:
         if a.out:
             a.out.write_text(json.dumps(r, indent=1), encoding="utf-8")
     text = render(r)
-    print(text)
-    if a.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, a.write)
 
 
 if __name__ == "__main__":

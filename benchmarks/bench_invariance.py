@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _agreement import agreement, choice_picks  # noqa: E402
+
 START = "<!-- bench_invariance:start -->"
 END = "<!-- bench_invariance:end -->"
 MODEL = "smollm2-135m-instruct"
@@ -67,13 +69,6 @@ def in_chunks(fn: Any, reqs: list[Any], order: list[int], sizes: tuple[int, ...]
 def differing(a: list[Any], b: list[Any]) -> int:
     return sum(x != y for x, y in zip(a, b, strict=True))
 
-
-def picks(qs: list[Any], lps: list[float]) -> list[int]:
-    res, k = [], 0
-    for q in qs:
-        res.append(max(range(q.n_choices), key=lambda i, k=k: lps[k + i]))
-        k += q.n_choices
-    return res
 
 
 def run(n_arc: int, n_gen: int, max_new: int, batch: int) -> dict[str, Any]:
@@ -136,7 +131,9 @@ def run(n_arc: int, n_gen: int, max_new: int, batch: int) -> dict[str, Any]:
                 base = outs[f"{kind}:{inv}"]
                 d[f"differ:{kind}:{inv}:shuffled"] = differing(base, in_chunks(fn, reqs, order, CHUNKS))
                 d[f"differ:{kind}:{inv}:alone"] = differing(base, in_chunks(fn, reqs, list(range(len(reqs))), (1,)))
-        d["picks"] = {"ours": picks(qs, [r.logprob for r in outs["ll:True"]]), "lm": picks(qs, outs["ll:lm"])}
+        sizes = [q.n_choices for q in qs]
+        d["picks"] = {"ours": choice_picks(sizes, [r.logprob for r in outs["ll:True"]]),
+                      "lm": choice_picks(sizes, outs["ll:lm"])}
         d["acc"] = {k: sum(p in q.gold for p, q in zip(v, qs, strict=True)) / len(qs) for k, v in d["picks"].items()}
         d["texts"] = {"ours": [r.text for r in outs["gen:True"]], "lm": list(outs["gen:lm"])}
         d["load_end"] = load()
@@ -157,7 +154,7 @@ def run(n_arc: int, n_gen: int, max_new: int, batch: int) -> dict[str, Any]:
 
 
 def _share(a: list[Any], b: list[Any]) -> float:
-    return round(sum(x == y for x, y in zip(a, b, strict=True)) / len(a), 4)
+    return round(agreement(a, b), 4)
 
 
 def render(r: dict[str, Any]) -> str:
@@ -203,11 +200,9 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     a = ap.parse_args()
     text = render(run(a.n_arc, a.n_gen, a.max_new, a.batch))
-    print(text)
-    if a.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, a.write)
 
 
 if __name__ == "__main__":

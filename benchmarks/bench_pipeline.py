@@ -165,11 +165,9 @@ def main() -> None:
             keep.mkdir(parents=True, exist_ok=False)
             timing = run_preset(args.preset, run_dir, fresh_home(keep))
             text = markdown(args.preset, timing, run_dir)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_md import write_section  # noqa: E402
+from results_md import publish  # noqa: E402
 
 from aftertune import paths  # noqa: E402
 from aftertune.scan import ScanConfig, scan_rows  # noqa: E402
@@ -273,12 +273,9 @@ def main() -> None:
     args = ap.parse_args()
     speed = None if args.skip_speed else run_speed(args.rows)
     pr = None if args.skip_pr else run_harmful_pr()
-    text = markdown(speed, pr)
-    print(text)
     if args.json:
         args.json.write_text(json.dumps({"speed": speed, "harmful": pr}, indent=2))
-    if args.write:
-        write_section(text)
+    publish(markdown(speed, pr), args.write)
 
 
 if __name__ == "__main__":

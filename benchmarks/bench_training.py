@@ -275,11 +275,9 @@ def main() -> None:
               "pass": speedup >= 1.2 and mem_ok}
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2, default=str))
     text = render(report)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    from results_md import publish
 
-        write_section(text)
+    publish(text, args.write)
 
 
 def render(r: dict[str, Any]) -> str:

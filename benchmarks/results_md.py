@@ -7,6 +7,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def publish(text: str, write: bool) -> None:
+    """Print a benchmark's Markdown section; with `write` (the --write flag) also put it into RESULTS.md."""
+    print(text)
+    if write:
+        write_section(text)
+
+
 def write_section(text: str, path: Path = RESULTS) -> None:
     """`text` starts and ends with its marker lines (<!-- NAME:start --> ... <!-- NAME:end -->): the section
     between the same markers in `path` is replaced, or `text` is appended; written atomically."""
