@@ -12,6 +12,24 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def cli(capsys):
+    """Run `aftertune.cli.main` (the console script's own function): (exit code, stdout, stderr)."""
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        from aftertune.cli import main
+
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = 0 if exc.code is None else int(exc.code)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random-weight llama with a trained BPE tokenizer and a ChatML template."""

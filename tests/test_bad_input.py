@@ -9,20 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aftertune.cli import main
 from aftertune.store import Store
 
 KEY = "sk-SECRETSECRET123"
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _files(root: Path) -> set[str]:
@@ -78,10 +67,10 @@ PROMPT_KINDS = ["empty", "binary", "latin1", "utf16", "wrong_type", "wrong_shape
 
 
 @pytest.mark.parametrize("kind", PROMPT_KINDS)
-def test_generate_prompts(work, capsys, kind):
+def test_generate_prompts(work, cli, kind):
     path = _inputs(work)[kind]
     before = _files(work)
-    code, out, err = _cli(["generate", "-m", "smollm2-135m-instruct", "-p", str(path)], capsys)
+    code, out, err = cli(["generate", "-m", "smollm2-135m-instruct", "-p", str(path)])
     _assert_refused(code, out, err, path.name, work, before)
 
 
@@ -93,13 +82,13 @@ def test_generate_prompts(work, capsys, kind):
     "",
 ])
 @pytest.mark.parametrize("command", ["audit", "generate"])
-def test_bad_model_refs_create_nothing(work, capsys, command, ref):
+def test_bad_model_refs_create_nothing(work, cli, command, ref):
     prompts = work / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n", encoding="utf-8")
     before = _files(work)
     args = (["audit", "-m", ref, "-s", "safety", "-o", str(work / "out")] if command == "audit"
             else ["generate", "-m", ref, "-p", str(prompts)])
-    code, out, err = _cli(args, capsys)
+    code, out, err = cli(args)
     _assert_refused(code, out, err, "model", work, before)
 
 
@@ -158,55 +147,55 @@ RESULT_DAMAGE = ["missing_section", "wrong_type_section", "row_missing_field", "
 
 @pytest.mark.parametrize("how", RESULT_DAMAGE)
 @pytest.mark.parametrize("command", ["report", "gate"])
-def test_malformed_results_json(work, capsys, good_results, command, how):
+def test_malformed_results_json(work, cli, good_results, command, how):
     data, field = _broken(good_results, how)
     path = work / "results.json"
     path.write_bytes(data)
     before = _files(work)
     args = [command, str(path)] + (["-t", "t_safety.compliance_rate.max_increase=0.05"] if command == "gate" else [])
-    code, out, err = _cli(args, capsys)
+    code, out, err = cli(args)
     _assert_refused(code, out, err, field, work, before)
     assert str(path) in err
 
 
-def test_good_results_json_validates_and_gates(work, capsys, good_results):
+def test_good_results_json_validates_and_gates(work, cli, good_results):
     path = work / "results.json"
     path.write_text(json.dumps(good_results), encoding="utf-8")
-    code, out, err = _cli(["gate", str(path), "-t", "t_capability.acc.max_decrease=1"], capsys)
+    code, out, err = cli(["gate", str(path), "-t", "t_capability.acc.max_decrease=1"])
     assert code == 0 and "gate passed" in out, err
 
 
 # -------------------------------------------------------------------------------------- outputs and the store
 
 @pytest.mark.parametrize("target", ["folder", "under_a_file", "unwritable"])
-def test_generate_checks_its_output_before_the_work(work, capsys, target):
+def test_generate_checks_its_output_before_the_work(work, cli, target):
     prompts = work / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n", encoding="utf-8")
     out = {"folder": work / "adir", "under_a_file": prompts / "x.jsonl", "unwritable": Path("/proc/aftertune/x.jsonl")}[target]
     (work / "adir").mkdir()
     before = _files(work)
-    code, o, err = _cli(["generate", "-m", "smollm2-135m-instruct", "-p", str(prompts), "-o", str(out)], capsys)
+    code, o, err = cli(["generate", "-m", "smollm2-135m-instruct", "-p", str(prompts), "-o", str(out)])
     _assert_refused(code, o, err, "--out", work, before)
 
 
-def test_audit_out_is_a_file(work, capsys):
+def test_audit_out_is_a_file(work, cli):
     (work / "taken").write_text("x", encoding="utf-8")
     before = _files(work)
-    code, out, err = _cli(["audit", "-m", "smollm2-135m-instruct", "-s", "safety", "-o", str(work / "taken")], capsys)
+    code, out, err = cli(["audit", "-m", "smollm2-135m-instruct", "-s", "safety", "-o", str(work / "taken")])
     _assert_refused(code, out, err, "--out", work, before)
 
 
-def test_aftertune_home_is_a_file(work, capsys, monkeypatch):
+def test_aftertune_home_is_a_file(work, cli, monkeypatch):
     home = work / "home-file"
     home.write_text("", encoding="utf-8")
     monkeypatch.setenv("AFTERTUNE_HOME", str(home))
     monkeypatch.delenv("AFTERTUNE_STORE")
-    code, _out, err = _cli(["runs", "list"], capsys)
+    code, _out, err = cli(["runs", "list"])
     assert code == 2 and "AFTERTUNE_HOME" in err and str(home) in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fill", [b"\xab", b"\x00"])
-def test_damaged_store_is_reported_not_read_as_empty(work, capsys, fill):
+def test_damaged_store_is_reported_not_read_as_empty(work, cli, fill):
     store_path = Path(os.environ["AFTERTUNE_HOME"]) / "store.sqlite"
     s = Store(store_path)
     for i in range(3):
@@ -216,7 +205,7 @@ def test_damaged_store_is_reported_not_read_as_empty(work, capsys, fill):
     with store_path.open("r+b") as fh:  # overwrite one page of the runs table
         fh.seek(6 * 4096)
         fh.write(fill * 4096)
-    code, _out, err = _cli(["runs", "list"], capsys)
+    code, _out, err = cli(["runs", "list"])
     assert code == 2 and "damaged" in err and ".recover" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
@@ -237,16 +226,16 @@ def test_damaged_store_is_reported_not_read_as_empty(work, capsys, fill):
     ("name: [unclosed\n", "YAML"),
 ])
 @pytest.mark.parametrize("print_spec", [False, True])
-def test_bad_run_specs_fail_before_any_work(work, capsys, spec, names, print_spec):
+def test_bad_run_specs_fail_before_any_work(work, cli, spec, names, print_spec):
     path = work / "spec.yaml"
     path.write_text(spec, encoding="utf-8")
     before = _files(work)
-    code, out, err = _cli(["run", str(path)] + (["--print-spec"] if print_spec else []), capsys)
+    code, out, err = cli(["run", str(path)] + (["--print-spec"] if print_spec else []))
     _assert_refused(code, out, err, names, work, before)
 
 
 @pytest.mark.parametrize("kind", ["binary", "latin1", "utf16", "empty_dir"])
-def test_run_spec_file_kinds(work, capsys, kind):
+def test_run_spec_file_kinds(work, cli, kind):
     path = work / "spec.yaml"
     if kind == "empty_dir":
         path.mkdir()
@@ -254,12 +243,12 @@ def test_run_spec_file_kinds(work, capsys, kind):
         path.write_bytes({"binary": bytes(range(256)), "latin1": "name: caf\u00e9\n".encode("latin-1"),
                           "utf16": "name: x\n".encode("utf-16")}[kind])
     before = _files(work)
-    code, out, err = _cli(["run", str(path)], capsys)
+    code, out, err = cli(["run", str(path)])
     _assert_refused(code, out, err, "spec.yaml", work, before)
 
 
 @pytest.mark.parametrize("kind", ["binary", "utf16", "negative_ratio", "missing", "not_mapping"])
-def test_gate_thresholds_file(work, capsys, good_results, kind):
+def test_gate_thresholds_file(work, cli, good_results, kind):
     results = work / "results.json"
     results.write_text(json.dumps(good_results), encoding="utf-8")
     th = work / "th.yaml"
@@ -268,19 +257,19 @@ def test_gate_thresholds_file(work, capsys, good_results, kind):
     if kind != "missing":
         th.write_bytes(content[kind])
     before = _files(work)
-    code, out, err = _cli(["gate", str(results), "--thresholds", str(th)], capsys)
+    code, out, err = cli(["gate", str(results), "--thresholds", str(th)])
     _assert_refused(code, out, err, "max_ratio" if kind == "negative_ratio" else "th.yaml", work, before)
 
 
-def test_the_store_still_works_after_the_battery(work, capsys):
-    code, out, err = _cli(["runs", "list"], capsys)
+def test_the_store_still_works_after_the_battery(work, cli):
+    code, out, err = cli(["runs", "list"])
     assert code == 0 and "before" in out, err
 
 
 # ------------------------------------------------------------------------------------------ remote code
 
 @pytest.mark.parametrize("command", ["tune", "generate", "audit"])
-def test_remote_code_models_are_refused_cleanly(work, capsys, tiny_model_dir, command):
+def test_remote_code_models_are_refused_cleanly(work, cli, tiny_model_dir, command):
     import shutil
 
     model = work / "remote-code-model"
@@ -295,5 +284,5 @@ def test_remote_code_models_are_refused_cleanly(work, capsys, tiny_model_dir, co
     args = {"tune": ["tune", "-m", str(model), "-d", str(data), "-o", str(work / "out"), "--max-steps", "1"],
             "generate": ["generate", "-m", str(model), "-p", str(data)],
             "audit": ["audit", "-m", str(model), "-s", "safety", "-o", str(work / "out")]}[command]
-    code, out, err = _cli(args, capsys)
+    code, out, err = cli(args)
     _assert_refused(code, out, err, "AFTERTUNE_TRUST_REMOTE_CODE=1", work, before)

