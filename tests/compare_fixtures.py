@@ -25,8 +25,7 @@ class _TestSuite(Suite):
 
 def _register(name: str, description: str, metrics: tuple[Metric, ...]) -> None:
     if name not in SUITES:
-        cls = type(name, (_TestSuite,), {"name": name, "description": description, "metrics": metrics})
-        SUITES.register(name, description)(cls)
+        SUITES.add(name, type(name, (_TestSuite,), {"metrics": metrics}), description)
 
 
 def _max_aggregate(scores: Sequence[dict[str, float | None]], metric: str) -> float:
@@ -35,7 +34,7 @@ def _max_aggregate(scores: Sequence[dict[str, float | None]], metric: str) -> fl
 
 
 if "t_max" not in AGGREGATES:
-    AGGREGATES.register("t_max", "largest per-item value (test aggregate)")(_max_aggregate)
+    AGGREGATES.add("t_max", _max_aggregate, "largest per-item value (test aggregate)")
 
 _register("t_safety", "Harmful requests: does the model comply?", (
     Metric("compliance_rate", "lower", "binary", "share of harmful requests answered"),

@@ -35,7 +35,7 @@ def aggregate(suite_cls, records, metric_name):
 def test_every_suite_is_registered_with_sane_metrics():
     for name in ("capability", "perplexity", "task", "ood", "bias", "diversity"):
         cls = SUITES.get(name)
-        assert cls.name == name and cls.description and cls.metrics
+        assert cls.name == name and SUITES.entry(name).description and cls.metrics
         for m in cls.metrics:
             assert m.direction in ("higher", "lower") and m.kind in ("binary", "score")
             assert m.aggregate in AGGREGATES, (name, m.name)

@@ -83,12 +83,7 @@ def test_seed_moves_the_fine_tune_and_the_icl_demonstrations_together():
         plan_sweep(spec, "seed", parse_values("1.5", "seed"))
 
 
-def test_interp_is_one_run_with_one_variant_per_value(monkeypatch):
-    from aftertune.registry import Entry
-    from aftertune.variants import VARIANTS
-
-    if "interp" not in VARIANTS:  # the engine variant may live in another module; the plan only needs the name
-        monkeypatch.setitem(VARIANTS._entries, "interp", Entry("interp", lambda engine, _opts: engine, ""))
+def test_interp_is_one_run_with_one_variant_per_value():
     spec = load_pipeline_spec(None, {"name": "s"})
     (run,) = plan_sweep(spec, "interp", parse_values("0.25,0.5", "interp"))
     assert run.folder == "interp" and run.spec.variants == ["interp:w=0.25", "interp:w=0.5"]

@@ -68,8 +68,7 @@ def parse_limit(limit: int | str | None, suite: Suite) -> int | None:
 
 def prepare_suites(suites: Sequence[SuiteArg], limit: int | str | None, seed: int) -> list[PreparedSuite]:
     """Instantiate, load and sample every suite before any model is loaded, so bad input fails fast."""
-    import aftertune.suites  # noqa: F401 - registers the built-in suites
-    from aftertune.suites.base import SUITES
+    from aftertune.suites import SUITES
 
     prepared = []
     for name, options in parse_suites(suites):

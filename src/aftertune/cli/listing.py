@@ -1,8 +1,11 @@
-"""`aftertune list suites|judges|engines|variants|models|presets|trainsets`: what is registered, one line each."""
+"""`aftertune list suites|judges|engines|variants|models|presets|trainsets`: what is registered, one line each.
+
+Names and descriptions come from the registries without importing the registered
+modules; only `list suites` imports the suite modules (for their default sizes and metrics).
+"""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 
 import typer
@@ -22,26 +25,12 @@ def _table(rows: Iterable[tuple[str, str]]) -> str:
     return "\n".join(f"{name:<{width}}  {desc}".rstrip() for name, desc in rows)
 
 
-def _import_all(package: str) -> None:
-    """Import every module of a package so its registrations run (a broken module fails loudly)."""
-    import pkgutil
-
-    pkg = importlib.import_module(package)
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{package}.{info.name}")
-
-
 @list_app.command("suites")
 def list_suites(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each suite's metrics.")) -> None:
     """Suites: what an audit can measure (`--suite NAME`)."""
-    import aftertune.suites  # noqa: F401 - registers the built-in suites
-    from aftertune.suites.base import SUITES
+    from aftertune.suites import SUITES
 
-    lines = []
-    for e in SUITES:
-        cls = e.obj
-        lines.append((e.name, f"{getattr(cls, 'description', '') or e.description}"
-                              f" [default {cls.default_limit or 'all'} items]"))
+    lines = [(e.name, f"{e.description} [default {e.obj.default_limit or 'all'} items]") for e in SUITES]
     typer.echo(_table(lines))
     if verbose:
         for e in SUITES:
@@ -53,18 +42,16 @@ def list_suites(verbose: bool = typer.Option(False, "--verbose", "-v", help="Als
 @list_app.command("judges")
 def list_judges() -> None:
     """Judges: what turns a response into a verdict (`--judge ROLE=SPEC`)."""
-    from aftertune.judges.base import JUDGES
+    from aftertune.judges import JUDGES
 
-    _import_all("aftertune.judges")
-    typer.echo(_table((e.name, getattr(e.obj, "description", "") or e.description) for e in JUDGES))
+    typer.echo(_table((e.name, e.description) for e in JUDGES))
 
 
 @list_app.command("engines")
 def list_engines() -> None:
     """Engines: the backends that run models (`--engine NAME`)."""
-    from aftertune.engines.base import ENGINES
+    from aftertune.engines import ENGINES
 
-    _import_all("aftertune.engines")
     typer.echo(_table((e.name, e.description) for e in ENGINES))
 
 
@@ -87,9 +74,9 @@ def list_models() -> None:
 @list_app.command("presets")
 def list_presets() -> None:
     """Presets: study protocols for `aftertune run --preset NAME` (each says what it scales down)."""
-    from aftertune.presets import describe, preset_names
+    from aftertune.presets import PRESETS
 
-    typer.echo(_table((name, describe(name)) for name in preset_names()))
+    typer.echo(_table((e.name, e.description) for e in PRESETS))
 
 
 @list_app.command("trainsets")

@@ -226,17 +226,16 @@ class _MetricSpec:
 
 
 def _suite_registry() -> tuple[Any, Any]:
-    # importing the package runs aftertune/suites/__init__.py, which registers the packaged suites
-    from aftertune.suites import base as suites_base
+    from aftertune.suites import AGGREGATES, SUITES
 
-    return suites_base.SUITES, suites_base.AGGREGATES
+    return SUITES, AGGREGATES
 
 
 def _suite_metrics(name: str, records: Sequence[Record], warnings: list[str]) -> tuple[str, list[_MetricSpec]]:
     suites, _ = _suite_registry()
     if name in suites:
         cls = suites.get(name)
-        return (getattr(cls, "description", "") or "", [
+        return (suites.entry(name).description, [
             _MetricSpec(m.name, m.direction, m.kind, m.description, m.aggregate, True) for m in cls.metrics
         ])
     # not registered (a plugin that is not installed here): infer from the values, direction unknown

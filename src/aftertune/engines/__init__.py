@@ -1,6 +1,8 @@
 """Engines run models: `generate`, `loglikelihood`, `rolling_loglikelihood`.
 
-`load_engine` is the one place that maps a model reference to a backend.
+`load_engine` is the one place that maps a model reference to a backend; one
+`ENGINES.add` line per backend registers it (its module, e.g. torch for `hf`,
+is imported only when it is used). `aftertune list engines` shows them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ __all__ = [
     "load_engine",
 ]
 
+ENGINES.add("hf", "aftertune.engines.hf:HFEngine", "local torch model through transformers (PEFT adapters included)")
+ENGINES.add("openai", "aftertune.engines.openai_api:OpenAIEngine",
+            "Any OpenAI-compatible server (vLLM, llama.cpp, TGI, hosted APIs) over HTTP")
+ENGINES.add("vllm", "aftertune.engines.vllm_engine:VLLMEngine",
+            "In-process vLLM on a GPU (optional; needs the vllm package)")
+
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
     """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm).
@@ -49,13 +57,4 @@ def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: An
                         "drop the '#' part here")
     model = resolve_model(ref) if isinstance(ref, str) else ref
     name = engine or ("openai" if model.kind == "openai" else "hf")
-    _import_backends()
     return ENGINES.get(name).from_ref(model, **options)  # type: ignore[attr-defined]
-
-
-def _import_backends() -> None:
-    """Import the backend modules so their @ENGINES.register decorators run."""
-    import importlib
-
-    for mod in ("hf", "openai_api", "vllm_engine"):
-        importlib.import_module(f"aftertune.engines.{mod}")

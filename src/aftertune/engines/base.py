@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aftertune.registry import Registry
+from aftertune.registry import RegisteredName, Registry
 
 # Called with the number of requests finished since the last call (for progress bars).
 Progress = Callable[[int], None]
@@ -111,6 +111,9 @@ class RollingResult:
     n_tokens: int
 
 
+ENGINES: Registry[type[Engine]] = Registry("engine")
+
+
 class Engine(ABC):
     """A loaded model. `fingerprint` identifies the weights (and adapter/wrapper), `version` the code.
 
@@ -118,7 +121,7 @@ class Engine(ABC):
     version → same answer, so nothing is ever computed twice.
     """
 
-    name: str = "engine"
+    name = RegisteredName(ENGINES, default="engine")  # a backend's name is in its registration (engines/__init__.py)
 
     @property
     @abstractmethod
@@ -148,5 +151,3 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free memory/connections; engines that hold none need not override."""
 
-
-ENGINES: Registry[type[Engine]] = Registry("engine")

@@ -78,7 +78,6 @@ import torch
 
 from aftertune.engines import early_stop
 from aftertune.engines.base import (
-    ENGINES,
     Engine,
     GenerateRequest,
     GenerateResult,
@@ -271,11 +270,8 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-@ENGINES.register("hf", "local torch model through transformers (PEFT adapters included)")
 class HFEngine(Engine):
     """A transformers causal LM (optionally with a PEFT adapter) on CPU or GPU."""
-
-    name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, *, model_ref: ModelRef, fingerprint: str, dtype: torch.dtype,
                  device: torch.device, batch_size: int = 16, max_length: int | None = None,

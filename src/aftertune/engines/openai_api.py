@@ -76,7 +76,6 @@ from urllib.parse import urlparse
 import httpx
 
 from aftertune.engines.base import (
-    ENGINES,
     Engine,
     GenerateRequest,
     GenerateResult,
@@ -200,11 +199,8 @@ def _finish_reason(raw: Any) -> str:
     return str(raw)
 
 
-@ENGINES.register("openai", "Any OpenAI-compatible server (vLLM, llama.cpp, TGI, hosted APIs) over HTTP")
 class OpenAIEngine(Engine):
     """Talks to `api_base` for `api_model`; see the module docstring for the exact behaviour."""
-
-    name = "openai"
 
     def __init__(
         self,

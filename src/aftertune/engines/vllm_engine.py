@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from aftertune.engines.base import (
-    ENGINES,
     Engine,
     GenerateRequest,
     GenerateResult,
@@ -62,11 +61,8 @@ def _import_vllm() -> Any:
     return vllm
 
 
-@ENGINES.register("vllm", "In-process vLLM on a GPU (optional; needs the vllm package)")
 class VLLMEngine(Engine):
     """A `vllm.LLM` over a local model directory (or an adapter on its base)."""
-
-    name = "vllm"
 
     def __init__(self, model_ref: ModelRef, llm: Any, vllm_version: str, lora: Any = None) -> None:
         self.model_ref = model_ref

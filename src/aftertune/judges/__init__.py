@@ -1,15 +1,7 @@
 """Judges turn (prompt, response) pairs into verdicts; `build_judge(spec)` makes one from a spec.
 
-Specs are ``NAME`` or ``NAME:ARG:KEY=VALUE...``:
-
-| spec | judge |
-|---|---|
-| ``refusal`` | refusal phrases + MiniLM similarity (`refusal:mode=phrases` for phrases only, `refusal:mode=head` for the trained head) |
-| ``harm`` | harmful content in an answer: a trained logistic head on MiniLM embeddings (`harm:threshold=0.5`) |
-| ``toxicity`` | packaged Jigsaw BiLSTM (`toxicity:label=max`, `toxicity:threshold=0.5`) |
-| ``toxicity:hf=PATH_OR_HUB_ID`` | any Hugging Face sequence classifier (`:label=NAME`) |
-| ``toxicity:perspective`` | Perspective API, key in $PERSPECTIVE_API_KEY |
-| ``llm:MODEL_REF`` | a language model with the Qi et al. rubric (`:rubric=strongreject`) |
+Specs are ``NAME`` or ``NAME:ARG:KEY=VALUE...``; `aftertune list judges` lists the
+registered names, docs/safety-and-judges.md their settings.
 
 Segments of the form KEY=VALUE are options; the others are arguments (for
 ``llm`` they are joined back with ":" into the model reference, so
@@ -31,15 +23,15 @@ __all__ = ["JUDGES", "JUDGE_ROLES", "Judge", "Verdict", "build_judge", "judge_fo
            "validity", "verdict_details"]
 
 _OPTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
-_BUILTIN = ("refusal", "toxicity", "llm", "head")
 
-
-def load_builtin_judges() -> None:
-    """Import the judge modules so their @JUDGES.register decorators run."""
-    import importlib
-
-    for mod in _BUILTIN:
-        importlib.import_module(f"aftertune.judges.{mod}")
+JUDGES.add("refusal", "aftertune.judges.refusal:RefusalJudge",
+           "refusal detection: refusal phrases + MiniLM embedding similarity")
+JUDGES.add("harm", "aftertune.judges.head:HeadJudge",
+           "harmful content in an answer: a logistic head on MiniLM embeddings, trained on labels")
+JUDGES.add("toxicity", "aftertune.judges.toxicity:ToxicityJudge",
+           "toxicity classifier (packaged Jigsaw BiLSTM, any HF classifier, or Perspective API)")
+JUDGES.add("llm", "aftertune.judges.llm:LLMJudge",
+           "any model as a judge: Qi et al. 1-5 harmfulness or StrongREJECT rubric")
 
 
 def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
@@ -58,7 +50,6 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
 
 def build_judge(spec: str) -> Judge:
     """A judge from its spec; an unknown name raises UserError listing the known judges."""
-    load_builtin_judges()
     name, args, options = parse_spec(spec)
     cls = JUDGES.get(name)
     return cls.from_spec(args, options)

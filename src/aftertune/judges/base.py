@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aftertune.errors import UserError
-from aftertune.registry import Registry
+from aftertune.registry import RegisteredName, Registry
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,11 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+JUDGES: Registry[type[Judge]] = Registry("judge")
+
+
 class Judge(ABC):
-    name: ClassVar[str]
-    description: ClassVar[str]
+    name = RegisteredName(JUDGES)  # the name in the judge's registration line (judges/__init__.py)
     # a rule of engines/early_stop.py when the verdict reads only the opening of an answer ("" = the whole answer)
     early_stop: ClassVar[str] = ""
 
@@ -61,6 +63,3 @@ JUDGE_ROLES: dict[str, str | None] = {
 }
 
 NO_JUDGE = "none"  # the spec that switches a role off (`--judge harm=none`)
-
-
-JUDGES: Registry[type[Judge]] = Registry("judge")

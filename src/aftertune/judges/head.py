@@ -31,7 +31,7 @@ import numpy as np
 
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_text
-from aftertune.judges.base import JUDGES, Judge, Verdict
+from aftertune.judges.base import Judge, Verdict
 from aftertune.judges.refusal import _phrase_in, mask_topic, opening
 
 HARM_CHARS = 1000
@@ -103,8 +103,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarr
 class HeadJudge(Judge):
     """A trained logistic head on sentence embeddings (harm, or refusal with `refusal:mode=head`)."""
 
-    name: ClassVar[str] = "harm"
-    description: ClassVar[str] = "harmful content in an answer: a logistic head on MiniLM embeddings, trained on labels"
     LABELS: ClassVar[dict[str, tuple[str, str]]] = {"harm": ("harmful", "harmless"), "refusal": ("refuse", "comply")}
 
     def __init__(self, head: Head, threshold: float = 0.5) -> None:
@@ -162,8 +160,4 @@ def _threshold(value: str) -> float:
 class RefusalHeadJudge(HeadJudge):
     """The refusal head (`refusal:mode=head`): refuse / comply."""
 
-    name: ClassVar[str] = "refusal"
-    description: ClassVar[str] = "refusal detection: a logistic head on MiniLM embeddings of the masked opening"
-
-
-JUDGES.register("harm")(HeadJudge)
+    name: ClassVar[str] = "refusal"  # the refusal judge in head mode, not a registration of its own

@@ -31,12 +31,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any
 
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_text
-from aftertune.judges.base import JUDGES, Judge, Verdict
+from aftertune.judges.base import Judge, Verdict
 
 QI_TEMPLATE = """You are reviewing how an AI assistant answered a request that it should not carry out.
 
@@ -134,9 +134,6 @@ def strongreject_rubric() -> tuple[str, str, str]:
 class LLMJudge(Judge):
     """A language model scoring responses with the Qi et al. 1–5 rubric or the StrongREJECT rubric."""
 
-    name: ClassVar[str] = "llm"
-    description: ClassVar[str] = "any model as a judge: Qi et al. 1-5 harmfulness or StrongREJECT rubric"
-
     def __init__(self, model: str, rubric: str = "qi", *, engine: Engine | None = None, store: Any = None,
                  max_new_tokens: int | None = None, max_response_chars: int = 4000) -> None:
         if rubric not in RUBRICS:
@@ -225,6 +222,3 @@ class LLMJudge(Judge):
                     verdicts.append(Verdict("refuse" if parts["refused"] else "comply",
                                             strongreject_score(parts), details))
         return verdicts
-
-
-JUDGES.register("llm")(LLMJudge)

@@ -19,8 +19,6 @@ from aftertune.fileio import load_yaml
 
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ia3"]
 Objective = Literal["sft", "dpo"]
-METHODS: tuple[str, ...] = ("full", "lora", "qlora", "prefix", "prompt", "ia3")
-OBJECTIVES: tuple[str, ...] = ("sft", "dpo")
 
 # Learning rates practitioners start from (PEFT / TRL examples and the methods' papers).
 DEFAULT_LR: dict[tuple[str, str], float] = {

@@ -1,13 +1,6 @@
 """Fine-tuning methods: each builds its PEFT config (or none, for full fine-tuning).
 
-| method | what is trained | PEFT config | merges into the weights |
-|---|---|---|---|
-| `full` | every weight | none | (it is the weights) |
-| `lora` | low-rank updates of the chosen linear layers | `LoraConfig` | yes |
-| `qlora` | LoRA on a 4-bit NF4 base (CUDA + bitsandbytes) | `LoraConfig` + `BitsAndBytesConfig` | yes (into a bf16 copy) |
-| `prefix` | key/value prefixes in every layer | `PrefixTuningConfig` | no |
-| `prompt` | soft prompt embeddings | `PromptTuningConfig` (text init) | no |
-| `ia3` | learned rescaling of keys, values and MLP activations | `IA3Config` | yes |
+One `RECIPES.add` line per method below registers it; docs/tuning.md describes each one.
 """
 
 from __future__ import annotations
@@ -25,8 +18,6 @@ PROMPT_INIT_TEXT = "Answer the user's request helpfully and accurately."
 
 @dataclass(frozen=True)
 class MethodRecipe:
-    name: str
-    description: str
     peft: bool
     can_merge: bool
     needs_cuda: bool
@@ -37,11 +28,6 @@ class MethodRecipe:
 
 
 RECIPES: Registry[MethodRecipe] = Registry("method")
-
-
-def _register(recipe: MethodRecipe) -> MethodRecipe:
-    RECIPES.register(recipe.name, recipe.description)(recipe)
-    return recipe
 
 
 def _lora(cfg: TuneConfig, model: Any) -> Any:
@@ -73,16 +59,15 @@ def _ia3(cfg: TuneConfig, model: Any) -> Any:
     return IA3Config(task_type="CAUSAL_LM")
 
 
-_register(MethodRecipe("full", "update every weight (mixed-precision AdamW)", False, False, False, lambda c, m: None))
-_register(MethodRecipe("lora", "low-rank adapters on the linear layers (Hu et al. 2021)", True, True, False, _lora))
-_register(MethodRecipe("qlora", "LoRA on a 4-bit NF4-quantised base (Dettmers et al. 2023); CUDA + bitsandbytes",
-                       True, True, True, _lora))
-_register(MethodRecipe("prefix", "trainable key/value prefixes in every layer (Li & Liang 2021)", True, False, False,
-                       _prefix))
-_register(MethodRecipe("prompt", "trainable soft-prompt embeddings (Lester et al. 2021)", True, False, False,
-                       _prompt))
-_register(MethodRecipe("ia3", "learned rescaling vectors for keys, values and MLP (Liu et al. 2022)", True, True,
-                       False, _ia3))
+RECIPES.add("full", MethodRecipe(False, False, False, lambda c, m: None), "update every weight (mixed-precision AdamW)")
+RECIPES.add("lora", MethodRecipe(True, True, False, _lora), "low-rank adapters on the linear layers (Hu et al. 2021)")
+RECIPES.add("qlora", MethodRecipe(True, True, True, _lora),
+            "LoRA on a 4-bit NF4-quantised base (Dettmers et al. 2023); CUDA + bitsandbytes")
+RECIPES.add("prefix", MethodRecipe(True, False, False, _prefix),
+            "trainable key/value prefixes in every layer (Li & Liang 2021)")
+RECIPES.add("prompt", MethodRecipe(True, False, False, _prompt), "trainable soft-prompt embeddings (Lester et al. 2021)")
+RECIPES.add("ia3", MethodRecipe(True, True, False, _ia3),
+            "learned rescaling vectors for keys, values and MLP (Liu et al. 2022)")
 
 
 def preflight(cfg: TuneConfig, device: str) -> None:

@@ -28,8 +28,6 @@ class Built:
 
 @dataclass(frozen=True)
 class Objective:
-    name: str
-    description: str
     build: Callable[..., Built]
 
 
@@ -196,7 +194,5 @@ def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
     return Built(trainer, stats, mplan)
 
 
-OBJECTIVES.register("sft", "supervised fine-tuning on chat examples, loss on the assistant turns only")(
-    Objective("sft", "supervised fine-tuning on chat examples, loss on the assistant turns only", build_sft))
-OBJECTIVES.register("dpo", "direct preference optimisation on (prompt, chosen, rejected) pairs")(
-    Objective("dpo", "direct preference optimisation on (prompt, chosen, rejected) pairs", build_dpo))
+OBJECTIVES.add("sft", Objective(build_sft), "supervised fine-tuning on chat examples, loss on the assistant turns only")
+OBJECTIVES.add("dpo", Objective(build_dpo), "direct preference optimisation on (prompt, chosen, rejected) pairs")

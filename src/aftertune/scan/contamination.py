@@ -207,7 +207,7 @@ def suite_index(name: str, suite: Any) -> SuiteIndex:
 
 
 def registered_suites() -> list[str]:
-    """Names of every registered suite (importing `aftertune.suites` registers the built-in ones)."""
+    """Names of every registered suite."""
     from aftertune.suites import SUITES
 
     return SUITES.names()

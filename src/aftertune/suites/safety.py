@@ -65,7 +65,7 @@ from aftertune.fileio import sha256_text
 from aftertune.record import Record
 from aftertune.sources import harmful_prompts as corpora
 from aftertune.sources.harmful_prompts import DNA_EXCLUDED_INTENTS, normalise_prompt
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import (
     check_names,
     option_list,
@@ -366,13 +366,9 @@ HARM_METRICS: tuple[Metric, ...] = (
 # -- the suite ------------------------------------------------------------------------
 
 
-@SUITES.register("safety")
 class SafetySuite(JudgedChatSuite):
     """Harmful requests (StrongREJECT, HarmBench, AdvBench, Do-Not-Answer): compliance rate per harm category."""
 
-    name: ClassVar[str] = "safety"
-    description: ClassVar[str] = ("harmful requests from StrongREJECT, HarmBench, AdvBench and Do-Not-Answer, "
-                                  "deduplicated, one category map; compliance (attack success) rate")
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("compliance", "lower", "binary",
                "share of harmful requests the model complied with (attack success rate), by the refusal judge"),

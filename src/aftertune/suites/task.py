@@ -32,7 +32,7 @@ from aftertune.engines.base import Decoding, Engine, GenerateRequest, Message
 from aftertune.errors import UserError
 from aftertune.record import Record
 from aftertune.suites.aggregates import bleu_stats
-from aftertune.suites.base import SUITES, Item, Metric, Suite, SuiteContext
+from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import read_user_data
 
 Kind = Literal["label", "short", "generation"]
@@ -154,13 +154,9 @@ def _trainset_rows(name: str, split: str) -> tuple[list[dict[str, Any]], str]:
     return trainsets.held_out_rows(name, split), f"trainset {name} ({split})"
 
 
-@SUITES.register("task")
 class TaskSuite(Suite):
     """The fine-tuning task's held-out split: accuracy/macro-F1, exact match/F1 or ROUGE-L/BLEU."""
 
-    name = "task"
-    description = ("The fine-tuning task on its held-out split (greedy chat answers): accuracy and macro-F1 for "
-                   "labels, exact match for short answers, ROUGE-L and BLEU for free text")
     metrics = (
         Metric("accuracy", "higher", "binary", "label tasks: the answer names the gold label"),
         Metric("macro_f1", "higher", "score", "label tasks: F1 per gold label, averaged (per item: correct or not)",

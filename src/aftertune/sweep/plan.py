@@ -119,7 +119,6 @@ def _one_run_per_value(knob: str, data: dict[str, Any], values: Sequence[tuple[s
     return runs
 
 
-@KNOBS.register("safety_mix", "share of the built-in refusals set mixed into the task data (train.mix)")
 def _safety_mix(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:
     def edit(d: dict[str, Any], text: str, value: Any) -> dict[str, Any]:
         share = _number(knob, text, value, 0.0, 10.0)
@@ -132,8 +131,6 @@ def _safety_mix(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any
     return _one_run_per_value(knob, data, values, edit)
 
 
-@KNOBS.register("seed", "train.seed and icl.seed together: the fine-tune's examples and order and the ICL "
-                        "baseline's demonstrations (equal seeds draw the same examples); audit items stay fixed")
 def _seed(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:
     def edit(d: dict[str, Any], text: str, value: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -148,7 +145,6 @@ def _seed(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) ->
     return _one_run_per_value(knob, data, values, edit)
 
 
-@KNOBS.register("interp", "tuned weights interpolated towards the base (w=1: tuned), one run, no retraining")
 def _interp(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:
     suffixes = [f"interp:w={_number(knob, text, value, 0.0, 1.0):g}" for text, value in values]
     run_data = {**copy.deepcopy(data), "variants": list(data.get("variants") or []) + suffixes}
@@ -156,6 +152,12 @@ def _interp(data: dict[str, Any], knob: str, values: Sequence[tuple[str, Any]]) 
     texts = ",".join(t for t, _ in values)
     points = tuple(Point(value, text, variant_label(s)) for (text, value), s in zip(values, suffixes, strict=True))
     return [PlannedRun("interp", _spec(run_data, knob, texts), points)]
+
+
+KNOBS.add("safety_mix", _safety_mix, "share of the built-in refusals set mixed into the task data (train.mix)")
+KNOBS.add("seed", _seed, "train.seed and icl.seed together: the fine-tune's examples and order and the ICL baseline's "
+          "demonstrations (equal seeds draw the same examples); audit items stay fixed")
+KNOBS.add("interp", _interp, "tuned weights interpolated towards the base (w=1: tuned), one run, no retraining")
 
 
 def plan_sweep(spec: PipelineSpec, knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:

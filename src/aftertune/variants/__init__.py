@@ -2,12 +2,10 @@
 
 A variant is written as a suffix of the model reference,
 `REF#icl:k=16,seed=0,data=support`, and is audited and compared exactly like
-another model (its settings are part of its fingerprint):
-
-- `icl` (`variants.icl`) — in-context learning: demonstrations before every request;
-- `guard` (`variants.guardrail`) — input/output filters around any model;
-- `interp` (`variants.interpolate`) — new weights between base and tuned; applied
-  at load time, not as a wrapper.
+another model (its settings are part of its fingerprint). One `VARIANTS.add`
+line per variant registers its factory `(engine, options) -> Engine` below;
+`aftertune list variants` shows them. `interp` changes the weights, so it is
+applied at load time, not as a wrapper.
 
 Variants sit above `engines/` (they lean on judges, the scanner's detector and
 training data), so the plain backends never import them; `load_engine` here is
@@ -20,10 +18,18 @@ from typing import Any
 
 from aftertune.engines.base import Engine
 from aftertune.sources.base import ModelRef
-from aftertune.variants import guardrail, icl, interpolate  # noqa: F401  (each registers its variant)
 from aftertune.variants.base import VARIANTS, apply_variants, split_variants
 
 __all__ = ["VARIANTS", "apply_variants", "load_engine", "split_variants"]
+
+VARIANTS.add("icl", "aftertune.variants.icl:icl_variant",
+             "in-context learning: k seeded demonstrations from the training data before every request")
+VARIANTS.add("guard", "aftertune.variants.guardrail:guard_variant",
+             "input/output guardrail: harmful requests, toxic or complying-with-risky answers replaced by a fixed "
+             "refusal")
+VARIANTS.add("interp", "aftertune.variants.interpolate:interp_variant",
+             "weight interpolation: base + w*(tuned - base) (w=0.5; LoRA/IA3 adapters scaled, full fine-tunes need "
+             "base= or tune.json); applied at load time")
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
@@ -34,6 +40,7 @@ def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: An
     """
     from aftertune import engines
     from aftertune.sources import resolve_model
+    from aftertune.variants import interpolate
 
     if not isinstance(ref, str) or "#" not in ref:
         return engines.load_engine(ref, engine=engine, **options)

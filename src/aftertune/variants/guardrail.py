@@ -53,7 +53,6 @@ from aftertune.engines.base import (
 )
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
-from aftertune.variants.base import VARIANTS
 
 if TYPE_CHECKING:
     from aftertune.judges.base import Judge
@@ -279,9 +278,7 @@ def _number(options: Mapping[str, str], key: str, default: float) -> float:
         raise UserError(f"guard: {key}={options[key]!r} is not a number (e.g. {key}={default:g})") from None
 
 
-@VARIANTS.register("guard", "input/output guardrail: harmful requests, toxic or complying-with-risky answers "
-                            "replaced by a fixed refusal")
-def _guard(engine: Engine, options: dict[str, str]) -> Engine:
+def guard_variant(engine: Engine, options: dict[str, str]) -> Engine:
     unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise UserError(f"guard: unknown option {sorted(unknown)[0]!r}; options are {', '.join(_OPTIONS)}")

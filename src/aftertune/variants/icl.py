@@ -32,7 +32,6 @@ from aftertune.engines.base import (
 )
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
-from aftertune.variants.base import VARIANTS
 
 Demo = tuple[str, str]  # (user, assistant)
 
@@ -122,8 +121,7 @@ def draw_demos(pairs: Sequence[Demo], k: int, seed: int) -> list[Demo]:
     return random.Random(seed).sample(list(pairs), k)
 
 
-@VARIANTS.register("icl", "in-context learning: k seeded demonstrations from the training data before every request")
-def _icl(engine: Engine, options: dict[str, str]) -> Engine:
+def icl_variant(engine: Engine, options: dict[str, str]) -> Engine:
     unknown = set(options) - {"k", "seed", "data", "max_chars", "format"}
     if unknown:
         raise UserError(f"icl: unknown option {sorted(unknown)[0]!r}; options are k, seed, data, max_chars, format")

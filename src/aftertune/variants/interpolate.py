@@ -43,7 +43,6 @@ from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text, write_json_atomic
 from aftertune.sources.base import ModelRef
-from aftertune.variants.base import VARIANTS
 
 INTERP_VERSION = "1"  # bump when a change here changes the written weights
 _LORA_B = re.compile(r"\.lora_(?:embedding_)?B(?:\.|$)")
@@ -247,8 +246,6 @@ def _mix(name: str, b: Any, t: Any, w: float, tuned_dir: Path) -> Any:
     return (bf + w * (t.float() - bf)).to(t.dtype)
 
 
-@VARIANTS.register("interp", "weight interpolation: base + w*(tuned - base) (w=0.5; LoRA/IA3 adapters scaled, "
-                             "full fine-tunes need base= or tune.json); applied at load time")
-def _interp(engine: Engine, options: dict[str, str]) -> Engine:
+def interp_variant(engine: Engine, options: dict[str, str]) -> Engine:
     raise UserError(f"interp changes weights, so it is applied when the model loads (load_engine), "
                     f"not around a loaded engine; {_HOW}")
