@@ -207,7 +207,7 @@ def test_pipeline_stops_early_stays_stopped_and_chooses(tmp_path, tiny_model_dir
     })
     store = Store(tmp_path / "store.sqlite")
     out = tmp_path / "run"
-    tune_dir = out / "tune" / "tuned"
+    tune_dir = out / "tune" / "01-tuned"
 
     def run() -> dict:
         result = run_pipeline(spec, out, store=store, progress=False, say=lambda _m: None)

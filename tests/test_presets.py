@@ -65,12 +65,12 @@ def test_the_default_and_every_preset_pin_their_dtype():
         assert PipelineSpec.model_validate(load_preset(name)).audit.dtype == "float32", name
 
 
-def test_the_default_and_every_preset_pin_their_training_precision(tmp_path):
+def test_the_default_and_every_preset_pin_their_training_precision():
     """Issue 13: 'auto' trains a LoRA on bf16 base weights on CPUs with native bf16 only, so the tuned model
     (and every number after it) would depend on the machine; the pipeline pins fp32 unless a stage says otherwise."""
-    assert [c.precision for c in PipelineSpec().tune_configs(tmp_path)] == ["fp32"]
+    assert [c.precision for c in PipelineSpec().tune_configs()] == ["fp32"]
     for name in preset_names():
-        configs = PipelineSpec.model_validate(load_preset(name)).tune_configs(tmp_path)
+        configs = PipelineSpec.model_validate(load_preset(name)).tune_configs()
         assert {c.precision for c in configs} == {"fp32"}, name
-    chosen = PipelineSpec(train={**PipelineSpec().train, "precision": "bf16"}).tune_configs(tmp_path)
+    chosen = PipelineSpec(train={**PipelineSpec().train, "precision": "bf16"}).tune_configs()
     assert chosen[0].precision == "bf16"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -293,9 +294,21 @@ def test_sequential_stages_record_lineage(tmp_path, tiny_model_dir, chat_file):
               small(tiny_model_dir, second, None, name="narrow", model=None, method="ia3")]
     store = Store(tmp_path / "s.sqlite")
     run_id = store.create_run("pipeline", "seq", {})
+    seen = []
+
+    @contextlib.contextmanager
+    def around(stage):
+        seen.append((stage.index, stage.config.label(), stage.step_offset, stage.checkpoint_prefix))
+        yield
+
     res = tune_stages(stages, model=str(tiny_model_dir), out=tmp_path / "seq", store=store, run_id=run_id,
-                      progress=False)
+                      progress=False, around_stage=around)
     assert [x["label"] for x in res.lineage] == ["base", "general", "narrow"]
+    # one training axis: the second stage's steps follow the first's 4, its checkpoints named after it
+    assert seen == [(0, "general", 0, "general-"), (1, "narrow", 4, "narrow-")]
+    assert [(label, step) for label, _, step in res.checkpoints()] == [
+        ("general-checkpoint-2", 2), ("general-checkpoint-4", 4), ("narrow-checkpoint-2", 6), ("narrow-checkpoint-4", 8)]
+    assert res.final_step == 8
     s1, s2 = res.stages
     assert s1.merged_ref is not None and s2.start_ref == s1.merged_ref
     ref2 = resolve_model(s2.model_ref)

@@ -49,12 +49,13 @@ class SafetyStop(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         from aftertune.fileio import write_json_atomic
         from aftertune.recipes.callbacks import CHECKPOINT_PREFIX, OPTIMIZER_FILES
+        from aftertune.recipes.stages import checkpoint_label
 
         step = state.global_step
         if step >= state.max_steps:
             return  # training ends here anyway; the gate and the checkpoint curves report it
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-        label = f"{self.label_prefix}{CHECKPOINT_PREFIX}{step}"
+        label = checkpoint_label(step, self.label_prefix)
         held = [(path / name, path / f"{name}{HELD_SUFFIX}") for name in OPTIMIZER_FILES if (path / name).is_file()]
         for live, aside in held:
             os.replace(live, aside)  # not resumable while undecided

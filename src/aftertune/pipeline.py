@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     from aftertune.checkpoint_choice import choose_checkpoint
     from aftertune.compare.gate import check
     from aftertune.early_stop import SafetyStop, record_early_stop
-    from aftertune.recipes import tune
+    from aftertune.recipes.stages import Stage, tune_stages
     from aftertune.report import write_reports
     from aftertune.suites.spec import suite_names
 
@@ -155,32 +155,33 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
             audit(base_models, main_suites, out_dir=out / "steps" / "audit-base", **audit_kw)
         models.update(base_models)
 
-        checkpoints: list[tuple[str, str, int]] = []  # (label, path, step)
         ck = spec.checkpoints
         ck_suites = _task_options(_suites(ck.suites, {s: ck.limit for s in suite_names(ck.suites)}), train) if ck else []
-        configs = spec.tune_configs(out / "tune")
-        start = spec.base
-        lineage: list[dict[str, Any]] = []
-        for i, cfg in enumerate(configs):
-            cfg = cfg.model_copy(update={"model": start})
-            prefix = "" if len(configs) == 1 else f"{cfg.label()}-"
-            guard = [] if ck is None or not ck.stop_when else [SafetyStop(
-                store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites), rules=ck.stop_when,
-                tune_dir=Path(str(cfg.out)), label_prefix=prefix,
-                audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw))]
-            with steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {start}"):
-                result = tune(cfg, store=store, run_id=run_id, progress=progress, lineage=lineage or None,
-                              label=cfg.label(), callbacks=guard)
-            stop = record_early_stop(store, run_id, result, 1000 * i)
+
+        def guard(stage: Stage) -> list[SafetyStop]:
+            """Audit each checkpoint as the stage saves it, under the label the checkpoint step gives it."""
+            if ck is None or not ck.stop_when:
+                return []
+            return [SafetyStop(store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites),
+                               rules=ck.stop_when, tune_dir=Path(str(stage.config.out)),
+                               label_prefix=stage.checkpoint_prefix,
+                               audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints",
+                                                        **audit_kw))]
+
+        def tune_step(stage: Stage) -> AbstractContextManager[None]:
+            cfg = stage.config
+            return steps.step(f"fine-tune {cfg.label()} ({cfg.method}/{cfg.objective} on {cfg.data}) from {cfg.model}")
+
+        tuned_chain = tune_stages(spec.tune_configs(), model=spec.base, out=out / "tune", store=store, run_id=run_id,
+                                  progress=progress, stage_callbacks=guard, around_stage=tune_step)
+        for stage, result in zip(tuned_chain.plan, tuned_chain.stages, strict=True):
+            stop = record_early_stop(store, run_id, result, stage.step_offset)
             if stop:
-                say(f"    stopped at step {stop['train_step']} of {stop['max_steps']}: {stop['violations'][0]}")
-            tuned_step = int(result.metrics.get("global_step") or 0) + 1000 * i
-            lineage = result.lineage
-            for c in result.checkpoints:
-                checkpoints.append((f"{prefix}checkpoint-{c.step}", c.path, c.step + 1000 * i))
-            label = "tuned" if i == len(configs) - 1 else cfg.label()
+                say(f"    {stage.config.label()} stopped at step {stop['train_step']} of {stop['max_steps']}: "
+                    f"{stop['violations'][0]}")
+            label = "tuned" if stage is tuned_chain.plan[-1] else stage.config.label()
             models[label] = result.model_ref
-            start = result.model_ref
+        checkpoints = tuned_chain.checkpoints()  # (label, path, step on the chain's training axis)
 
         tuned = {label: ref for label, ref in models.items() if label not in base_models}
         with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
@@ -202,7 +203,8 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
             if ck.select is not None:
                 with steps.step("choose the model to keep (checkpoints.select)"):
                     choice = choose_checkpoint(store, run_id, ck.select, suite_names(ck.suites),
-                                               [(label, step) for label, _, step in checkpoints] + [("tuned", tuned_step)])
+                                               [(label, step) for label, _, step in checkpoints]
+                                               + [("tuned", tuned_chain.final_step)])
                     say(f"    {choice['reason']}")
 
         with steps.step("compare and write the reports"):

@@ -193,17 +193,19 @@ class PipelineSpec(_Strict):
         """label → reference of each variant of the tuned model, in the spec's order."""
         return {variant_label(v): f"{tuned_ref}#{v}" for v in self.variants}
 
-    def tune_configs(self, out: Path) -> list[Any]:
-        """The validated TuneConfigs of the training stage(s), outputs under `out`."""
+    def tune_configs(self) -> list[Any]:
+        """The validated TuneConfigs of the training stage(s), a chain `recipes.stages.tune_stages` can run."""
         from aftertune.recipes import parse_config
+        from aftertune.recipes.stages import check_chain
 
         stages = self.stages or [self.train]
         configs = []
         for i, stage in enumerate(stages, 1):
             name = stage.get("name") or ("tuned" if len(stages) == 1 else f"stage{i}")
             pinned = {"precision": "fp32", **stage}  # like audit.dtype: the same weights on every kind of CPU
-            configs.append(parse_config({**pinned, "name": name, "model": self.base, "out": str(out / name)},
+            configs.append(parse_config({**pinned, "name": name, "model": self.base},
                                         where=f"spec train/stages[{i - 1}]"))
+        check_chain(configs)
         return configs
 
 
@@ -232,5 +234,5 @@ def load_pipeline_spec(path: str | Path | None, overrides: dict[str, Any] | None
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         where = f"{loc}: " if loc else ""  # spec-wide checks name their section in the message
         raise UserError(f"{path or 'spec'}: {where}{msg}; `aftertune run --print-spec` shows every field") from None
-    spec.tune_configs(Path("."))  # validate the training configs now, before any work
+    spec.tune_configs()  # validate the training configs now, before any work
     return spec
