@@ -120,7 +120,10 @@ class PipelineSpec(_Strict):
         default_factory=lambda: AuditSection(power={"safety.compliance": 0.15}),
         description="the embedded default sizes safety to see a 15-point change in compliance with 80% power")
     checkpoints: CheckpointSection | None = Field(default_factory=CheckpointSection)
-    icl: ICLSection | None = Field(default_factory=ICLSection)
+    icl: ICLSection | None = Field(
+        None, description="the in-context-learning baseline, opt in with {k: 2}: every main suite again on the base "
+                          "model with k training examples in its prompt (measured on the default: 620 s, more than "
+                          "the base audit itself, so the embedded default leaves it out; the mosbach preset has it)")
     variants: list[str] = Field(
         default_factory=list,
         description="variants of the tuned model, each audited with the main suites as its own model, e.g. "
