@@ -39,6 +39,8 @@ def _inputs(root: Path) -> dict[str, Path]:
         "wrong_type": b'["a list, not an object"]\n',
         "wrong_shape": b'{"no_prompt_field": 1}\n',
         "not_json": b"{this is not json\n",
+        "field_type": b'{"prompt": 5, "completion": "an answer"}\n',
+        "bad_role": b'{"messages": [{"role": "robot", "content": "hi"}]}\n',
     }
     out = {}
     for name, data in files.items():
@@ -51,7 +53,8 @@ def _inputs(root: Path) -> dict[str, Path]:
     return out
 
 
-def _assert_refused(code: int, out: str, err: str, names: str, root: Path, before: set[str]) -> None:
+def _assert_refused(code: int, out: str, err: str, names: str, root: Path, before: set[str],
+                    runs: tuple[str, ...] = ("before",)) -> None:
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
     assert "Traceback" not in out + err
@@ -59,8 +62,8 @@ def _assert_refused(code: int, out: str, err: str, names: str, root: Path, befor
     assert names in lines[-1], (names, lines[-1])
     assert KEY not in out + err
     assert _files(root) == before, f"left behind: {_files(root) - before}"
-    runs = Store(Path(os.environ["AFTERTUNE_HOME"]) / "store.sqlite").list_runs()
-    assert [r.name for r in runs] == ["before"], "a refused command created a store run"
+    have = Store(Path(os.environ["AFTERTUNE_HOME"]) / "store.sqlite").list_runs()
+    assert sorted(r.name for r in have) == sorted(runs), "a refused command created a store run"
 
 
 PROMPT_KINDS = ["empty", "binary", "latin1", "utf16", "wrong_type", "wrong_shape", "not_json", "missing", "dir"]
@@ -286,3 +289,182 @@ def test_remote_code_models_are_refused_cleanly(work, cli, tiny_model_dir, comma
             "audit": ["audit", "-m", str(model), "-s", "safety", "-o", str(work / "out")]}[command]
     code, out, err = cli(args)
     _assert_refused(code, out, err, "AFTERTUNE_TRUST_REMOTE_CODE=1", work, before)
+
+
+# ------------------------------------------------------------------------- scan, tune, sweep, compare, report
+
+DATA_KINDS = [*PROMPT_KINDS, "field_type", "bad_role"]
+
+
+def _out_path(work: Path, target: str) -> Path:
+    """An output folder that cannot be one: a file, a path under a file, a read-only file system."""
+    (work / "taken").write_text("x", encoding="utf-8")
+    return {"file": work / "taken", "under_a_file": work / "taken" / "out", "unwritable": Path("/proc/aftertune/out")}[
+        target]
+
+
+@pytest.mark.parametrize("kind", DATA_KINDS)
+@pytest.mark.parametrize("command", ["scan", "tune"])
+def test_training_data_files(work, cli, tiny_model_dir, command, kind):
+    path = _inputs(work)[kind]
+    before = _files(work)
+    args = {"scan": ["scan", str(path), "--no-judges", "--no-contamination", "-o", str(work / "scan-out")],
+            "tune": ["tune", "-m", str(tiny_model_dir), "-d", str(path), "-o", str(work / "out"), "--max-steps", "1"]}
+    code, out, err = cli(args[command])
+    _assert_refused(code, out, err, path.name, work, before)
+
+
+def _chat_file(work: Path) -> Path:
+    path = work / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("option", ["--eval-data", "--mix", "--config"])
+@pytest.mark.parametrize("kind", ["binary", "utf16", "wrong_shape", "missing"])
+def test_tune_other_data_files(work, cli, tiny_model_dir, option, kind):
+    """Held-out data, mixed-in sets and the config file are checked before anything is created, like --data."""
+    chat = _chat_file(work)
+    path = _inputs(work)[kind]
+    value = f"{path}:0.5" if option == "--mix" else str(path)
+    before = _files(work)
+    code, out, err = cli(["tune", "-m", str(tiny_model_dir), "-d", str(chat), "-o", str(work / "out"),
+                          "--max-steps", "1", option, value])
+    _assert_refused(code, out, err, path.name, work, before)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["--lr", "-1"], "learning_rate"),
+    (["--epochs", "0"], "epochs"),
+    (["--max-steps", "0"], "max_steps"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--warmup-ratio", "2"], "warmup_ratio"),
+    (["--weight-decay", "-1"], "weight_decay"),
+    (["--lora-r", "0"], "lora.r"),
+    (["--limit", "0"], "limit"),
+    (["--method", "nope"], "method"),
+    (["--objective", "nope"], "objective"),
+    (["--objective", "dpo"], "chat.jsonl"),  # chat rows are not preference pairs
+    (["--gradient-checkpointing", "maybe"], "--gradient-checkpointing"),
+    (["--mix", "refusals:lots"], "--mix"),
+    (["--mix", "no-such-set:0.1"], "no-such-set"),
+])
+def test_tune_values(work, cli, tiny_model_dir, args, names):
+    chat = _chat_file(work)
+    before = _files(work)
+    code, out, err = cli(["tune", "-m", str(tiny_model_dir), "-d", str(chat), "-o", str(work / "out"), *args])
+    _assert_refused(code, out, err, names, work, before)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["--suite", "no-such-suite"], "no-such-suite"),
+    (["--corpora", "no-such-corpus"], "no-such-corpus"),
+    (["--show", "-1"], "--show"),
+    (["--format", "xml"], "--format"),
+    (["--fail-on", "maybe"], "--fail-on"),
+])
+def test_scan_values(work, cli, args, names):
+    chat = _chat_file(work)
+    before = _files(work)
+    code, out, err = cli(["scan", str(chat), "--no-judges", *args])
+    _assert_refused(code, out, err, names, work, before)
+
+
+SWEEP = ["--knob", "train.learning_rate", "--values", "1e-4,2e-4"]
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    (b"", "empty"),
+    (bytes(range(256)), "spec.yaml"),
+    ("name: caf\u00e9\n".encode("latin-1"), "spec.yaml"),
+    ("name: x\n".encode("utf-16"), "spec.yaml"),
+    (b"- a list\n", "mapping"),
+    (b"name: [unclosed\n", "YAML"),
+    (b"no_such_field: 1\n", "no_such_field"),
+    (b"train: 5\n", "train"),
+    (b"train: {max_steps: -3}\n", "max_steps"),
+])
+def test_sweep_spec_files(work, cli, spec, names):
+    path = work / "spec.yaml"
+    path.write_bytes(spec)
+    before = _files(work)
+    code, out, err = cli(["sweep", str(path), *SWEEP, "-o", str(work / "sweep")])
+    _assert_refused(code, out, err, names, work, before)
+
+
+@pytest.mark.parametrize("kind", ["binary", "wrong_shape", "missing"])
+@pytest.mark.parametrize("command", ["sweep", "run"])
+def test_spec_training_data_is_read_before_any_run(work, cli, command, kind):
+    """A spec naming a bad training file leaves no run folder and no store run (the pipeline would start
+    auditing the base model before it reached the file)."""
+    path = _inputs(work)[kind]
+    spec = work / "spec.yaml"
+    spec.write_text(f"train: {{data: {json.dumps(str(path))}}}\n", encoding="utf-8")
+    before = _files(work)
+    args = ["sweep", str(spec), *SWEEP, "-o", str(work / "sweep")] if command == "sweep" else ["run", str(spec)]
+    code, out, err = cli(args)
+    _assert_refused(code, out, err, path.name, work, before)
+
+
+@pytest.mark.parametrize(("knob", "values", "names"), [
+    ("no_such.knob", "1,2", "no_such"),
+    ("train.learning_rate", "abc,x", "learning_rate"),
+    ("train.learning_rate", "-1,2", "learning_rate"),
+    ("train.learning_rate", ",", "--values"),
+    ("train.learning_rate", "1e-4,1e-4", "twice"),
+    ("train.method", "nope,lora", "method"),
+    ("safety_mix", "-0.1,0.1", "safety_mix"),
+    ("interp", "2,3", "interp"),
+    ("seed", "a,b", "seed"),
+])
+def test_sweep_knob_values(work, cli, knob, values, names):
+    before = _files(work)
+    code, out, err = cli(["sweep", "--knob", knob, "--values", values, "-o", str(work / "sweep")])
+    _assert_refused(code, out, err, names, work, before)
+
+
+@pytest.fixture
+def audited(work) -> str:
+    """A run with records in the battery's store, for compare and report."""
+    from compare_fixtures import make_run
+
+    store = Store(Path(os.environ["AFTERTUNE_HOME"]) / "store.sqlite")
+    run_id = make_run(store, n_safety=20, checkpoints=False)
+    store.close()
+    return run_id
+
+
+@pytest.mark.parametrize("target", ["file", "under_a_file", "unwritable"])
+@pytest.mark.parametrize("command", ["scan", "tune", "sweep", "compare", "report"])
+def test_output_folder_is_checked_before_the_work(work, cli, audited, tiny_model_dir, command, target):
+    out_dir = _out_path(work, target)
+    chat = _chat_file(work)
+    before = _files(work)
+    args = {"scan": ["scan", str(chat), "--no-judges", "--no-contamination"],
+            "tune": ["tune", "-m", str(tiny_model_dir), "-d", str(chat), "--max-steps", "1"],
+            "sweep": ["sweep", *SWEEP],
+            "compare": ["compare", f"{audited}:base", f"{audited}:tuned"],
+            "report": ["report", audited]}[command]
+    code, out, err = cli([*args, "-o", str(out_dir)])
+    _assert_refused(code, out, err, "--out", work, before, runs=("before", "synthetic"))
+
+
+@pytest.mark.parametrize("selectors", [["no-such-run"], ["no-such-run:base"], [""], ["RUN:no-such-model"]])
+def test_compare_selectors(work, cli, audited, selectors):
+    before = _files(work)
+    args = [s.replace("RUN", audited) for s in selectors]
+    code, out, err = cli(["compare", *args, "-o", str(work / "cmp")])
+    _assert_refused(code, out, err, args[0].split(":")[-1] or "''", work, before, runs=("before", "synthetic"))
+
+
+@pytest.mark.parametrize("store", ["missing", "binary", "folder"])
+@pytest.mark.parametrize("command", ["compare", "report", "gate"])
+def test_store_option(work, cli, command, store):
+    """Commands that read runs never start an empty store where --store points, nor read a non-store."""
+    path = {"missing": work / "nowhere" / "store.sqlite", "binary": _inputs(work)["binary"], "folder": work}[store]
+    before = _files(work)
+    args = {"compare": ["compare", "some-run"], "report": ["report", "some-run"],
+            "gate": ["gate", "some-run", "-t", "t_safety.compliance_rate.max_increase=0.05"]}[command]
+    code, out, err = cli([*args, "--store", str(path)])
+    _assert_refused(code, out, err, str(path) if store != "folder" else "folder", work, before)

@@ -196,6 +196,14 @@ class PipelineSpec(_Strict):
         """label → reference of each variant of the tuned model, in the spec's order."""
         return {variant_label(v): f"{tuned_ref}#{v}" for v in self.variants}
 
+    def check_data(self) -> None:
+        """Read every training file the spec names (task data, held-out data, mixed-in sets), so a bad one
+        fails before a run folder or store run exists."""
+        from aftertune.recipes.examples import check_data
+
+        for cfg in self.tune_configs():
+            check_data(cfg)
+
     def tune_configs(self) -> list[Any]:
         """The validated TuneConfigs of the training stage(s), a chain `recipes.stages.tune_stages` can run."""
         from aftertune.recipes import parse_config
@@ -225,7 +233,10 @@ def load_pipeline_spec(path: str | Path | None, overrides: dict[str, Any] | None
         p = Path(path)
         if not p.is_file():
             raise UserError(f"{p}: no such spec file; `aftertune run --print-spec` prints a starting point")
-        data = load_yaml(p, "YAML spec") or {}
+        data = load_yaml(p, "YAML spec")
+        if data is None:
+            raise UserError(f"{p}: the spec file is empty; write the fields to change (`aftertune run --print-spec` "
+                            "shows them), or give no spec for the default")
         if not isinstance(data, dict):
             raise UserError(f"{p}: the spec must be a mapping (keys like base, train, audit)")
     data.update(overrides or {})

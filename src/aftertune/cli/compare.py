@@ -7,6 +7,8 @@ gate:    check thresholds on a run's comparison; exit 0 when all hold, 1 otherwi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,15 +18,31 @@ import yaml
 from aftertune.cli import app
 from aftertune.errors import UserError
 from aftertune.fileio import load_yaml
-from aftertune.paths import default_store_path
+from aftertune.paths import check_writable, default_store_path
 
 _STORE_HELP = "The run store (default: $AFTERTUNE_STORE or $AFTERTUNE_HOME/store.sqlite)."
 
 
-def _store(path: Path | None) -> Any:
+@contextlib.contextmanager
+def _store(path: Path | None) -> Iterator[Any]:
+    """The existing store the runs are read from (these commands never start an empty one), closed however
+    the command ends, so a refused command leaves no -wal/-shm files behind."""
     from aftertune.store.db import Store
 
-    return Store(path or default_store_path())
+    p = Path(path or default_store_path()).expanduser()
+    if not p.exists():
+        raise UserError(f"{p}: no run store there; pass --store (or set AFTERTUNE_STORE to) the store that holds "
+                        "the runs (`aftertune runs list` shows them)")
+    store = Store(p)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _check_out(out: Path | None) -> None:
+    if out is not None:
+        check_writable(out, "--out", folder=True)
 
 
 def _default_out(run_id: str) -> Path:
@@ -58,10 +76,11 @@ def compare_cmd(
     from aftertune.compare.merge import combine
     from aftertune.report import write_reports
 
-    store = _store(store_path)
-    run_id, default_ref = combine(store, selectors, name=name, out_dir=str(out) if out else None)
-    out = out or _default_out(run_id)
-    results = write_reports(store, run_id, out, reference=reference or default_ref)
+    _check_out(out)
+    with _store(store_path) as store:
+        run_id, default_ref = combine(store, selectors, name=name, out_dir=str(out) if out else None)
+        out = out or _default_out(run_id)
+        results = write_reports(store, run_id, out, reference=reference or default_ref)
     typer.echo(f"run {run_id}")
     _print_summary(results, out)
 
@@ -81,6 +100,7 @@ def report_cmd(
     """
     from aftertune.report import write_reports
 
+    _check_out(out)
     source = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
     if source.suffix == ".json" and source.is_file():
         results = _read_results(source)
@@ -93,10 +113,10 @@ def report_cmd(
         render(results, out)
         _print_summary(results, out)
         return
-    store = _store(store_path)
-    r = store.get_run(run)
-    out = out or (Path(r.out_dir) if r.out_dir else _default_out(r.id))
-    results = write_reports(store, r.id, out, reference=reference)
+    with _store(store_path) as store:
+        r = store.get_run(run)
+        out = out or (Path(r.out_dir) if r.out_dir else _default_out(r.id))
+        results = write_reports(store, r.id, out, reference=reference)
     _print_summary(results, out)
 
 
@@ -154,10 +174,10 @@ def _load_results(store_path: Path | None, run: str, reference: str | None) -> t
     from aftertune.compare.stored_run import compare_run
     from aftertune.run_outcomes import attach_outcomes
 
-    store = _store(store_path)
-    results = compare_run(store, run, reference)
-    attach_outcomes(results, store, run_id(results))
-    return results, store.get_run(run_id(results)).spec
+    with _store(store_path) as store:
+        results = compare_run(store, run, reference)
+        attach_outcomes(results, store, run_id(results))
+        return results, store.get_run(run_id(results)).spec
 
 
 @app.command("gate")

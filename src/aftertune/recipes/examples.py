@@ -18,22 +18,52 @@ class PreparedData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def check_data(cfg: TuneConfig) -> None:
+    """Read and check every data source of `cfg` (training, held-out, mixed-in), so a bad file fails before a
+    store run or an output folder exists; `prepare_examples` reads them again when the tune starts."""
+    if not _generated_pairs(cfg):
+        _load_train(cfg)
+    if cfg.eval_data:
+        _load_eval(cfg)
+    for m in cfg.mix:
+        _load_mix(cfg, m)
+
+
+def _generated_pairs(cfg: TuneConfig) -> bool:
+    """The built-in dpo-safety set: written by the model being tuned, so there is no file to check up front."""
+    from aftertune.recipes.data import builtin_name
+
+    return builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists()
+
+
+def _load_train(cfg: TuneConfig) -> list[Any]:
+    from aftertune.recipes.data import load_examples
+
+    return load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit, seed=cfg.seed)
+
+
+def _load_eval(cfg: TuneConfig) -> list[Any]:
+    from aftertune.recipes.data import load_examples
+
+    return load_examples(str(cfg.eval_data), split=cfg.eval_split, objective=cfg.objective, seed=cfg.seed)
+
+
+def _load_mix(cfg: TuneConfig, m: Any) -> list[Any]:
+    from aftertune.recipes.data import load_examples
+
+    return load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
+                         seed=m.seed if m.seed is not None else cfg.seed)
+
+
 def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), model_for_pairs: str | None = None,
                      out: Path | None = None, store: Any = None, is_main: bool = True,
                      barrier: Any = lambda: None) -> PreparedData:
     """Training and held-out examples (with mixing) for `cfg`; every row checked before any training."""
-    from aftertune.recipes.data import (
-        builtin_name,
-        evaluation_prompts,
-        held_out_examples,
-        load_examples,
-        mix_in,
-        split_off,
-    )
+    from aftertune.recipes.data import evaluation_prompts, held_out_examples, mix_in, split_off
     from aftertune.sources.harmful_prompts import normalise_prompt
 
     info: dict[str, Any] = {"data": cfg.data}
-    if builtin_name(cfg.data) == "dpo-safety" and not Path(cfg.data).exists():
+    if _generated_pairs(cfg):
         if cfg.objective != "dpo":
             raise UserError("dpo-safety holds preference pairs: use it with --objective dpo")
         from aftertune.trainsets.dpo_safety import build_pairs
@@ -51,11 +81,10 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
                             "prompts, so there is no compliant answer to prefer the refusal over")
         held = None
     else:
-        train = load_examples(cfg.data, split=cfg.data_split, objective=cfg.objective, limit=cfg.limit,
-                              seed=cfg.seed)
+        train = _load_train(cfg)
         held = None
     if cfg.eval_data:
-        held = load_examples(cfg.eval_data, split=cfg.eval_split, objective=cfg.objective, seed=cfg.seed)
+        held = _load_eval(cfg)
         info["eval_source"] = cfg.eval_data
     elif cfg.eval_fraction > 0:
         if "dpo_safety" not in info:
@@ -76,8 +105,7 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
         eval_keys: frozenset[str] | None = None
         n_base = len(train)
         for i, m in enumerate(cfg.mix):
-            extra = load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
-                                  seed=m.seed if m.seed is not None else cfg.seed)
+            extra = _load_mix(cfg, m)
             exclude = set(held_keys) | {normalise_prompt(p) for p in exclude_prompts}
             if m.dedup_eval:
                 if eval_keys is None:
