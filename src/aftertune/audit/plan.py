@@ -109,10 +109,15 @@ def with_default_judges(
     return out
 
 
-def build_judges(judges: Mapping[str, Any] | None) -> dict[str, Any]:
-    """role → judge object, built from its spec; "none" stays the string (`--judge harm=none`: the suites skip it)."""
+def build_judges(judges: Mapping[str, Any] | None, judge_engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """role → judge object, built from its spec; "none" stays the string (`--judge harm=none`: the suites skip it).
+
+    `judge_engine` ({engine, options, endpoint}: `Judge.on_engine`) runs the LLM judges' models."""
     if not judges:
         return {}
     from aftertune.judges import build_judge
 
-    return {role: spec if spec == NO_JUDGE else build_judge(spec) for role, spec in judges.items()}
+    built = {role: spec if spec == NO_JUDGE else build_judge(spec) for role, spec in judges.items()}
+    if judge_engine:
+        built = {role: j if j == NO_JUDGE else j.on_engine(**judge_engine) for role, j in built.items()}
+    return built

@@ -93,13 +93,12 @@ def _record_guard_validity(store: Store, run_id: str, label: str, engine: Any) -
 
 
 def _engine_options(ref: str, engine: str | None, options: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
-    """The backend's options; local backends also get the batch size (an API endpoint has concurrency instead)."""
+    """The backend's options: hf also gets the batch size and merges adapters; a server picks its own dtype."""
     out = dict(options)
-    if engine == "openai" or ref.startswith("openai:"):
+    if engine in ("openai", "server") or ref.startswith("openai:"):
         out.pop("dtype", None)  # the server's choice
-    else:
+    elif engine in (None, "hf"):  # vllm schedules its own batches
         out.setdefault("batch_size", batch_size)
-    if engine in (None, "hf") and not ref.startswith("openai:"):
         out.setdefault("merge_adapter", True)  # an audit never switches the adapter off: run it at base speed
     return out
 
@@ -156,6 +155,7 @@ def audit(
     progress: bool = True,
     engine: str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    judge_engine: Mapping[str, Any] | None = None,
     name: str | None = None,
     reports: bool = True,
 ) -> str:
@@ -164,6 +164,7 @@ def audit(
     `limit` is items per suite (None: each suite's default; 0 or "all": every
     item); `seed` fixes which items are sampled. `judges` maps a role
     ("refusal", "toxicity", ...) to a judge spec for `aftertune.judges.build_judge`.
+    `judge_engine` ({engine, options, endpoint}) runs the LLM judges' models (the spec's `engines.judges`).
     `batch_size` is the model batch of local engines; results are committed to
     the store's cache every `CACHE_BATCHES` batches. Re-running with the same
     `out_dir` and arguments resumes.
@@ -183,14 +184,15 @@ def audit(
             stack.callback(store.close)  # a store this call opened is closed by it, whatever happens
         return _audit_in(store, refs, models, suite_specs, prepared, out=Path(out_dir), limit=limit, seed=seed,
                          judges=judges, batch_size=batch_size, run_id=run_id, progress=progress, engine=engine,
-                         engine_options=engine_options or {}, name=name, reports=reports)
+                         engine_options=engine_options or {}, judge_engine=judge_engine, name=name,
+                         reports=reports)
 
 
 def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
               suite_specs: Sequence[SuiteSpec], prepared: Sequence[PreparedSuite], *, out: Path,
               limit: int | str | None, seed: int, judges: Mapping[str, Any] | None, batch_size: int,
               run_id: str | None, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
-              name: str | None, reports: bool) -> str:
+              judge_engine: Mapping[str, Any] | None, name: str | None, reports: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(refs, suite_specs, limit, seed, {k: (v if isinstance(v, (str, dict)) else str(v))
                                                    for k, v in (judges or {}).items()})
@@ -205,7 +207,8 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
                                        "spec_sha256": spec_hash, "spec": spec})
     with store.run_status(run_id) if owner else contextlib.nullcontext():
         _run(store, run_id, refs, models, prepared, seed=seed, judges=judges,
-             batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options)
+             batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options,
+             judge_engine=judge_engine)
     if reports:
         write_outputs(store, run_id, out)
     return run_id
@@ -229,9 +232,8 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> None:
 
 def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
          prepared: Sequence[PreparedSuite], *, seed: int, judges: Mapping[str, Any] | None,
-         batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
-    from aftertune.variants import load_engine
-
+         batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
+         judge_engine: Mapping[str, Any] | None = None) -> None:
     recorded = {e["step"] for e in store.events(run_id, kind="sample")}
     for p in prepared:
         # once per suite and run: a pipeline audits several times into one run (base, tuned, checkpoints)
@@ -244,7 +246,21 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
             store.add_event(run_id, f"protocol:{p.suite.name}", "protocol",
                             {"suite": p.suite.name, "protocol": p.suite.protocol()})
 
-    judge_objs = build_judges(with_default_judges(judges, prepared))
+    judge_objs = build_judges(with_default_judges(judges, prepared), judge_engine)
+    try:
+        _judge_and_run(store, run_id, refs, models, prepared, judge_objs, batch_size=batch_size, progress=progress,
+                       engine=engine, engine_options=engine_options)
+    finally:
+        for judge in judge_objs.values():
+            if judge != NO_JUDGE:
+                judge.close()  # a judge's model server stops with the audit
+
+
+def _judge_and_run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
+                   prepared: Sequence[PreparedSuite], judge_objs: Mapping[str, Any], *, batch_size: int,
+                   progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
+    from aftertune.variants import load_engine
+
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
         for role, judge in judge_objs.items():
             if judge == NO_JUDGE:

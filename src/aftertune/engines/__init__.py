@@ -40,12 +40,15 @@ __all__ = [
 ENGINES.add("hf", "aftertune.engines.hf:HFEngine", "local torch model through transformers (PEFT adapters included)")
 ENGINES.add("openai", "aftertune.engines.openai_api:OpenAIEngine",
             "Any OpenAI-compatible server (vLLM, llama.cpp, TGI, hosted APIs) over HTTP")
+ENGINES.add("server", "aftertune.engines.served:ServedEngine",
+            "Local weights served by your OpenAI-compatible server command ({model}, {port}), started and stopped "
+            "per model")
 ENGINES.add("vllm", "aftertune.engines.vllm_engine:VLLMEngine",
             "In-process vLLM on a GPU (optional; needs the vllm package)")
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
-    """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, vllm).
+    """Resolve `ref` and load it on the right backend (`engine` forces one: hf, openai, server, vllm).
 
     A reference with variants (`REF#icl:k=16`) is loaded by `aftertune.variants.load_engine`.
     """

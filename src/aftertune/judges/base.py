@@ -50,6 +50,14 @@ class Judge(ABC):
             raise UserError(f"judge {cls.name!r} takes no settings; got {given}")
         return cls()
 
+    def on_engine(self, engine: str | None, options: Mapping[str, Any], endpoint: str | None = None) -> Judge:
+        """This judge with its language model run by `engine` (the spec's `engines.judges`); `endpoint`
+        (openai:MODEL@URL) replaces the model. Judges that run no language model are unchanged."""
+        return self
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free what the judge started (a model server); judges that hold nothing need not override."""
+
 
 # Roles under which suites look judges up in `SuiteContext.judges`, and the spec each
 # defaults to when the context has none ("harmfulness" has no default: it needs an LLM).

@@ -144,6 +144,9 @@ class LLMJudge(Judge):
         self.model = model
         self.rubric = rubric
         self._engine = engine
+        self._owns_engine = False
+        self.engine_name: str | None = None  # None: hf, or openai for an openai: reference
+        self.engine_options: dict[str, Any] = {}
         self._store = store
         self.max_new_tokens = max_new_tokens or (384 if rubric == "qi" else 512)
         self.max_response_chars = max_response_chars
@@ -171,9 +174,22 @@ class LLMJudge(Judge):
 
             store = self._store if self._store is not None else Store(default_store_path())
             # a local judge computes in float32 on every machine, so its verdicts do not depend on the CPU kind
-            local = {} if str(self.model).startswith("openai:") else {"dtype": "float32"}
-            self._engine = CachedEngine(load_engine(self.model, **local), store)
+            remote = str(self.model).startswith("openai:") or self.engine_name in ("openai", "server")
+            options = {**({} if remote else {"dtype": "float32"}), **self.engine_options}
+            self._engine = CachedEngine(load_engine(self.model, engine=self.engine_name, **options), store)
+            self._owns_engine = True
         return self._engine
+
+    def on_engine(self, engine: str | None, options: Mapping[str, Any], endpoint: str | None = None) -> LLMJudge:
+        if self._engine is None:  # an engine object given to the constructor stays
+            self.model = endpoint or self.model
+            self.engine_name, self.engine_options = engine, dict(options)
+        return self
+
+    def close(self) -> None:
+        if self._owns_engine and self._engine is not None:
+            self._engine.close()  # stops a judge's model server
+            self._engine, self._owns_engine = None, False
 
     @cached_property
     def _templates(self) -> tuple[str | None, str, str]:

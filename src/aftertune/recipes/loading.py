@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aftertune.engines.merge import merge_adapter
 from aftertune.errors import UserError
 from aftertune.recipes.config import TuneConfig
 from aftertune.recipes.environment import Precision
@@ -116,26 +116,3 @@ def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
             if p.requires_grad and "lora_magnitude_vector" not in name:
                 p.data = p.data.to(torch.bfloat16)
     return model
-
-
-def merge_adapter(base_path: Path, adapter_path: Path, out: Path) -> Path:
-    """Write base + adapter merged into a full model folder (with the tokenizer)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from aftertune.engines.hf import quiet_loading
-
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
-    if base.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        base = base.to(torch.bfloat16)
-    with quiet_loading():
-        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp))
-    tok_src = adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
-    load_tokenizer(tok_src, fallback_template=False).save_pretrained(str(tmp))  # as the adapter saved it
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aftertune.engines.merge import merge_adapter
 from aftertune.errors import UserError
 from aftertune.fileio import write_json_atomic
 from aftertune.recipes.callbacks import (
@@ -51,7 +52,7 @@ from aftertune.recipes.environment import (
     set_threads,
 )
 from aftertune.recipes.examples import prepare_examples
-from aftertune.recipes.loading import apply_peft, load_model, load_tokenizer, merge_adapter, resolve_start
+from aftertune.recipes.loading import apply_peft, load_model, load_tokenizer, resolve_start
 from aftertune.recipes.methods import RECIPES, preflight
 
 TUNE_JSON = "tune.json"

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 import httpx
 
 from aftertune import paths
+from aftertune.engines.server_process import free_port
 from aftertune.errors import UserError
 
 SERVER_PYTHON_ENV = "AFTERTUNE_LLAMA_SERVER_PYTHON"
@@ -122,12 +122,6 @@ def wait_for_server_python(python: str, wait_s: float) -> str | None:
             return (f"{python} cannot import llama_cpp {LLAMA_CPP_VERSION} (waited {wait_s:.0f} s); "
                     "run `bash .ci/llama_server.sh install`")
         time.sleep(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:
