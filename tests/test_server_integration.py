@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -227,3 +228,48 @@ def test_agreement_with_the_hf_engine(server, packaged_home, record_property):
     print(f"\nllama.cpp (Q4_1) vs hf (bf16) greedy agreement: {same}/{len(PROMPTS)} exact, "
           f"mean common prefix {sum(prefix) / len(prefix):.0%}, "
           f"first-token top-5 log-probabilities within {worst:.3f} nats")
+
+
+def _llama_servers(marker: str) -> list[int]:
+    """Pids of llama_cpp.server processes whose command line holds `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "llama_cpp.server" in cmd and marker in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_a_pipeline_audits_the_base_through_a_server_command(llama_python, gguf, packaged_home, tmp_path):
+    """`aftertune run` with `engines.base: {server: ...}`: aftertune starts llama.cpp's server for the base,
+    audits it over HTTP, stops it, and audits the tuned model with hf; the report names both engines."""
+    from aftertune.pipeline import run_pipeline
+    from aftertune.spec import PipelineSpec
+    from aftertune.store import Store
+
+    marker = f"--n_ctx 1536 --n_threads 1 --seed {os.getpid()}"  # tells this test's server from the fixture's
+    spec = PipelineSpec.model_validate({
+        "name": "served", "base": MODEL, "scan": False, "icl": None, "checkpoints": None, "gate": {},
+        "train": {"data": "support", "method": "lora", "max_steps": 1, "batch_size": 2, "max_length": 64,
+                  "limit": 4, "eval_limit": 2, "precision": "fp32"},
+        "audit": {"suites": ["task:max_new_tokens=12"], "limits": {"task": 3}},
+        "engines": {"base": {"server": f"{llama_python} -m llama_cpp.server --model {gguf} --host 127.0.0.1 "
+                                       f"--port {{port}} {marker}", "startup_timeout": 180,
+                             "options": {"concurrency": 1}}},
+    })
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AFTERTUNE_HOME", packaged_home)
+        store = Store(tmp_path / "store.sqlite")
+        result = run_pipeline(spec, tmp_path / "run", store=store, progress=False, say=lambda m: None)
+    assert _llama_servers(marker) == []  # stopped after the base's audit
+    models = {m["label"]: m for m in store.models(result.run_id)}
+    base, tuned = models["base"]["info"], models["tuned"]["info"]
+    assert base["engine"] == "server" and "llama_cpp.server 0.3.36" in base["version"]
+    assert base["weights"] == "chosen by the command" and tuned["engine"] == "hf"
+    assert len(store.records(result.run_id, model="base")) == 3
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "| base | server |" in report and "| tuned | hf |" in report

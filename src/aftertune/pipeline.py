@@ -139,8 +139,9 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
         main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
         audit_kw = dict(store=store, run_id=run_id, seed=spec.audit.seed, judges=spec.audit.judges or None,
                         batch_size=spec.audit.batch_size, progress=progress, reports=False,
-                        engine_options={"dtype": spec.audit.dtype})
-        models: dict[str, str] = {"base": spec.base}
+                        judge_engine=spec.engines.judges.judge_kwargs())
+        base_ref = spec.engines.base.endpoint or spec.base  # an endpoint serving the base, else its weights
+        models: dict[str, str] = {"base": base_ref}
 
         if spec.scan:
             with steps.step(f"scan the training data ({data})"):
@@ -150,9 +151,10 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
         if spec.icl is not None:
             icl = spec.icl
             label = f"icl-{icl.k}"
-            base_models[label] = f"{spec.base}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
+            base_models[label] = f"{base_ref}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
+        by_role = _RoleAudit(spec, set(base_models), audit, audit_kw)
         with steps.step(f"audit the base model{' and the ICL baseline' if spec.icl else ''}"):
-            audit(base_models, main_suites, out_dir=out / "steps" / "audit-base", **audit_kw)
+            by_role(base_models, main_suites, out / "steps" / "audit-base")
         models.update(base_models)
 
         ck = spec.checkpoints
@@ -162,11 +164,10 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
             """Audit each checkpoint as the stage saves it, under the label the checkpoint step gives it."""
             if ck is None or not ck.stop_when:
                 return []
-            return [SafetyStop(store=store, run_id=run_id, base=spec.base, suites=suite_names(ck.suites),
+            return [SafetyStop(store=store, run_id=run_id, base=base_ref, suites=suite_names(ck.suites),
                                rules=ck.stop_when, tune_dir=Path(str(stage.config.out)),
                                label_prefix=stage.checkpoint_prefix,
-                               audit_fn=lambda m: audit(m, ck_suites, out_dir=out / "steps" / "audit-checkpoints",
-                                                        **audit_kw))]
+                               audit_fn=lambda m: by_role(m, ck_suites, out / "steps" / "audit-checkpoints"))]
 
         def tune_step(stage: Stage) -> AbstractContextManager[None]:
             cfg = stage.config
@@ -185,20 +186,20 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
 
         tuned = {label: ref for label, ref in models.items() if label not in base_models}
         with steps.step("audit the tuned model" + ("s" if len(tuned) > 1 else "")):
-            audit(tuned, main_suites, out_dir=out / "steps" / "audit-tuned", **audit_kw)
+            by_role(tuned, main_suites, out / "steps" / "audit-tuned")
 
         variants = spec.variant_models(models["tuned"])
         if variants:
             with steps.step(f"audit {len(variants)} variant(s) of the tuned model ({', '.join(spec.variants)})"):
-                audit(variants, main_suites, out_dir=out / "steps" / "audit-variants", **audit_kw)
+                by_role(variants, main_suites, out / "steps" / "audit-variants")
             models.update(variants)
 
         if ck is not None and checkpoints:
-            curve = {"base": spec.base, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
+            curve = {"base": base_ref, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
             for label, _, step in checkpoints:
                 store.add_event(run_id, f"checkpoint:{label}", "checkpoint", {"label": label, "step": step})
             with steps.step(f"audit {len(checkpoints)} checkpoints ({', '.join(suite_names(ck.suites))}, {ck.limit} items)"):
-                audit(curve, ck_suites, out_dir=out / "steps" / "audit-checkpoints", **audit_kw)
+                by_role(curve, ck_suites, out / "steps" / "audit-checkpoints")
             _tag_steps(store, run_id, {label: step for label, _, step in checkpoints})
             if ck.select is not None:
                 with steps.step("choose the model to keep (checkpoints.select)"):
@@ -214,6 +215,27 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     if own_store:
         store.close()
     return PipelineResult(run_id, out, results, violations, models)
+
+
+class _RoleAudit:
+    """`audit` with each model on its role's engine (spec.engines): the base labels on the base's, the rest
+    (tuned, checkpoints, variants) on the tuned model's; one audit call per distinct engine."""
+
+    def __init__(self, spec: PipelineSpec, base_labels: set[str], audit_fn: Callable[..., Any],
+                 audit_kw: dict[str, Any]) -> None:
+        self.base_labels, self.audit_fn, self.audit_kw = base_labels, audit_fn, audit_kw
+        self.engines = {role: getattr(spec.engines, role).audit_kwargs(spec.audit.dtype) for role in ("base", "tuned")}
+
+    def __call__(self, models: dict[str, str], suites: list[tuple[str, dict[str, Any]]], out_dir: Path) -> None:
+        groups: list[tuple[dict[str, Any], dict[str, str]]] = []
+        for label, ref in models.items():
+            engine = self.engines["base" if label in self.base_labels else "tuned"]
+            group = next((g for e, g in groups if e == engine), None)
+            if group is None:
+                groups.append((engine, group := {}))
+            group[label] = ref
+        for engine, group in groups:
+            self.audit_fn(group, suites, out_dir=out_dir, **self.audit_kw, **engine)
 
 
 def _planned_limits(spec: PipelineSpec, say: Callable[[str], None]) -> dict[str, int]:

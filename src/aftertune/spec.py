@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aftertune.engine_spec import EnginesSection
 from aftertune.errors import UserError
 from aftertune.fileio import load_yaml
 
@@ -119,6 +120,10 @@ class PipelineSpec(_Strict):
     audit: AuditSection = Field(
         default_factory=lambda: AuditSection(power={"safety.compliance": 0.15}),
         description="the embedded default sizes safety to see a 15-point change in compliance with 80% power")
+    engines: EnginesSection = Field(
+        default_factory=EnginesSection,
+        description="the engine of each role (base, tuned, judges): hf, vllm, openai:MODEL@URL, or {server: CMD} "
+                    "to serve the model with your own OpenAI-compatible server (see docs/engines.md)")
     checkpoints: CheckpointSection | None = Field(default_factory=CheckpointSection)
     icl: ICLSection | None = Field(
         None, description="the in-context-learning baseline, opt in with {k: 2}: every main suite again on the base "
