@@ -143,6 +143,19 @@ def test_serves_audits_and_stops_the_whole_process_group(fake_server, tiny_model
     assert _wait_gone([server_pid, worker_pid]) == []
 
 
+def test_an_adapter_is_served_as_its_merged_weights_under_its_own_identity(fake_server, adapter_dir):
+    from aftertune.sources import fingerprint
+
+    eng = load_engine(str(adapter_dir), engine="server", command=_command(fake_server), startup_timeout=60)
+    try:
+        served = Path(eng.api_model)  # the fake server lists its model under the {model} it was given
+        assert served.parent.name == "served" and (served / "config.json").is_file()
+        assert not (served / "adapter_config.json").exists()  # full weights: what a server loads
+        assert eng.fingerprint == fingerprint(str(adapter_dir))  # the adapter's identity, as on hf
+    finally:
+        eng.close()
+
+
 def test_early_exit_is_one_line_with_the_servers_last_words(fake_server, tiny_model):
     with pytest.raises(UserError) as exc:
         load_engine(str(tiny_model), engine="server", command=_command(fake_server, "--exit-early"))

@@ -35,21 +35,6 @@ def packaged(packaged_home, monkeypatch):
     return Path(packaged_home)
 
 
-@pytest.fixture(scope="session")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """A real PEFT LoRA adapter saved on top of the tiny model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    out = tmp_path_factory.mktemp("adapter") / "lora"
-    model.save_pretrained(out)
-    return out
-
-
 def _copy_model(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
