@@ -414,16 +414,17 @@ def test_validity_never_uses_rows_that_tuned_the_judge():
 
 def test_fresh_tuned_answers_tuned_no_judge():
     """All 220 `tuned-answers` rows chose the refusal judge's rules; the fresh sample, labelled after it was
-    frozen, shares no row or answer with them and trained no head."""
+    frozen, shares no row or (request, answer) pair with them and trained no head."""
     from aftertune.judges.head import packaged_head
     from aftertune.judges.labelled import FRESH_SET, tuned_on, tuned_rows
 
     dev = tuned_rows()
     fresh = tuned_rows(FRESH_SET)
+    assert len(fresh) >= 150
     for spec in ("refusal", "refusal:mode=phrases", "refusal:mode=head"):
         assert tuned_on(build_judge(spec))["tuned-answers (refusal)"] == {r["id"] for r in dev}
     assert not {r["id"] for r in fresh} & {r["id"] for r in dev}
-    assert not {r["response"] for r in fresh} & {r["response"] for r in dev}
+    assert not {(r["prompt"], r["response"]) for r in fresh} & {(r["prompt"], r["response"]) for r in dev}
     for task in ("harm", "refusal"):
         assert not any(name.startswith("tuned-answers-fresh") for name in packaged_head(task).trained_on)
 

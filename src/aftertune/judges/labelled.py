@@ -125,7 +125,7 @@ def tuned_answers(task: str, filename: str = TUNED_SET) -> list[LabelledSet]:
                         [r["prompt"] for r in rows], [r["response"] for r in rows],
                         [int(r[key] == "yes") for r in rows], positive, ids=[r["id"] for r in rows],
                         labels_from="two independent AI-agent (LLM) passes under a written rubric, "
-                                    "adjudicated by a third", label_kind="ai")]
+                                    "disagreements adjudicated by a third", label_kind="ai")]
 
 
 def uncensorbench(task: str) -> LabelledSet:
