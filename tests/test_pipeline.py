@@ -75,12 +75,12 @@ def test_gate_violation_is_reported(spec, tmp_path):
 def test_a_crash_marks_the_pipeline_run_failed(spec, tmp_path, monkeypatch):
     """One owner of the status: the base audit inside the run finishes, tuning then crashes, and the run
     reads "failed" (nested audits used to leave it "done")."""
-    import aftertune.recipes.stages
+    import aftertune.recipes.train
 
     def crash(*args, **kwargs):
         raise RuntimeError("tuning crashed")
 
-    monkeypatch.setattr(aftertune.recipes.stages, "tune", crash)
+    monkeypatch.setattr(aftertune.recipes.train, "tune", crash)
     store = Store(tmp_path / "store.sqlite")
     quick = spec.model_copy(update={"checkpoints": None, "icl": None})
     with pytest.raises(RuntimeError, match="tuning crashed"):

@@ -32,8 +32,8 @@ def test_two_process_ddp_trains_the_same_model_on_both(tmp_path, tiny_model_dir)
            "--store", str(tmp_path / "s.sqlite")]
     env = dict(os.environ, AFTERTUNE_THREADS="2")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-2000:]
+    ranks = [ln for ln in proc.stderr.splitlines() if ln.startswith("[rank")]  # each rank's own traceback
+    assert proc.returncode == 0, "\n".join(ranks[-60:]) + "\n...\n" + proc.stderr[-1500:]
     result = json.loads((out / "tune.json").read_text())
     m = result["metrics"]
     assert m["processes"] == 2 and m["global_step"] == 3

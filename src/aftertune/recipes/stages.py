@@ -27,13 +27,15 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aftertune.errors import UserError
 from aftertune.fileio import write_json_atomic
 from aftertune.recipes.config import TuneConfig
 from aftertune.recipes.methods import RECIPES
-from aftertune.recipes.train import TuneResult, tune
+
+if TYPE_CHECKING:  # training imports torch; checking a chain must not (spec validation stays light)
+    from aftertune.recipes.train import TuneResult
 
 
 def checkpoint_label(step: int, prefix: str = "") -> str:
@@ -120,6 +122,8 @@ def tune_stages(stages: Sequence[TuneConfig], *, model: str | None = None, out: 
     `around_stage(stage)`: a context the stage's tune runs in (e.g. a progress header and its timing).
     """
     stages = list(stages)
+    from aftertune.recipes.train import tune
+
     check_chain(stages)
     base = model or stages[0].model
     if not base:
