@@ -74,6 +74,8 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
         raise UserError(f"--max-safety-loss {max_safety_loss!r}: give a number such as 0.05 (5 points of a rate)")
     parsed = parse_values(values, knob)
     runs = plan_sweep(spec, knob, parsed)
+    for run in runs:  # a knob may name the training data (train.data): read every point's files before any work
+        run.spec.check_data()
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     points: list[dict[str, Any]] = []
