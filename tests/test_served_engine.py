@@ -212,7 +212,8 @@ def test_the_same_weights_served_are_the_same_model_with_their_own_cache(fake_se
 
 
 KILLED_RUN = textwrap.dedent('''
-    import signal, sys
+    import faulthandler, signal, sys
+    faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if the run does not end
     from aftertune.audit import audit
     from aftertune.cli import _terminated
     signal.signal(signal.SIGTERM, _terminated)  # as the CLI does
@@ -227,7 +228,7 @@ def test_killing_the_run_mid_audit_leaves_no_server(fake_server, tiny_model, tmp
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN, encoding="utf-8")
     run = subprocess.Popen([sys.executable, str(script), str(tiny_model),
-                            _command(fake_server, "--delay 60", f"--pidfile {pidfile}"), str(tmp_path / "out"),
+                            _command(fake_server, "--delay 600", f"--pidfile {pidfile}"), str(tmp_path / "out"),
                             str(_task_file(tmp_path / "qa.jsonl"))],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -238,7 +239,14 @@ def test_killing_the_run_mid_audit_leaves_no_server(fake_server, tiny_model, tmp
         pids = [int(p) for p in pidfile.read_text().split()]
         time.sleep(3)  # healthy and answering a slow request: mid-audit
         run.send_signal(how)
-        run.wait(timeout=60)
+        try:
+            run.communicate(timeout=60)  # reading the output: a full pipe must not be what keeps it alive
+        except subprocess.TimeoutExpired:
+            run.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            run.kill()
+            pytest.fail(f"still running 60 s after {how.name}; its threads:\n"
+                        + run.communicate()[0].decode(errors="replace")[-4000:])
     finally:
         if run.poll() is None:
             run.kill()
