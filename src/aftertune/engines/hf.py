@@ -31,9 +31,11 @@ Behaviour worth knowing:
   are, with the tokenizer's own special tokens (as lm-evaluation-harness does).
 - **Batch invariance** (CPU, on by default; `batch_invariant=False` turns it
   off): attention runs row by row and small matrix products are padded
-  (`invariant`), so a request's text and log-likelihood are bitwise the same
-  whatever other requests share its batch or ran before it; the version says
-  `attn/rowwise`. Not on CUDA.
+  (`invariant`), so a request's text and log-likelihood do not depend on the
+  other requests of its batch or on what ran before it; the version says
+  `attn/rowwise`. Not on CUDA. Known gap: in float32, log-likelihoods scored in
+  large batches of long contexts can still differ in the last bits (measured in
+  benchmarks/RESULTS.md, `bench_invariance`); bf16 is not invariant.
 - **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
   continuous batching (see `batching.decode`): left padding, longest prompts
   first, a finished row's slot is refilled at once; on CUDA, transformers'
