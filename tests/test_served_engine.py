@@ -217,6 +217,8 @@ KILLED_RUN = textwrap.dedent('''
     from aftertune.audit import audit
     from aftertune.cli import _terminated
     signal.signal(signal.SIGTERM, _terminated)  # as the CLI does
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as from a terminal: a CI job started in
+    # the background inherits SIGINT ignored, and Python then keeps ignoring it
     audit({"m": sys.argv[1]}, [("task", {"data": sys.argv[4], "max_new_tokens": 4})], out_dir=sys.argv[3],
           limit=6, progress=False, engine="server", engine_options={"command": sys.argv[2]})
 ''')
