@@ -37,6 +37,14 @@ START = "<!-- bench_dtype:start -->"
 END = "<!-- bench_dtype:end -->"
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def dtype_dir(run_dir: Path, dtype: str) -> Path:
+    """Where the audit in `dtype` writes its report: beside the run, named after it."""
+    return run_dir.with_name(f"{run_dir.name}-{dtype}")
+
+
 def audit_both(run_dir: Path, limits: dict[str, int]) -> tuple[Any, dict[str, str], dict[str, float], str]:
     """Audit base and tuned on the same items in each dtype; return (store, run id and seconds per dtype, suites)."""
     from aftertune.audit import audit
@@ -50,9 +58,9 @@ def audit_both(run_dir: Path, limits: dict[str, int]) -> tuple[Any, dict[str, st
     models = {"base": refs["base"], "tuned": refs["tuned"]}
     suites = [f"{s}:limit={limits[s.split(':')[0]]}" for s in spec.audit.suites if s.split(":")[0] in limits]
     runs, seconds = {}, {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in DTYPES:
         t0 = time.perf_counter()
-        runs[dtype] = audit(models, suites, store=store, out_dir=run_dir.with_name(f"{run_dir.name}-{dtype}"),
+        runs[dtype] = audit(models, suites, store=store, out_dir=dtype_dir(run_dir, dtype),
                             limit=None, seed=spec.audit.seed, batch_size=spec.audit.batch_size, progress=False,
                             engine_options={"dtype": dtype}, name=f"bench-dtype-{dtype}")
         seconds[dtype] = time.perf_counter() - t0
@@ -131,13 +139,10 @@ def main() -> None:
     args = ap.parse_args()
     store, runs, seconds, suites = audit_both(args.run_dir, {"safety": args.safety, "capability": args.capability})
     items = item_diffs(store, runs["float32"], runs["bfloat16"])
-    rows, heads = row_diffs(*(args.run_dir.with_name(f"{args.run_dir.name}-{d}") for d in ("float32", "bfloat16")))
-    text = markdown(items, rows, heads, seconds, suites)
-    print(text)
-    if args.write:
-        from results_md import write_section
+    rows, heads = row_diffs(*(dtype_dir(args.run_dir, d) for d in DTYPES))
+    from results_md import publish
 
-        write_section(text)
+    publish(markdown(items, rows, heads, seconds, suites), args.write)
 
 
 if __name__ == "__main__":
