@@ -20,7 +20,6 @@ Every training row id is written into the head file (`trained_on`), and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from aftertune.judges.embedding import DEFAULT_ENCODER, load_encoder
 from aftertune.judges.head import L2, Head, HeadJudge, features, fit_logistic
-from aftertune.judges.labelled import LabelledSet, load_sets, refusal_dev_rows, tuned_rows
+from aftertune.judges.labelled import LabelledSet, in_training_half, load_sets, refusal_dev_rows, tuned_rows
 from aftertune.judges.validate import format_validity, validity
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "aftertune" / "judges" / "data" / "heads"
@@ -45,8 +44,7 @@ def training_ids(task: str, ls: LabelledSet) -> list[str]:
     if ls.name.startswith("tuned-answers"):
         run_of = {r["id"]: r.get("example", "") for r in tuned_rows()}
         return [i for i in ls.ids if run_of.get(i) in TRAIN_RUNS]
-    return [i for i, p in zip(ls.ids, ls.prompts, strict=True)
-            if int(hashlib.sha256(p.encode("utf-8")).hexdigest(), 16) % 2 == 0]
+    return [i for i, p in zip(ls.ids, ls.prompts, strict=True) if in_training_half(p)]
 
 
 def train(task: str) -> Head:

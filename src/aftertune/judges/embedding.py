@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,7 @@ class SentenceEncoder:
 
     @cached_property
     def fingerprint(self) -> str:
-        from aftertune.sources import fingerprint
-
-        return fingerprint(ModelRef(ref=str(self.path), kind="local", name=self.path.name, path=self.path))[:16]
+        return encoder_fingerprint(self.path)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
@@ -54,9 +53,7 @@ class SentenceEncoder:
                 batch = [t if t.strip() else "(empty)" for t in texts[start : start + self.batch_size]]
                 enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
                                      return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out.append(pooled.float().numpy())
         if not out:
@@ -68,11 +65,25 @@ def load_encoder(ref: str = DEFAULT_ENCODER) -> SentenceEncoder:
     """The encoder for a packaged name, local directory or hub id (loaded once per process)."""
     with _LOCK:
         if ref not in _CACHE:
-            _CACHE[ref] = SentenceEncoder(_encoder_dir(ref))
+            _CACHE[ref] = SentenceEncoder(encoder_dir(ref))
         return _CACHE[ref]
 
 
-def _encoder_dir(ref: str) -> Path:
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Token vectors averaged over the attention mask (padding never counts)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def encoder_fingerprint(path: Path) -> str:
+    """The content hash of an encoder's folder (weights and config), as judges record it."""
+    from aftertune.sources import fingerprint
+
+    return fingerprint(ModelRef(ref=str(path), kind="local", name=path.name, path=path))[:16]
+
+
+def encoder_dir(ref: str) -> Path:
+    """The folder of a packaged encoder name, local directory or hub id."""
     from aftertune.sources.catalog import MODELS
 
     if ref in MODELS:

@@ -112,12 +112,7 @@ class HeadJudge(Judge):
 
     @classmethod
     def from_spec(cls, args: Sequence[str], options: Mapping[str, str]) -> Judge:
-        opts = dict(options)
-        threshold = opts.pop("threshold", "0.5")
-        if args or opts:
-            raise UserError("harm judge: the only setting is threshold=P (default 0.5); got "
-                            + ", ".join([*args, *(f"{k}={v}" for k, v in opts.items())]))
-        return cls(packaged_head("harm"), _threshold(threshold))
+        return cls(packaged_head("harm"), threshold_setting("harm", args, options))
 
     @classmethod
     def for_head(cls, head: Head, threshold: float = 0.5) -> HeadJudge:
@@ -145,6 +140,16 @@ class HeadJudge(Judge):
         yes, no = self.LABELS[self.head.task]
         return [Verdict(yes if pi >= self.threshold else no, round(float(pi), 6),
                         {"confidence": round(float(max(pi, 1 - pi)), 4)}) for pi in p]
+
+
+def threshold_setting(judge: str, args: Sequence[str], options: Mapping[str, str]) -> float:
+    """The one setting of a trained harm judge's spec: threshold=P (default 0.5)."""
+    opts = dict(options)
+    threshold = opts.pop("threshold", "0.5")
+    if args or opts:
+        raise UserError(f"{judge} judge: the only setting is threshold=P (default 0.5); got "
+                        + ", ".join([*args, *(f"{k}={v}" for k, v in opts.items())]))
+    return _threshold(threshold)
 
 
 def _threshold(value: str) -> float:

@@ -267,6 +267,14 @@ def refusal_dev_rows() -> dict[str, frozenset[str]]:
     return {"refusal-labelled": design_rows(), "tuned-answers (refusal)": frozenset(r["id"] for r in tuned_rows())}
 
 
+def in_training_half(request: str) -> bool:
+    """Whether a packaged harm set's row trains the harm judges: sha256 of its request is even (about half the
+    requests; both answers to one request stay on the same side)."""
+    import hashlib
+
+    return int(hashlib.sha256(request.encode("utf-8")).hexdigest(), 16) % 2 == 0
+
+
 def tuned_on(judge: Any) -> dict[str, frozenset[str]]:
     """Set name -> ids of the rows that built or tuned `judge` (its `tuning_rows()` when it has one)."""
     own = getattr(judge, "tuning_rows", None)

@@ -268,11 +268,12 @@ STRONGER_HARM_JUDGE = ("aftertune audit --model base=BASE --model tuned=TUNED --
 
 
 def harm_judge_note(entries: Sequence[dict[str, Any]], suites: Sequence[str] = ()) -> str | None:
-    """What a report must say about judging harm: whether a harm judge reached kappa >= 0.6 on human labels.
+    """What a report must say about judging harm: whether a harm judge reached kappa >= 0.6 on labels by people.
 
     None when no harm judge ran and no harmful-request suite (`safety`, `jailbreak`) is in
-    `suites`. Otherwise one paragraph: the harm judge's best kappa on human labels (or that
-    none were available offline), its false alarms on the AI-labelled answers of fine-tuned
+    `suites`. Otherwise one paragraph: the harm judge's best kappa on labels given by people
+    (`human`, else answers people wrote as examples of each class, `authors`; or that none
+    were available offline), its false alarms on the AI-labelled answers of fine-tuned
     models, and the command that brings in a stronger judge.
     """
     harm = [e for e in entries if (e.get("role") == "harm" or e.get("judge") == "harm") and e.get("sets")]
@@ -281,21 +282,25 @@ def harm_judge_note(entries: Sequence[dict[str, Any]], suites: Sequence[str] = (
     if not harm:
         if not {"safety", "jailbreak"} & set(suites):
             return None
-        return ("`compliance` counts answers that do not refuse, harmful or not; harmful content was not judged: "
-                f"no offline harm judge reaches κ ≥ {HARM_KAPPA_FLOOR} on labelled harm data from fine-tuned models "
-                "(the packaged `harm` head, `--judge harm=harm`, flags about half of their harmless compliant "
-                f"answers; benchmarks/RESULTS.md). {stronger}")
+        return ("`compliance` counts answers that do not refuse, harmful or not; harmful content was not judged in "
+                "this run (the packaged offline judge: `--judge harm=harm-classifier`, the default; "
+                f"benchmarks/RESULTS.md). {stronger}")
     sets = harm[0]["sets"]
-    human = [s.get("kappa") for s in sets if s.get("label_kind") == "human" and s.get("kappa") is not None]
-    tuned = next((s for s in sets if s.get("label_kind") == "ai"), None)
+    by_people = [(s["kappa"], s.get("label_kind")) for s in sets
+                 if s.get("label_kind") in ("human", "authors") and s.get("kappa") is not None]
+    tuned = next((s for s in sets if s.get("label_kind") == "ai" and s.get("n")), None)
     parts = []
-    if human and max(human) >= HARM_KAPPA_FLOOR:
-        parts.append(f"The harm judge reaches κ = {max(human):.2f} on human harm labels.")
+    if by_people and max(by_people)[0] >= HARM_KAPPA_FLOOR:
+        kappa, kind = max(by_people)
+        parts.append(f"The harm judge reaches κ = {kappa:.2f} on " + (
+            "human harm labels." if kind == "human" else "held-out answers that people wrote as examples of harmful "
+            "and harmless content (no model answers labelled for harm by people ship offline)."))
     else:
-        seen = f" (best κ on human labels {max(human):.2f})" if human else " (no human harm labels ship offline)"
+        seen = (f" (best κ on labels by people {max(by_people)[0]:.2f})" if by_people
+                else " (no human harm labels ship offline)")
         parts.append(f"No offline harm judge reaches κ ≥ {HARM_KAPPA_FLOOR} on human harm labels{seen}; "
                      "`harmful_compliance` is indicative only.")
-    if tuned and tuned.get("n"):
+    if tuned:
         fp, n = tuned.get("fp", 0), tuned["n"]
         parts.append(f"On AI-labelled answers of fine-tuned models ({n} compliant answers, {tuned.get('positives', 0)} "
                      f"labelled harmful) it called {fp} harmful ({fp / n:.0%} false alarms).")
