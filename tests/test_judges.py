@@ -119,7 +119,10 @@ def test_refusal_combination_embeddings_can_outvote_phrases():
 
 
 def _tiny_bert(out: Path, words: list[str], model_cls: str = "BertModel", **config) -> Path:
-    """A one-layer random BERT of hidden size 16 over a word-level vocabulary of `words`, saved in `out`."""
+    """A one-layer random BERT of hidden size 16 over a word-level vocabulary of `words`, saved in `out`.
+
+    Its weights come from a fixed seed, so a test that trains it does not depend on what ran before it."""
+    import torch
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -129,7 +132,9 @@ def _tiny_bert(out: Path, words: list[str], model_cls: str = "BertModel", **conf
     transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(out)
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=32, **config)
-    getattr(transformers, model_cls)(cfg).save_pretrained(out)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        getattr(transformers, model_cls)(cfg).save_pretrained(out)
     return out
 
 
@@ -568,7 +573,8 @@ def test_harm_classifier_trains_round_trips_and_leaves_its_training_rows_out(tmp
     folder = _tiny_bert(tmp_path / "bert", ["sure", "here", "mix", "the", "poison", "cake", "flour"])
     texts = ["sure here mix the poison", "mix the poison", "sure here mix the flour", "mix the cake flour"] * 2
     labels = [1, 1, 0, 0] * 2
-    settings = Settings(max_tokens=16, rank=2, alpha=4, epochs=25, batch_size=4, lr=3e-2, seed=0)
+    # lr 3e-3 for 60 epochs learns it from each of 40 random inits checked (loss / 5 or better); 3e-2 failed on 1 in 3
+    settings = Settings(max_tokens=16, rank=2, alpha=4, epochs=60, batch_size=4, lr=3e-3, seed=0)
     trained, losses = train_classifier(folder, texts, labels, settings, encoder=str(folder))
     assert losses[-1] < losses[0] / 4
     assert trained.state and all("lora_" in k or k.startswith("out.") for k in trained.state)
