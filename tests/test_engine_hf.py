@@ -600,6 +600,20 @@ def test_packed_cpu_weights_give_bitwise_the_same_outputs(chaotic_dir):
     assert pack_linear_weights(eng.model) == {}  # already packed: nothing to do
 
 
+def test_packed_weights_are_exact_on_strided_inputs(chaotic_dir):
+    """The output layer reads each row's last position, a strided view: MKL's packed GEMM rounds such rows like
+    one-row products unless the input is made contiguous (this broke batch invariance of log-likelihoods)."""
+    eng = _engine(chaotic_dir, batch_size=4, batch_invariant=False)
+    if not eng.packed_linears:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    head = eng.model.get_output_embeddings()
+    hidden = torch.randn(13, 7, head.in_features, generator=torch.Generator().manual_seed(0))
+    last = hidden[:, -1:]
+    assert not last.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(head(last), torch.nn.functional.linear(last.contiguous(), head.weight, head.bias))
+
+
 def test_bf16_weights_are_packed_only_where_bf16_is_emulated(chaotic_dir, monkeypatch):
     """Packed bf16 = bf16 GEMM arithmetic (exact products, float32 sums, one rounding), torch's own bf16 GEMM up to
     the summation order; on CPUs with native bf16 the weights stay with oneDNN."""

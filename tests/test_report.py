@@ -194,12 +194,12 @@ def test_protocol_names_what_can_differ_across_machines():
     from aftertune.report.markdown import _machine
 
     info = {"engine": "hf", "dtype": "float32", "device": "cpu", "hardware": "Xeon (avx512_bf16 avx512f)",
-            "batch_invariant": True, "version": "hf-engine/1;torch/2.13;dtype/float32;attn/rowwise"}
+            "batch_invariant": True, "version": "hf-engine/2;torch/2.13;dtype/float32;attn/rowwise"}
     proto = {"models": [{"label": "base", "ref": "b", "info": info}, {"label": "ck", "ref": "c", "info": info}],
              "software": {"torch": "2.13.0", "transformers": "5.25.0"}}
     lines = "\n".join(_machine(proto, {"base"}))
     assert "| base | hf | float32 | cpu, Xeon (avx512_bf16 avx512f) | batch-invariant | " in lines
-    assert "`hf-engine/1;torch/2.13;dtype/float32;attn/rowwise`" in lines and "| ck |" not in lines
+    assert "`hf-engine/2;torch/2.13;dtype/float32;attn/rowwise`" in lines and "| ck |" not in lines
     assert "Software: torch 2.13.0, transformers 5.25.0" in lines
     assert _machine({"models": [{"label": "base", "ref": "b", "info": {}}]}, {"base"}) == []
 

@@ -8,7 +8,10 @@ torch ships MKL's packed GEMM as `torch.ops.mkl._mkl_reorder_linear_weight` /
 load, multiply many times.
 
 - float32: the same kernel on the same packed layout, so outputs are bitwise
-  identical to `F.linear`; SmolLM2's projections run 1.5-1.9x faster at 16
+  identical to `F.linear` once the input is contiguous (`_mkl_linear` rounds
+  the rows of a strided input, such as the last position of each row that
+  feeds the output layer, as it rounds one-row products: different bits from
+  `F.linear`; inputs are made contiguous first); SmolLM2's projections run 1.5-1.9x faster at 16
   rows, its 49k-row output layer 1.7x.
 - bfloat16 on a CPU without AVX512-BF16/AMX: torch's bf16 GEMM there is an
   emulation (oneDNN widens both operands to float32, accumulates in float32 and
@@ -22,7 +25,7 @@ load, multiply many times.
 
 `pack_linear_weights` checks that on this machine and build before using it: a
 probe compares packed and plain results on a few shapes and row counts bit for
-bit (for bf16: against float32 accumulation rounded once), and any failure (or a missing op, a
+bit (for bf16: against float32 accumulation rounded once), contiguous and strided inputs, and any failure (or a missing op, a
 non-MKL build, a GPU) leaves the model untouched. The packed copies cost memory
 (float32: one more copy of the Linear weights; bf16: four more bytes per
 weight for the float32 values and as many for the packed copy), so models whose
@@ -99,7 +102,8 @@ def _probe(reorder: Any, linear: Any, batch_hint: int, dtype: torch.dtype) -> bo
             b = torch.randn(out_f, generator=gen).to(dtype)
             forward = _packed_forward(reorder, linear, w, batch_hint)
             for rows in (1, 3, 16, 37):
-                x = torch.randn(rows, in_f, generator=gen).to(dtype)
+                # a strided view too: each row's last position, as the output layer reads it
+                x = torch.randn(rows, 3, in_f, generator=gen).to(dtype)[:, -1]
                 for bias in (None, b):
                     # float32 sums rounded once to `dtype` (for float32: F.linear itself, bit for bit)
                     want = nn.functional.linear(x.float(), w.float(), None if bias is None else bias.float())
@@ -117,9 +121,10 @@ def _packed_forward(reorder: Any, linear: Any, weight: torch.Tensor,
     wide = weight.detach().float()
     packed = reorder(wide, hint)
     if weight.dtype == torch.float32:
-        return lambda x, bias: linear(x, packed, wide, bias, hint)
+        return lambda x, bias: linear(x.contiguous(), packed, wide, bias, hint)
     dtype = weight.dtype
-    return lambda x, bias: linear(x.float(), packed, wide, None if bias is None else bias.float(), hint).to(dtype)
+    return lambda x, bias: linear(x.float().contiguous(), packed, wide, None if bias is None else bias.float(),
+                                  hint).to(dtype)
 
 
 def _packable_dtypes() -> set[torch.dtype]:

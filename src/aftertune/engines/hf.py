@@ -33,9 +33,9 @@ Behaviour worth knowing:
   off): attention runs row by row and small matrix products are padded
   (`invariant`), so a request's text and log-likelihood do not depend on the
   other requests of its batch or on what ran before it; the version says
-  `attn/rowwise`. Not on CUDA. Known gap: in float32, log-likelihoods scored in
-  large batches of long contexts can still differ in the last bits (measured in
-  benchmarks/RESULTS.md, `bench_invariance`); bf16 is not invariant.
+  `attn/rowwise`. Not on CUDA. In float32, texts and log-likelihoods are bitwise
+  the same in any batch (measured in benchmarks/RESULTS.md, `bench_invariance`);
+  bf16 is not invariant.
 - **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
   continuous batching (see `batching.decode`): left padding, longest prompts
   first, a finished row's slot is refilled at once; on CUDA, transformers'
@@ -97,7 +97,7 @@ from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
 
 # Bump when a change here can change any output; it is part of every cache key.
-ENGINE_CODE_VERSION = "1"
+ENGINE_CODE_VERSION = "2"  # 2: packed float32 products of strided inputs (cpu_linear)
 
 _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

@@ -17,6 +17,11 @@ row's arithmetic depend on its neighbours here, measured on this project's CPUs:
   `rowwise_attention` (registered with transformers as `aftertune_rowwise`)
   runs SDPA once per row on exactly that row's own queries and keys, so a row
   computes the same thing alone or in any batch.
+- **Strided inputs.** MKL's packed GEMM (`cpu_linear`) rounds the rows of a
+  non-contiguous input as it rounds one-row products. The output layer of a
+  scoring call reads each row's last positions, a strided view, so log-likelihoods
+  of a many-row call differed from those of the same rows alone; `cpu_linear`
+  makes inputs contiguous.
 
 The callers (`batching`) do their part: no shared-prefix prefill (the prefix
 would depend on the call's other prompts), no packing of answer choices (a
