@@ -29,20 +29,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aftertune import paths
 from aftertune.engines.base import Engine
 from aftertune.errors import UserError
-from aftertune.fileio import canonical_json, sha256_text, write_json_atomic
+from aftertune.fileio import write_json_atomic
 from aftertune.sources.base import ModelRef
+from aftertune.variants.artefacts import copy_other_files, materialise
 
 INTERP_VERSION = "1"  # bump when a change here changes the written weights
 _LORA_B = re.compile(r"\.lora_(?:embedding_)?B(?:\.|$)")
@@ -139,35 +136,14 @@ def _tune_start(path: Path) -> str | None:
 # --------------------------------------------------------------------------- writing the weights
 
 def _materialise(inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:
-    """The cache folder for `inputs`, built by `build(tmp)` and renamed into place if absent."""
-    key = sha256_text(canonical_json({**inputs, "v": INTERP_VERSION}))
-    dest = paths.cache_dir("interp") / key[:32]
-    if dest.is_dir():
-        return dest
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
-    try:
-        build(tmp)
-        write_json_atomic(tmp / "interp.json", {**inputs, "formula": "base + w * (tuned - base)",
+    """The cache folder for `inputs` (`artefacts.materialise`), with `interp.json` saying what it is."""
+
+    def build_with_card(out: Path) -> None:
+        build(out)
+        write_json_atomic(out / "interp.json", {**inputs, "formula": "base + w * (tuned - base)",
                                                 "version": INTERP_VERSION})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a cache entry is as readable as the umask allows
-        os.rename(tmp, dest)
-    except OSError:
-        if not dest.is_dir():  # else another process wrote the same folder first: same inputs, same bytes
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
-
-def _copy_other_files(src: Path, out: Path) -> None:
-    """Config, tokenizer and the like: every top-level file but the weights."""
-    from aftertune.sources.resolve import UNSAFE_SUFFIXES
-
-    for p in src.iterdir():
-        if p.is_file() and not p.name.endswith((".safetensors", *UNSAFE_SUFFIXES)):
-            shutil.copy2(p, out / p.name)
+    return materialise("interp", {**inputs, "v": INTERP_VERSION}, build_with_card)
 
 
 def _safetensors(folder: Path) -> list[Path]:
@@ -205,7 +181,7 @@ def _scale_adapter(src: Path, w: float, out: Path) -> None:
     if not scaled:
         raise UserError(f"{src}: found no {'lora_B' if kind == 'LORA' else 'ia3_l'} weights to scale; "
                         "is this a PEFT adapter folder?")
-    _copy_other_files(src, out)
+    copy_other_files(src, out)
 
 
 def _interpolate_full(base_dir: Path, tuned_dir: Path, w: float, out: Path) -> None:
@@ -229,7 +205,7 @@ def _interpolate_full(base_dir: Path, tuned_dir: Path, w: float, out: Path) -> N
                 for name in (k for k in tuned if where[k] == bf):
                     mixed[name] = _mix(name, fh.get_tensor(name), tuned[name], w, tuned_dir)
         save_file(mixed, str(out / f.name), metadata={"format": "pt"})
-    _copy_other_files(tuned_dir, out)
+    copy_other_files(tuned_dir, out)
 
 
 def _mix(name: str, b: Any, t: Any, w: float, tuned_dir: Path) -> Any:
