@@ -41,23 +41,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="session")
-def chaotic_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with larger random weights: varied, prompt-dependent greedy output."""
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("chaotic") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def lora_dir(chaotic_dir, tmp_path_factory):
     """A LoRA adapter on the chaotic model whose B matrices are non-zero (it changes outputs)."""
     from peft import LoraConfig, get_peft_model

@@ -56,6 +56,7 @@ def audit_cmd(
     """
     from aftertune.audit import audit, label_for
     from aftertune.sources import check_model_ref
+    from aftertune.variants import check_variants
 
     models: dict[str, str] = {}
     for text in model:
@@ -65,6 +66,7 @@ def audit_cmd(
             raise UserError(f"--model {text!r}: label {label!r} is used twice; name them, e.g. --model base=REF "
                             "--model tuned=REF")
         check_model_ref(ref)  # before anything is created: no run folder or store run for a bad reference
+        check_variants(ref)
         models[label] = ref
     from aftertune.paths import check_writable
 

@@ -141,8 +141,10 @@ def pack_linear_weights(model: nn.Module, batch_hint: int = 16) -> dict[str, int
     if ops is None:
         return {}
     dtypes = _packable_dtypes()
-    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
-               and m.weight.dtype in dtypes and not getattr(m, "_aftertune_packed", False)]
+    # a quantized weight (torchao's tensor subclasses) keeps its own kernel: packing would multiply by its values
+    linears = [m for m in model.modules() if type(m) is nn.Linear and type(m.weight) is nn.Parameter
+               and m.weight.device.type == "cpu" and m.weight.dtype in dtypes
+               and not getattr(m, "_aftertune_packed", False)]
     if not linears:
         return {}
     ram = _ram_bytes()

@@ -95,6 +95,7 @@ from aftertune.engines.hf_generate import generate_batches
 from aftertune.engines.invariant import pad_linear_rows, use_rowwise_attention
 from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
+from aftertune.sources.fingerprints import quant_card, quantizer_version
 
 # Bump when a change here can change any output; it is part of every cache key.
 ENGINE_CODE_VERSION = "2"  # 2: packed float32 products of strided inputs (cpu_linear)
@@ -221,26 +222,36 @@ def quiet_loading() -> Iterator[None]:
     """No "Loading weights" bar per model load: an audit loads many models and shows its own progress.
 
     Also silences exactly one FutureWarning: peft (0.21) reads `model.is_gradient_checkpointing`, which
-    transformers 5.25 deprecated, on every adapter wrap; nothing the user can act on."""
+    transformers 5.25 deprecated, on every adapter wrap; nothing the user can act on. And the warnings of
+    torchao's import, which transformers imports with its models: one per CUDA-only library a CPU machine
+    cannot load, and torch's one per enum torchao registers."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)
             yield
     finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
         if was_on:
             hf_logging.enable_progress_bar()
 
 
 def _load_causal_lm(source: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool) -> Any:
-    from transformers import AutoModelForCausalLM
-
     try:
         with quiet_loading():
+            from transformers import AutoModelForCausalLM
+
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         hint = "; set AFTERTUNE_TRUST_REMOTE_CODE=1 to allow a model's own code" if "remote_code" in str(exc) else ""
@@ -305,6 +316,9 @@ class HFEngine(Engine):
                          f"dtype/{dtype_name};max_length/{self.max_length}")
         if "bfloat16" in self.packed_linears:  # not bitwise torch's bf16 GEMM: never mix their cache entries
             self._version += ";linear/bf16-packed-fp32"
+        self.quantization = quant_card(model_ref.path)
+        if self.quantization is not None:  # the installed quantizer runs the kernels (the card says who wrote it)
+            self._version += f";quant/{self.quantization['quantizer']}-{quantizer_version(self.quantization['quantizer'])}"
         self.batch_invariant = self._make_batch_invariant(batch_invariant)
         self.decode_path = choose_decode_path(decode_path, device)
         # transformers' static KV cache lets it compile the decoding step: 6-7.6x plain generate on an H200
@@ -347,7 +361,7 @@ class HFEngine(Engine):
         if model_ref.kind == "openai":
             raise UserError(f"{model_ref.ref} is an OpenAI-compatible endpoint; it runs on the openai engine, not hf")
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        torch_dtype = _quantized_dtype(model_ref, dtype) or resolve_dtype(dtype, dev)
         if dev.type == "cpu":
             torch.set_num_threads(cpu_threads())
         if model_ref.kind == "adapter":
@@ -413,6 +427,8 @@ class HFEngine(Engine):
             "adapter": self.is_adapter,
             "adapter_active": self.is_adapter and self._adapter_on,
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+            **({"variant": {"quant": {**self.quantization, "path": str(self.model_ref.path)}}}
+               if self.quantization is not None else {}),
         }
 
     @contextlib.contextmanager
@@ -622,6 +638,20 @@ class HFEngine(Engine):
         if progress:
             progress(len(requests))
         return [RollingResult(logprob=t, n_tokens=len(toks)) for t, toks in zip(total, token_lists, strict=True)]
+
+
+def _quantized_dtype(model_ref: ModelRef, dtype: str | torch.dtype) -> torch.dtype | None:
+    """A quantized model computes in the dtype of its scales (the card's): "auto" picks it, another is refused
+    (torchao's int4 layout multiplies float32 scales with the activations and fails on bf16 ones)."""
+    card = quant_card(model_ref.path)
+    if card is None:
+        return None
+    quantizer_version(card["quantizer"])  # installed, else one line saying how to install it
+    want = _DTYPES[card["dtype"]]
+    if dtype != "auto" and resolve_dtype(dtype, torch.device("cpu")) != want:
+        raise UserError(f"{model_ref.ref}: a quant variant computes in {card['dtype']} (its scales' dtype); "
+                        f"drop the dtype option or set it to {card['dtype']}")
+    return want
 
 
 def _source(ref: ModelRef) -> str | Path:

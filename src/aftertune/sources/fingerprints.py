@@ -4,6 +4,9 @@
   (*.safetensors, or the pickle files of an opted-in model) and the chat template,
   which decides the exact prompt the engine sends. Config and tokenizer files are
   left out on purpose: re-saving them changes version stamps, not behaviour.
+  A folder the `quant` variant wrote adds its card (`quantized.json`): method, its
+  parameters, quantizer and version, so no two quantizers share records even
+  where their bytes agree.
 - adapter: sha256 over the adapter weights, adapter_config.json (less the path of its
   base) and the base model's fingerprint.
 - openai: sha256 of the base URL and model name (the server's weights are unknowable).
@@ -43,8 +46,36 @@ def fingerprint(model: ModelRef | str) -> str:
         }
     else:
         ident = {"weights": _weights(ref.path, cache), "chat_template": _chat_template_sha(ref.path)}
+        card = quant_card(ref.path)
+        if card is not None:
+            ident["quantization"] = {k: card.get(k) for k in _QUANT_IDENTITY}
     cache.save()
     return sha256_text(canonical_json(ident))
+
+
+QUANT_CARD = "quantized.json"
+_QUANT_IDENTITY = ("method", "params", "dtype", "quantizer", "quantizer_version", "version")
+
+
+def quant_card(path: Path | None) -> dict[str, Any] | None:
+    """The card of a model folder written by the `quant` variant (variants/quantize.py), else None."""
+    if path is None or not (path / QUANT_CARD).is_file():
+        return None
+    card = json.loads((path / QUANT_CARD).read_text(encoding="utf-8"))
+    return card if isinstance(card, dict) else None
+
+
+def quantizer_version(package: str) -> str:
+    """The installed version of the quantizer a card names: its kernels decide a quantized model's answers."""
+    from importlib import metadata
+
+    from aftertune.errors import UserError
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        raise UserError(f"quantized models need the {package} package, which is not installed; install it with "
+                        f"pip install -c constraints.txt {package}") from None
 
 
 # adapter_config.json lists that PEFT treats as sets: peft writes target_modules from a Python set, so two

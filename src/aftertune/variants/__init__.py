@@ -4,8 +4,8 @@ A variant is written as a suffix of the model reference,
 `REF#icl:k=16,seed=0,data=support`, and is audited and compared exactly like
 another model (its settings are part of its fingerprint). One `VARIANTS.add`
 line per variant registers its factory `(engine, options) -> Engine` below;
-`aftertune list variants` shows them. `interp` changes the weights, so it is
-applied at load time, not as a wrapper.
+`aftertune list variants` shows them. `interp` and `quant` change the weights,
+so they are applied at load time, not as wrappers.
 
 Variants sit above `engines/` (they lean on judges, the scanner's detector and
 training data), so the plain backends never import them; `load_engine` here is
@@ -20,7 +20,7 @@ from aftertune.engines.base import Engine
 from aftertune.sources.base import ModelRef
 from aftertune.variants.base import VARIANTS, apply_variants, split_variants
 
-__all__ = ["VARIANTS", "apply_variants", "load_engine", "split_variants"]
+__all__ = ["VARIANTS", "apply_variants", "check_variants", "load_engine", "split_variants"]
 
 VARIANTS.add("icl", "aftertune.variants.icl:icl_variant",
              "in-context learning: k seeded demonstrations from the training data before every request")
@@ -30,20 +30,36 @@ VARIANTS.add("guard", "aftertune.variants.guardrail:guard_variant",
 VARIANTS.add("interp", "aftertune.variants.interpolate:interp_variant",
              "weight interpolation: base + w*(tuned - base) (w=0.5; LoRA/IA3 adapters scaled, full fine-tunes need "
              "base= or tune.json); applied at load time")
+VARIANTS.add("quant", "aftertune.variants.quantize:quant_variant",
+             "weight-only quantization with torchao: quant:int8 (per channel) or quant:int4 (groups of 32); "
+             "applied at load time, written once to the cache with its sha256")
+
+
+def check_variants(ref: str) -> None:
+    """Refuse unknown variants and bad options of the weight variants before anything is created or loaded
+    (commands call it beside `sources.check_model_ref`)."""
+    from aftertune.variants import interpolate, quantize
+
+    checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method}
+    for name, options in split_variants(ref)[1]:
+        VARIANTS.entry(name)  # an unknown name lists the known ones
+        if name in checks:
+            checks[name](options)
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
     """`engines.load_engine` for a reference that may end in variants (`REF#icl:k=16`).
 
     Wrapper variants are applied around the loaded engine; a leading
-    `#interp:w=...` changes the weights before loading.
+    `#interp:w=...` and then `#quant:int8` change the weights before loading.
     """
     from aftertune import engines
     from aftertune.sources import resolve_model
-    from aftertune.variants import interpolate
+    from aftertune.variants import interpolate, quantize
 
     if not isinstance(ref, str) or "#" not in ref:
         return engines.load_engine(ref, engine=engine, **options)
     base, variants = split_variants(ref)
     model, variants = interpolate.apply_weight_variants(resolve_model(base), variants)
+    model, variants = quantize.apply_quant_variant(model, variants)
     return apply_variants(engines.load_engine(model, engine=engine, **options), variants)

@@ -14,22 +14,28 @@ from aftertune.registry import Registry
 
 VariantFactory = Callable[[Engine, dict[str, str]], Engine]
 VARIANTS: Registry[VariantFactory] = Registry("model variant")
+# variants whose first option may be written bare, as their method: `quant:int8` is `quant:method=int8`
+METHOD_VARIANTS = frozenset({"quant"})
 
 
 def split_variants(ref: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
-    """`REF#icl:k=16,seed=1#...` → ("REF", [("icl", {"k": "16", "seed": "1"}), ...])."""
+    """`REF#icl:k=16,seed=1#...` → ("REF", [("icl", {"k": "16", "seed": "1"}), ...]); `REF#quant:int8` →
+    ("REF", [("quant", {"method": "int8"})]) (`METHOD_VARIANTS`)."""
     base, *parts = ref.split("#")
     variants = []
     for part in parts:
         name, _, opts = part.partition(":")
+        name = name.strip()
         options: dict[str, str] = {}
-        for opt in filter(None, (o.strip() for o in opts.split(","))):
+        for i, opt in enumerate(filter(None, (o.strip() for o in opts.split(",")))):
             key, eq, value = opt.partition("=")
-            if not eq:
+            if not eq and i == 0 and name in METHOD_VARIANTS:
+                key, value = "method", opt
+            elif not eq:
                 raise UserError(f"model reference {ref!r}: variant option {opt!r} should be key=value "
                                 "(e.g. REF#icl:k=16,seed=0,data=support)")
             options[key.strip()] = value.strip()
-        variants.append((name.strip(), options))
+        variants.append((name, options))
     return base, variants
 
 
