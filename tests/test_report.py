@@ -204,6 +204,18 @@ def test_protocol_names_what_can_differ_across_machines():
     assert _machine({"models": [{"label": "base", "ref": "b", "info": {}}]}, {"base"}) == []
 
 
+def test_protocol_names_the_quantized_files_audited():
+    from aftertune.report.markdown import _quantized
+
+    card = {"method": "int8", "quantizer": "torchao", "quantizer_version": "0.18.0", "path": "/c/quantized/ab",
+            "files": {"model.safetensors": "f" * 64}}
+    proto = {"models": [{"label": "base", "ref": "b", "info": {"engine": "hf"}},
+                        {"label": "int8", "ref": "b#quant:int8", "info": {"variant": {"quant": card}}}]}
+    lines = "\n".join(_quantized(proto, {"base", "int8"}))
+    assert f"| int8 | int8 | torchao 0.18.0 | `/c/quantized/ab` | model.safetensors sha256 `{'f' * 64}` |" in lines
+    assert "| base |" not in lines and _quantized(proto, {"base"}) == []
+
+
 PAYLOADS = ["[x](javascript:alert(1))", "![i](data:text/html;base64,PHNjcmlwdD4=)", "<a href=javascript:alert(2)>a</a>",
             "<script>alert(3)</script>", "[r][ref]\n\n[ref]: javascript:alert(4)", "`code` | pipe", "&lt;b&gt;"]
 

@@ -264,7 +264,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     shown = {m["label"] for m in results["models"] if m["role"] != "checkpoint"}
     out += ["Models: " + "; ".join(f"`{_code(m['label'])}` = `{_code(m['ref'])}`" for m in proto["models"]
                                     if m["label"] in shown), ""]
-    return out + _machine(proto, shown)
+    return out + _machine(proto, shown) + _quantized(proto, shown)
 
 
 def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
@@ -287,6 +287,23 @@ def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
             "the same records.", "", "| model | engine | dtype | device, hardware | batching | engine version |",
             "|---|---|---|---|---|---|", *rows, "",
             "Software: " + ", ".join(f"{_cell(k)} {_cell(v)}" for k, v in sorted(soft.items())), ""]
+
+
+def _quantized(proto: dict[str, Any], shown: set[str]) -> list[str]:
+    """Per quantized model (`REF#quant:...`) the file that was audited, so a user deploys exactly that."""
+    rows = []
+    for m in proto["models"]:
+        card = ((m.get("info") or {}).get("variant") or {}).get("quant")
+        if m["label"] not in shown or not isinstance(card, dict):
+            continue
+        files = "; ".join(f"{_cell(name)} sha256 `{_code(sha)}`" for name, sha in sorted((card.get("files") or {}).items()))
+        rows.append(f"| {_cell(m['label'])} | {_cell(card.get('method', ''))} | "
+                    f"{_cell(card.get('quantizer', ''))} {_cell(card.get('quantizer_version', ''))} | "
+                    f"`{_code(card.get('path', ''))}` | {files} |")
+    if not rows:
+        return []
+    return ["Quantized models: the files audited, to deploy exactly these.", "",
+            "| model | method | quantizer | folder | weights |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _num(x: Any) -> str:

@@ -61,7 +61,8 @@ class ICLEngine(Engine):
         return f"{self.inner.version}+icl1"
 
     def describe(self) -> dict[str, Any]:
-        return {**self.inner.describe(), "variant": {"icl": {"k": len(self.demos), **self.info}},
+        inner = self.inner.describe()  # keeps the variants under it (guard, quant) as guard does
+        return {**inner, "variant": {**inner.get("variant", {}), "icl": {"k": len(self.demos), **self.info}},
                 "fingerprint": self.fingerprint, "base_fingerprint": self.inner.fingerprint}
 
     def close(self) -> None:
