@@ -112,6 +112,14 @@ def test_bad_method_is_refused_before_loading(chaotic_dir, suffix, names):
         load_engine(f"{chaotic_dir}#{suffix}")
 
 
+def test_a_spec_variant_with_an_unknown_method_is_refused_on_reading():
+    from aftertune.spec import load_pipeline_spec
+
+    with pytest.raises(UserError, match=r"variants: 'quant:int3': quant: method 'int3'; known methods: int8, int4"):
+        load_pipeline_spec(None, {"variants": ["quant:int3"]})
+    assert load_pipeline_spec(None, {"variants": ["quant:int8"]}).variants == ["quant:int8"]
+
+
 def test_dtype_other_than_the_scales_is_refused(chaotic_dir):
     with pytest.raises(UserError, match="computes in float32"):
         load_engine(f"{chaotic_dir}#quant:int4", dtype="bfloat16")

@@ -185,13 +185,17 @@ class PipelineSpec(_Strict):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, variants: list[str]) -> list[str]:
-        from aftertune.variants import VARIANTS, split_variants
+        from aftertune.variants import VARIANTS, check_variants, split_variants
 
         for suffix in variants:
             _, parsed = split_variants(f"tuned#{suffix}")
             if len(parsed) != 1 or parsed[0][0] not in VARIANTS:
                 raise ValueError(f"{suffix!r} is not one variant; known: {', '.join(VARIANTS.names())} "
                                  "(e.g. 'interp:w=0.5')")
+            try:
+                check_variants(f"tuned#{suffix}")  # a weight variant's options (quant's method, interp's w)
+            except UserError as exc:
+                raise ValueError(f"{suffix!r}: {exc}") from None
         labels = [variant_label(v) for v in variants]
         if len(set(labels)) != len(labels):
             raise ValueError(f"two variants share a label ({', '.join(labels)}); list each variant once")
