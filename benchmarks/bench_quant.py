@@ -19,7 +19,7 @@ other jobs read the ratios, not the seconds.
         [--gen 16] [--arc 100] [--write]
 
 The defaults (SmolLM2 only, 16 prompts, 100 questions) were sized for 10 minutes under nice on a 2-core
-machine; beside another job they took 18.5 (2026-12-06). The issue's 128 prompts x 500 questions, and the
+machine; beside another job they took 11.3 and 18.5 (two runs, 2026-12-06). The issue's 128 prompts x 500 questions, and the
 Qwen 0.5B model (`--models`), want a free machine.
 """
 
