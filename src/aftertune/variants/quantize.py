@@ -6,7 +6,7 @@ changes the weights, so `load_engine` applies it before loading, as it does
 `interp`.
 
 The quantizer is torchao (through transformers' `TorchAoConfig`), chosen by
-measurement (benchmarks/RESULTS.md, docs/variants.md): it installs without
+measurement (benchmarks/RESULTS.md, docs/safety-and-judges.md): it installs without
 pulling another torch (no runtime dependencies), runs on CPU, and its
 checkpoints save as safetensors and load with `from_pretrained`.
 
