@@ -234,7 +234,7 @@ def test_reference_override_and_determinism(store):
     assert _row(a, "base", "t_safety", "compliance_rate")["change"] == "better"
     b = compare_run(store, run_id, reference="tuned")
     for res in (a, b):
-        assert set(res.pop("volatile")) == {"run_id", "created", "updated", "timings"}
+        assert set(res.pop("volatile")) == {"run_id", "created", "updated", "timings", "judge_validity"}
     assert a == b
 
 

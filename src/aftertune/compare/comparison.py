@@ -529,8 +529,27 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
     results = _clean(results)
     results["verdict"] = build_verdict(results)
     timings = [*_timings(run), {"step": "compare", "seconds": round(time.time() - started, 3)}]
-    results["volatile"] = {"run_id": run.id, "created": run.created, "updated": run.updated, "timings": timings}
+    results["volatile"] = {"run_id": run.id, "created": run.created, "updated": run.updated, "timings": timings,
+                           "judge_validity": [_times(e["payload"]) for e in run.events_of("judge_validity")]}
     return results
+
+
+# When a judge's validity was measured and how long each set took: they differ on every fresh measurement, so
+# they go to `volatile` and the rest of results.json stays the same from run to run (issue 13).
+_TIMES = ("measured_at", "seconds")
+
+
+def _without_times(validity: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in validity.items() if k not in _TIMES}
+    if isinstance(out.get("sets"), list):
+        out["sets"] = [{k: v for k, v in s.items() if k not in _TIMES} for s in out["sets"]]
+    return out
+
+
+def _times(validity: dict[str, Any]) -> dict[str, Any]:
+    return {"judge": validity.get("role") or validity.get("judge"),
+            **{k: validity[k] for k in _TIMES if k in validity},
+            "sets": {s.get("set"): s.get("seconds") for s in validity.get("sets") or [] if "seconds" in s}}
 
 
 def run_id(results: dict[str, Any]) -> str:
@@ -830,7 +849,7 @@ def _protocol(run: RunFacts, models: list[dict[str, Any]], records: Sequence[Rec
         "suites": suites,
         "sampling": {k: spec[k] for k in ("limit", "seed", "seeds", "sample", "sampling") if k in spec},
         "spec": spec,
-        "judge_validity": [e["payload"] for e in run.events_of("judge_validity")],
+        "judge_validity": [_without_times(e["payload"]) for e in run.events_of("judge_validity")],
         "judge_agreement": judge_agreement(records),
         "train_metrics": _train_metrics(run),
         "software": _package_versions(),
