@@ -167,25 +167,13 @@ def test_help_loads_no_model_or_statistics_libraries():
     assert out.strip() == "[]"
 
 
-def test_two_processes_on_one_store_cache_the_same_answers(tiny_model_dir, tmp_path):
+def test_two_processes_on_one_store_cache_the_same_answers(chaotic_dir, tmp_path):
     """Issue 13: two `aftertune generate` processes at once, on one store, with overlapping prompt files and
     different batch sizes, give the shared prompts the same answers, and a third call returns them unchanged."""
-    import shutil
     import subprocess
     import sys
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model_dir = tmp_path / "chaotic"  # larger weights than the tiny model's: prompt-dependent, varied text
-    shutil.copytree(tiny_model_dir, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    model.save_pretrained(model_dir)
+    model_dir = chaotic_dir  # larger weights than the tiny model's: prompt-dependent, varied text
     words = ["How can I reset my password", "Paris is", "The quick brown fox", "hi there", "My order arrived",
              "Question: two plus two", "tell me a story", "x", "Please send a refund soon"]
     files = [_write(tmp_path / f"{n}.jsonl", [json.dumps({"id": f"q{i}", "prompt": words[i]}) for i in rows])
