@@ -18,9 +18,10 @@ from typing import Any
 
 from aftertune.engines.base import Engine
 from aftertune.sources.base import ModelRef
-from aftertune.variants.base import VARIANTS, apply_variants, split_variants
+from aftertune.variants.base import DEPLOYMENT_VARIANTS, VARIANTS, apply_variants, split_variants
 
-__all__ = ["VARIANTS", "apply_variants", "check_variants", "load_engine", "split_variants"]
+__all__ = ["DEPLOYMENT_VARIANTS", "VARIANTS", "apply_variants", "check_variants", "load_engine", "nominal_bits",
+           "split_variants"]
 
 VARIANTS.add("icl", "aftertune.variants.icl:icl_variant",
              "in-context learning: k seeded demonstrations from the training data before every request")
@@ -45,6 +46,17 @@ def check_variants(ref: str) -> None:
         VARIANTS.entry(name)  # an unknown name lists the known ones
         if name in checks:
             checks[name](options)
+
+
+def nominal_bits(suffix: str) -> float | None:
+    """Bits per weight a deployment variant stores (`quant:int4` → 4), for plots across bit widths; None for
+    another variant."""
+    from aftertune.variants import quantize
+
+    _, parsed = split_variants(f"model#{suffix}")
+    if len(parsed) != 1 or parsed[0][0] != "quant":
+        return None
+    return float(quantize.METHODS[quantize.parse_method(parsed[0][1])][1]["bits"])
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:

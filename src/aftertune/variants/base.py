@@ -15,7 +15,10 @@ from aftertune.registry import Registry
 VariantFactory = Callable[[Engine, dict[str, str]], Engine]
 VARIANTS: Registry[VariantFactory] = Registry("model variant")
 # variants whose first option may be written bare, as their method: `quant:int8` is `quant:method=int8`
-METHOD_VARIANTS = frozenset({"quant"})
+METHOD_VARIANTS = frozenset({"quant", "gguf"})
+# variants that turn a model into the artefact one deploys (a quantized file): a run spec applies them to the
+# base and the tuned model alike, so the report can separate the fine-tune's effect from the quantizer's
+DEPLOYMENT_VARIANTS = frozenset({"quant", "gguf"})
 
 
 def split_variants(ref: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
