@@ -22,10 +22,11 @@ from typing import Any
 
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, write_json_atomic
-from aftertune.spec import PipelineSpec
+from aftertune.spec import PipelineSpec, variant_label
 from aftertune.store import Store, new_run_id
 
 RUN_FILE = "run.json"
+QUANTIZED_DIR = "quantized"  # the run folder's copy of every audited deployment variant (quant, gguf)
 
 
 @dataclass
@@ -152,8 +153,11 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
             icl = spec.icl
             label = f"icl-{icl.k}"
             base_models[label] = f"{base_ref}#icl:k={icl.k},seed={icl.seed},data={data},max_chars={icl.max_chars}"
+        deployed = spec.base_variant_models(base_ref)  # quantized before training: a model it cannot take fails first
+        base_models.update(deployed)
         by_role = _RoleAudit(spec, set(base_models), audit, audit_kw)
-        with steps.step(f"audit the base model{' and the ICL baseline' if spec.icl else ''}"):
+        also = [*(["the ICL baseline"] if spec.icl else []), *deployed]
+        with steps.step(f"audit the base model{' and ' + ', '.join(also) if also else ''}"):
             by_role(base_models, main_suites, out / "steps" / "audit-base")
         models.update(base_models)
 
@@ -193,6 +197,10 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
             with steps.step(f"audit {len(variants)} variant(s) of the tuned model ({', '.join(spec.variants)})"):
                 by_role(variants, main_suites, out / "steps" / "audit-variants")
             models.update(variants)
+        to_export = [*deployed, *(variant_label(v) for v in spec.deployment_variants())]
+        if to_export:
+            with steps.step(f"write {len(to_export)} quantized model(s) to the run folder's {QUANTIZED_DIR}/"):
+                _export_quantized(store, run_id, to_export, out, say)
 
         if ck is not None and checkpoints:
             curve = {"base": base_ref, **{label: path for label, path, _ in checkpoints}, "tuned": models["tuned"]}
@@ -250,6 +258,24 @@ def _planned_limits(spec: PipelineSpec, say: Callable[[str], None]) -> dict[str,
     for p in plans:
         say(f"    power plan: {p.line()}")
     return sized_limits(a.limits, plans)
+
+
+def _export_quantized(store: Store, run_id: str, labels: list[str], out: Path, say: Callable[[str], None]) -> None:
+    """Each deployment variant's audited files into `out/quantized/<label>/`, so the user deploys exactly what
+    the report describes; the model's info names that folder (relative to the run folder) for the report."""
+    from aftertune.variants.deploy import artefact_path, export_artefact
+
+    for m in store.models(run_id):
+        if m["label"] not in labels:
+            continue
+        src = artefact_path(m["info"])
+        if src is None or not src.exists():
+            say(f"    {m['label']}: its engine names no quantized file here; nothing written to {QUANTIZED_DIR}/")
+            continue
+        rel = f"{QUANTIZED_DIR}/{m['label']}"
+        export_artefact(src, out / rel)
+        if m["info"].get("run_folder") != rel:
+            store.add_model(run_id, m["label"], m["ref"], m["fingerprint"], {**m["info"], "run_folder": rel})
 
 
 def _tag_steps(store: Store, run_id: str, steps: dict[str, int]) -> None:

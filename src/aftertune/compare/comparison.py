@@ -444,6 +444,7 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
     checkpoint_models = {m["label"] for m in models if _step(m) is not None}
     stepped = _curve_steps(models, reference)
     curves: list[dict[str, Any]] = []
+    specs: dict[str, list[_MetricSpec]] = defaultdict(list)  # per suite, each metric as compared (for the 2×2)
 
     for suite_name in sorted(by_suite):
         per_model = by_suite[suite_name]
@@ -472,6 +473,7 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
                                     "than 0/1; it was compared as a score")
                     kind = "score"
             mspec = metric if kind == metric.kind else dataclasses.replace(metric, kind=kind)
+            specs[suite_name].append(mspec)
             # absolute values per model, over all of that model's items
             for label in labels:
                 recs = list(per_model.get(label, {}).values())
@@ -506,6 +508,8 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
                 curves.append(curve)
         suites_out.append(suite_out)
 
+    from aftertune.compare import factorial  # it builds on this module's helpers
+
     _adjust(rows, settings.alpha)
     _add_power(rows, settings.alpha, effects_that_matter(run.spec))
     results: dict[str, Any] = {
@@ -526,6 +530,9 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
         "protocol": _protocol(run, models, records, by_suite),
         "warnings": warnings,
     }
+    designs = factorial.quartets(models)
+    if designs:  # absent unless the run audited a deployment variant of both base and tuned
+        results["factorial"] = factorial.factorial_rows(by_suite, specs, designs, settings)
     results = _clean(results)
     results["verdict"] = build_verdict(results)
     timings = [*_timings(run), {"step": "compare", "seconds": round(time.time() - started, 3)}]
