@@ -80,7 +80,7 @@ def test_score_metrics_and_no_interaction_when_effects_add_up(results):
     row = _row(results, "toxicity", "toxicity")
     e = row["effects"]
     assert e["quant_base"]["estimate"] == pytest.approx(0.1) and e["quant_tuned"]["estimate"] == pytest.approx(0.1)
-    assert e["interaction"]["estimate"] == pytest.approx(0.0, abs=1e-9) and not e["interaction"]["significant"]
+    assert e["interaction"]["estimate"] == 0.0 and e["interaction"]["p"] == 1.0  # not float noise of the sums
     assert {(r["suite"], r["metric"]) for r in results["factorial"]} == {("safety", "compliance"),
                                                                          ("toxicity", "toxicity"),
                                                                          ("toxicity", "toxic")}  # unscored left out
@@ -94,6 +94,35 @@ def test_results_are_the_same_on_a_rerun_and_absent_without_a_deployment_variant
     plain = [m for m in MODELS if "quant" not in m["label"]]
     recs = [r for r in _records(PLANTED, TOX) if "quant" not in r.model]
     assert "factorial" not in compare_records(recs, plain, run, settings=Settings(resamples=200, permutations=199))
+
+
+def test_report_shows_the_section_its_readings_and_the_plot(results, tmp_path):
+    import copy
+
+    import markupsafe
+
+    from aftertune.compare.results_model import load_results
+    from aftertune.report import plots, render
+    from aftertune.report.figures import bits_panels
+
+    results = copy.deepcopy(results)
+    render(results, tmp_path)
+    reading = interaction_reading(_row(results, "safety", "compliance"))
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    summary, details = md.split("<details>", 1)
+    assert f"- {reading}" in summary and "#### Fine-tuning × quantization" in details
+    assert ("| safety.compliance | 40 | 10.0% | 30.0% | 10.0% | 70.0% | +20.0 pts (" in details
+            and "| +40.0 pts (" in details)
+    assert "![Safety of base and tuned against bits per weight](figures/safety-by-bits.png)" in details
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<h2 id="factorial">Fine-tuning × quantization</h2>' in html and f"<li>{markupsafe.escape(reading)}</li>" in html
+    assert html.count('alt="safety of base and tuned against bits per weight"') == 1
+    assert (tmp_path / "figures" / "safety-by-bits.png").is_file()
+    (panel,) = bits_panels(results)  # toxicity is no safety suite
+    assert panel["name"] == "safety.compliance"
+    assert [(x, v) for x, v, _ in panel["series"]["tuned"]] == [(8.0, 0.7), (32.0, 0.3)]
+    assert plots.by_bits([panel]) == plots.by_bits([panel])  # the same bytes every time
+    assert load_results(tmp_path / "results.json")["factorial"] == results["factorial"]
 
 
 def test_spec_applies_a_deployment_variant_to_base_and_tuned():
@@ -186,3 +215,5 @@ def test_a_run_quantizes_base_and_tuned_and_writes_the_files_to_its_folder(tmp_p
     again = run_pipeline(spec, out, store=store, progress=False, say=lambda _m: None)
     assert again.run_id == result.run_id and store.cache_count() == n_cache
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["factorial"] == saved["factorial"]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| `quantized/tuned+quant-int8` (run folder; cache `" in md and "Fine-tuning × quantization" in md

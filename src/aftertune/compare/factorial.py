@@ -95,7 +95,8 @@ def factorial_rows(by_suite: dict[str, dict[str, dict[str, Record]]], metrics: d
                 seed = _row_seed(settings.seed, "factorial", design["variant"], suite, metric.name)
                 values = {role: _one_sample(list(x[k]), metric, None, settings, seed + k)
                           for k, role in enumerate(ROLES)}
-                effects = {name: _effect(np.asarray(w, dtype=float) @ x, settings,
+                # rounded: the float noise of four scores summed (1e-18) would read as an effect and a p below 1
+                effects = {name: _effect(np.round(np.asarray(w, dtype=float) @ x, 12), settings,
                                          _row_seed(settings.seed, "factorial", design["variant"], suite, metric.name,
                                                    name))
                            for name, w in EFFECTS.items()}
@@ -130,3 +131,17 @@ def interaction_reading(row: dict[str, Any]) -> str:
     good = (est > 0) == (row["direction"] == "higher")
     return (f"{row['variant']} {what} (CI {fmt_ci(inter['ci_low'], inter['ci_high'], k)}, p (Holm) "
             f"{fmt_p(inter['p_holm'])}): {'better' if good else 'worse'}")
+
+
+def by_variant(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows grouped per deployment variant, in their order: {variant, bits, models, rows}."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r["variant"], {"variant": r["variant"], "bits": r["bits"], "models": r["models"],
+                                      "rows": []})["rows"].append(r)
+    return list(out.values())
+
+
+def readings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """`interaction_reading` of every row whose interaction is significant after Holm."""
+    return [interaction_reading(r) for r in rows if r["effects"]["interaction"]["significant"]]

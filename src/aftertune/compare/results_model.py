@@ -48,6 +48,32 @@ class ComparisonRow(_Section):
     change: str | None = None
 
 
+class Effect(_Section):
+    """One effect of the 2×2 (fine-tune, quantization on base or tuned, interaction)."""
+
+    estimate: Number | None
+    ci_low: Number | None
+    ci_high: Number | None
+    p: Number | None
+    p_holm: Number | None
+    significant: bool
+
+
+class FactorialRow(_Section):
+    """One metric of the 2×2 of fine-tuning × a deployment variant: what the report reads."""
+
+    variant: str
+    bits: Number | None
+    models: dict[str, str]
+    suite: str
+    metric: str
+    kind: str
+    direction: str
+    n: Annotated[int, Field(strict=True, ge=0)]
+    values: dict[str, dict[str, Any]]
+    effects: dict[Literal["finetune", "quant_base", "quant_tuned", "interaction"], Effect]
+
+
 class ModelEntry(_Section):
     label: str
     ref: str
@@ -76,6 +102,7 @@ class Results(_Section):
     verdict: dict[str, Any]
     settings: dict[str, Any]
     volatile: dict[str, Any] = Field(default_factory=dict)
+    factorial: list[FactorialRow] = Field(default_factory=list)  # only with deployment variants of base and tuned
 
 
 def _where(loc: tuple[Any, ...]) -> str:

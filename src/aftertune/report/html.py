@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from aftertune.compare.factorial import by_variant, readings
 from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 from aftertune.judges.validate import harm_judge_note
 from aftertune.report import plots
@@ -143,6 +144,9 @@ def _view(results: dict[str, Any], figures: Figures) -> dict[str, Any]:
         "curve_table": curve_table,
         "values_table": values_table,
         "loss_plot": figures.training_loss,
+        "factorial": by_variant(results.get("factorial") or []),
+        "factorial_readings": readings(results.get("factorial") or []),
+        "by_bits_plot": figures.by_bits,
         "csp": _csp(),
         "sort_script": Markup(SORT_SCRIPT),
     }

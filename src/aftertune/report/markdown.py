@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from aftertune.compare.factorial import by_variant, readings
 from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 
 _MARK = {"worse": "🔴 worse", "better": "🟢 better", "none": "no change"}
@@ -111,6 +112,10 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                               and r["change"] == "worse") for m in others}
         out += ["", "Other models vs " + _cell(ref) + ": " + ", ".join(
             f"{_cell(m)} worse on {n}" for m, n in worse_other.items())]
+    notes = readings(results.get("factorial") or [])
+    if notes:
+        out += ["", "**Fine-tuning × quantization** (interactions significant after Holm):"]
+        out += [f"- {_cell(line)}" for line in notes]
     out += ["", f"<sub>run `{_code(results['volatile']['run_id'])}` · {_cell(v['note'])} · binary: exact McNemar, "
             "Tango CI, Bonett–Price ratio CI; scores: paired bootstrap CI, permutation test · "
             "full report: report.html, numbers: results.json</sub>", ""]
@@ -122,7 +127,8 @@ def _details(results: dict[str, Any], figures: Sequence[tuple[str, str]]) -> lis
     """Below the PR-comment summary: every model, curves over training, the judges' accuracy, the protocol."""
     conf = round(100 * results["settings"]["confidence"])
     out = ["<details><summary>Every model, curves, judges and protocol</summary>", ""]
-    out += _all_models(results, conf) + _categories(results, conf) + _curves(results) + _judges(results)
+    out += _all_models(results, conf) + _factorial(results, conf) + _categories(results, conf) + _curves(results)
+    out += _judges(results)
     out += _protocol(results)
     if figures:
         out += ["#### Figures", ""] + [f"![{_cell(caption)}]({path})" for path, caption in figures] + [""]
@@ -160,6 +166,40 @@ def _all_models(results: dict[str, Any], conf: int) -> list[str]:
                              if r else "")
             out.append(f"| {_cell(suite)}.{_cell(metric)} | " + " | ".join(cells) + " |")
     return [*out, ""]
+
+
+def _factorial(results: dict[str, Any], conf: int) -> list[str]:
+    """Per deployment variant, the 2×2 of fine-tuning × quantization (compare/factorial.py): each model's value
+    on the items all four share, the three effects and the interaction with its CI and Holm p."""
+    groups = by_variant(results.get("factorial") or [])
+    if not groups:
+        return []
+    out = ["#### Fine-tuning × quantization", "",
+           "Each effect is a mean per-item difference on the items all four models scored ("
+           f"{conf}% paired bootstrap CI; * significant after Holm across this section). The interaction is "
+           "(tuned+V − tuned) − (base+V − base): how much more the quantizer moves the tuned model than the base.",
+           ""]
+    for g in groups:
+        m = g["models"]
+        bits = f", {g['bits']:g} bits per weight" if g["bits"] is not None else ""
+        out += [f"{_cell(g['variant'])}{bits}:", "",
+                f"| suite.metric | n | {_cell(m['base'])} | {_cell(m['tuned'])} | {_cell(m['base_variant'])} | "
+                f"{_cell(m['tuned_variant'])} | fine-tune | quantization on base | quantization on tuned | "
+                "interaction | p (Holm) |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        for r in g["rows"]:
+            k, e = r["kind"], r["effects"]
+            cells = [fmt_value(r["values"][role]["value"], k)
+                     for role in ("base", "tuned", "base_variant", "tuned_variant")]
+            cells += [_effect(e[name], k) for name in ("finetune", "quant_base", "quant_tuned", "interaction")]
+            out.append(f"| {_cell(r['suite'])}.{_cell(r['metric'])} | {r['n']} | " + " | ".join(cells) +
+                       f" | {fmt_p(e['interaction']['p_holm'])} |")
+        out.append("")
+    return out
+
+
+def _effect(e: dict[str, Any], kind: str) -> str:
+    return (f"{fmt_delta(e['estimate'], kind)} ({fmt_ci(e['ci_low'], e['ci_high'], kind)})"
+            f"{'*' if e['significant'] else ''}")
 
 
 def _categories(results: dict[str, Any], conf: int) -> list[str]:
@@ -290,16 +330,21 @@ def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
 
 
 def _quantized(proto: dict[str, Any], shown: set[str]) -> list[str]:
-    """Per quantized model (`REF#quant:...`) the file that was audited, so a user deploys exactly that."""
+    """Per quantized model (`REF#quant:...`) the file that was audited, so a user deploys exactly that: the run
+    folder's copy when the run wrote one (`quantized/<label>`, beside this report), and the cache it came from."""
     rows = []
     for m in proto["models"]:
-        card = ((m.get("info") or {}).get("variant") or {}).get("quant")
+        info = m.get("info") or {}
+        card = (info.get("variant") or {}).get("quant")
         if m["label"] not in shown or not isinstance(card, dict):
             continue
         files = "; ".join(f"{_cell(name)} sha256 `{_code(sha)}`" for name, sha in sorted((card.get("files") or {}).items()))
+        folder = f"`{_code(card.get('path', ''))}`"
+        if info.get("run_folder"):
+            folder = f"`{_code(info['run_folder'])}` (run folder; cache {folder})"
         rows.append(f"| {_cell(m['label'])} | {_cell(card.get('method', ''))} | "
                     f"{_cell(card.get('quantizer', ''))} {_cell(card.get('quantizer_version', ''))} | "
-                    f"`{_code(card.get('path', ''))}` | {files} |")
+                    f"{folder} | {files} |")
     if not rows:
         return []
     return ["Quantized models: the files audited, to deploy exactly these.", "",

@@ -229,3 +229,36 @@ def pareto(points: Sequence[dict[str, Any]], front: Sequence[int], chosen: int |
     ax.set_ylabel(y_label, fontsize=8)
     ax.legend(fontsize=7, frameon=False, loc="best")
     return _data_uri(fig)
+
+
+@_plain_text
+def by_bits(panels: Sequence[dict[str, Any]], full_bits: float = 32.0) -> str | None:
+    """Safety metrics against bits per weight (log scale; full precision at `full_bits`, ticked "full"), base and
+    tuned as two lines with their intervals as error bars, one panel per metric (figures.bits_panels)."""
+    panels = [p for p in panels if any(len(pts) for pts in p["series"].values())]
+    if not panels:
+        return None
+    fig = _figure(3.6 * len(panels), 2.8, left_chars=5, title=True)
+    fig.subplots_adjust(wspace=0.35)
+    ticks = sorted({pt[0] for p in panels for pts in p["series"].values() for pt in pts})
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        _style(ax)
+        scale = 100.0 if panel["kind"] == "binary" else 1.0
+        for j, (role, color) in enumerate((("base", REFERENCE_COLOR), ("tuned", MODEL_COLOR))):
+            pts = panel["series"].get(role) or []
+            if not pts:
+                continue
+            xs = [x * (0.96 if j == 0 else 1.04) for x, _, _ in pts]  # side by side where the intervals overlap
+            ys = [_num(v) * scale for _, v, _ in pts]
+            err = [[e * scale for e in side] for side in _err([v for _, v, _ in pts], [ci for _, _, ci in pts])]
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, ecolor=color, elinewidth=1, capsize=2,
+                        markersize=4, linewidth=1.4, label=role)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, ["full" if t == full_bits else f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("bits per weight", fontsize=8)
+        ax.set_title(f"{panel['name']}" + (" (%)" if scale == 100 else "") + f", {panel['direction']} is better",
+                     fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
+    return _data_uri(fig)
