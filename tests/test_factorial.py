@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +125,9 @@ def test_report_shows_the_section_its_readings_and_the_plot(results, tmp_path):
     assert [(x, v) for x, v, _ in panel["series"]["tuned"]] == [(8.0, 0.7), (32.0, 0.3)]
     assert plots.by_bits([panel]) == plots.by_bits([panel])  # the same bytes every time
     assert load_results(tmp_path / "results.json")["factorial"] == results["factorial"]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results-schema.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc, flags=re.M))
+    assert {"factorial", *results["factorial"][0]} <= documented
 
 
 def test_spec_applies_a_deployment_variant_to_base_and_tuned():
