@@ -82,3 +82,28 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter") / "lora"
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_python() -> str:
+    """The interpreter with llama-cpp-python[server] (`bash .ci/llama_server.sh install`), for the tests that run
+    llama.cpp for real. Locally they are skipped without one; under CI=true they fail instead, so CI cannot skip
+    them silently. While a background install is still running this waits for it (AFTERTUNE_LLAMA_SERVER_WAIT
+    seconds, default 1800 under CI, 0 otherwise)."""
+    import os
+
+    from aftertune.testing.llama_server import wait_for_server_python
+    from aftertune.variants.llama_cpp import SERVER_PYTHON_ENV, find_server_python
+
+    in_ci = os.environ.get("CI", "").lower() in ("true", "1")
+    py = find_server_python()
+    if not py:
+        msg = (f"{SERVER_PYTHON_ENV} is not set: run `bash .ci/llama_server.sh install` and "
+               f"`export {SERVER_PYTHON_ENV}=$(bash .ci/llama_server.sh python)` to run the real-server tests")
+        if in_ci:
+            pytest.fail(msg + " (CI must run these tests, not skip them)")
+        pytest.skip(msg)
+    why = wait_for_server_python(py, float(os.environ.get("AFTERTUNE_LLAMA_SERVER_WAIT") or (1800 if in_ci else 0)))
+    if why:
+        pytest.fail(why)
+    return py

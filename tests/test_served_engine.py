@@ -161,6 +161,9 @@ def test_early_exit_is_one_line_with_the_servers_last_words(fake_server, tiny_mo
         load_engine(str(tiny_model), engine="server", command=_command(fake_server, "--exit-early"))
     msg = str(exc.value)
     assert "exited with code 3 before answering" in msg and "cannot load the weights" in msg and "\n" not in msg
+    log = Path(msg.rsplit("its log: ", 1)[1])  # kept for the user to read, the whole of it
+    assert "cannot load the weights" in log.read_text()
+    log.unlink()
 
 
 def test_health_timeout_stops_the_server(fake_server, tiny_model, tmp_path):

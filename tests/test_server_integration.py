@@ -26,14 +26,7 @@ from aftertune.engines.openai_api import OpenAIEngine
 from aftertune.errors import UserError
 from aftertune.sources import parse_openai_ref
 from aftertune.store import CachedEngine, Store
-from aftertune.testing.llama_server import (
-    SERVER_PYTHON_ENV,
-    LlamaServer,
-    free_port,
-    packaged_gguf,
-    server_python,
-    wait_for_server_python,
-)
+from aftertune.testing.llama_server import LlamaServer, free_port, packaged_gguf
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -47,26 +40,6 @@ PROMPTS = [
     "How many legs does a spider have?",
 ]
 GREEDY = Decoding(max_new_tokens=24, temperature=0.0, seed=0)
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1")
-
-
-@pytest.fixture(scope="module")
-def llama_python() -> str:
-    py = server_python()
-    if not py:
-        msg = (f"{SERVER_PYTHON_ENV} is not set: run `bash .ci/llama_server.sh install` and "
-               f"`export {SERVER_PYTHON_ENV}=$(bash .ci/llama_server.sh python)` to run the real-server tests")
-        if _in_ci():
-            pytest.fail(msg + " (CI must run these tests, not skip them)")
-        pytest.skip(msg)
-    wait_s = float(os.environ.get("AFTERTUNE_LLAMA_SERVER_WAIT") or (1800 if _in_ci() else 0))
-    why = wait_for_server_python(py, wait_s)
-    if why:
-        pytest.fail(why)
-    return py
 
 
 @pytest.fixture(scope="module")

@@ -287,9 +287,21 @@ def _judge_and_run(store: Store, run_id: str, refs: Mapping[str, str], models: M
             for p in prepared:
                 items = todo[p.suite.name]
                 if items:
-                    _run_suite(store, run_id, label, cached, p, items, judge_objs, progress)
+                    try:
+                        _run_suite(store, run_id, label, cached, p, items, judge_objs, progress)
+                    except NotImplementedError as exc:  # e.g. a server that cannot score log-likelihoods
+                        _record_skip(store, run_id, label, p.suite.name, str(exc))
         finally:
             _free(cached)
+
+
+def _record_skip(store: Store, run_id: str, label: str, suite: str, reason: str) -> None:
+    """A suite this model's engine cannot run: said now, and kept for the report's warnings, instead of ending
+    the audit of every other suite and model."""
+    print(f"warning: {label} · {suite}: not measured: {reason}", file=sys.stderr, flush=True)
+    payload = {"model": label, "suite": suite, "reason": reason}
+    if payload not in [e["payload"] for e in store.events(run_id, kind="suite_skipped")]:
+        store.add_event(run_id, f"skip:{label}:{suite}", "suite_skipped", payload)
 
 
 def _run_suite(store: Store, run_id: str, label: str, engine: CachedEngine, p: PreparedSuite,

@@ -38,7 +38,8 @@ from aftertune.record import Record
 
 # The run's events a comparison reads besides its records (timings, sampling and suite protocols, judge accuracy,
 # loss curves: tune_train/tune_eval as training writes them, train_metrics from older runs).
-EVENT_KINDS = ("timing", "sample", "protocol", "judge_validity", "tune_train", "tune_eval", "train_metrics")
+EVENT_KINDS = ("timing", "sample", "protocol", "judge_validity", "tune_train", "tune_eval", "train_metrics",
+               "suite_skipped")
 
 SCHEMA = "aftertune.results"
 SCHEMA_VERSION = 2  # 2: run id, times and wall times moved to `volatile`
@@ -430,7 +431,8 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
     models = [m for m in models if m["label"] in with_records]
     reference = _pick_reference(labels, reference)
     primary = _pick_primary(models, reference)
-    warnings: list[str] = []
+    warnings: list[str] = sorted({f"{e['payload']['model']} · {e['payload']['suite']}: not measured "
+                                  f"({e['payload']['reason']})" for e in run.events_of("suite_skipped")})
 
     by_suite: dict[str, dict[str, dict[str, Record]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:

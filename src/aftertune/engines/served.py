@@ -34,13 +34,15 @@ from aftertune.engines.server_process import ServerProcess, uses_placeholder
 from aftertune.errors import UserError
 from aftertune.fileio import canonical_json, sha256_text
 from aftertune.sources.base import ModelRef
+from aftertune.sources.fingerprints import gguf_card
 
 ENGINE_CODE_VERSION = "1"
 PROMPT_LEARNING = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
 
 
 def served_folder(model_ref: ModelRef, weights_fp: str) -> Path:
-    """The full-weights folder a server loads for `model_ref`: its own, or its adapter merged (cached)."""
+    """The full-weights folder a server loads for `model_ref`: its own, or its adapter merged (cached); for a
+    GGUF the `gguf` variant wrote, the file."""
     import json
 
     from aftertune import paths
@@ -48,6 +50,9 @@ def served_folder(model_ref: ModelRef, weights_fp: str) -> Path:
     if model_ref.kind == "openai" or model_ref.path is None:
         raise UserError(f"the server engine serves local weights; {model_ref.ref!r} is an endpoint already: "
                         "audit it with the openai engine")
+    gguf = gguf_card(model_ref.path)
+    if gguf is not None:  # the gguf variant's folder: llama.cpp's server loads the file
+        return model_ref.path / gguf["file"]
     if model_ref.kind != "adapter":
         return model_ref.path
     cfg = json.loads((model_ref.path / "adapter_config.json").read_text(encoding="utf-8"))
@@ -147,8 +152,10 @@ class ServedEngine(OpenAIEngine):
         info = super().describe()
         for volatile in ("api_base", "key_env", "server_model"):  # the port changes every start
             info.pop(volatile, None)
+        gguf = gguf_card(self.model_ref.path)  # the gguf variant's file: what the report lists to deploy
         return {**info, "engine": self.name, "server": self.software, "command": self.process.template,
-                "weights": "the model's own (fingerprint)" if self.weights_fp else "chosen by the command"}
+                "weights": "the model's own (fingerprint)" if self.weights_fp else "chosen by the command",
+                **({"variant": {"gguf": {**gguf, "path": str(self.model_ref.path)}}} if gguf is not None else {})}
 
     def close(self) -> None:
         try:

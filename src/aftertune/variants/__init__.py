@@ -34,14 +34,17 @@ VARIANTS.add("interp", "aftertune.variants.interpolate:interp_variant",
 VARIANTS.add("quant", "aftertune.variants.quantize:quant_variant",
              "weight-only quantization with torchao: quant:int8 (per channel) or quant:int4 (groups of 32); "
              "applied at load time, written once to the cache with its sha256")
+VARIANTS.add("gguf", "aftertune.variants.gguf:gguf_variant",
+             "the GGUF llama.cpp/Ollama deploy: gguf:Q8_0, Q4_K_M, Q3_K_M, Q2_K (and F16, Q6_K, Q5_K_M, Q4_0), "
+             "converted and quantized by llama.cpp's own tools, audited through its server")
 
 
 def check_variants(ref: str) -> None:
     """Refuse unknown variants and bad options of the weight variants before anything is created or loaded
     (commands call it beside `sources.check_model_ref`)."""
-    from aftertune.variants import interpolate, quantize
+    from aftertune.variants import gguf, interpolate, quantize
 
-    checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method}
+    checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method, "gguf": gguf.parse_method}
     for name, options in split_variants(ref)[1]:
         VARIANTS.entry(name)  # an unknown name lists the known ones
         if name in checks:
@@ -51,12 +54,15 @@ def check_variants(ref: str) -> None:
 def nominal_bits(suffix: str) -> float | None:
     """Bits per weight a deployment variant stores (`quant:int4` → 4), for plots across bit widths; None for
     another variant."""
-    from aftertune.variants import quantize
+    from aftertune.variants import gguf, quantize
 
     _, parsed = split_variants(f"model#{suffix}")
-    if len(parsed) != 1 or parsed[0][0] != "quant":
+    if len(parsed) != 1 or parsed[0][0] not in DEPLOYMENT_VARIANTS:
         return None
-    return float(quantize.METHODS[quantize.parse_method(parsed[0][1])][1]["bits"])
+    name, options = parsed[0]
+    if name == "gguf":
+        return gguf.METHODS[gguf.parse_method(options)]
+    return float(quantize.METHODS[quantize.parse_method(options)][1]["bits"])
 
 
 def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: Any) -> Engine:
@@ -64,14 +70,20 @@ def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: An
 
     Wrapper variants are applied around the loaded engine; a leading
     `#interp:w=...` and then `#quant:int8` change the weights before loading.
+    A `#gguf:...` model always runs on llama.cpp's server (the `server`
+    engine), whatever engine the caller named: that server is the deployment
+    being audited.
     """
     from aftertune import engines
     from aftertune.sources import resolve_model
-    from aftertune.variants import interpolate, quantize
+    from aftertune.variants import gguf, interpolate, quantize
 
     if not isinstance(ref, str) or "#" not in ref:
         return engines.load_engine(ref, engine=engine, **options)
     base, variants = split_variants(ref)
     model, variants = interpolate.apply_weight_variants(resolve_model(base), variants)
     model, variants = quantize.apply_quant_variant(model, variants)
+    served, variants = gguf.apply_gguf_variant(model, variants)
+    if served is not model:
+        model, engine, options = served, "server", gguf.server_options(options)
     return apply_variants(engines.load_engine(model, engine=engine, **options), variants)

@@ -33,7 +33,6 @@ quantizer that runs the kernels.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import sha256_file, write_json_atomic
 from aftertune.sources.base import ModelRef
-from aftertune.sources.fingerprints import QUANT_CARD, quantizer_version
-from aftertune.variants.artefacts import copy_other_files, materialise
+from aftertune.sources.fingerprints import QUANT_CARD, gguf_card, quant_card, quantizer_version
+from aftertune.variants.artefacts import copy_other_files, full_weights, materialise
 
 QUANT_VERSION = "1"  # bump when a change here changes the written weights
 QUANTIZER = "torchao"
@@ -99,7 +98,7 @@ def quantize(model: ModelRef, method: str) -> ModelRef:
 
     if model.kind == "openai" or model.path is None:
         raise UserError(f"{model.ref}: quant needs local weights, not an API endpoint")
-    if (model.path / QUANT_CARD).is_file():
+    if quant_card(model.path) is not None or gguf_card(model.path) is not None:
         raise UserError(f"{model.ref}: already quantized; quantize the full-precision model instead")
     make_config, params = METHODS[method]
     card = {"method": method, "params": params, "dtype": "float32",
@@ -107,19 +106,13 @@ def quantize(model: ModelRef, method: str) -> ModelRef:
             "source": fingerprint(model), "source_ref": model.ref, "version": QUANT_VERSION}
 
     def build(out: Path) -> None:
-        if model.kind == "adapter":
-            from aftertune.engines.merge import merge_adapter
-
-            assert model.base is not None and model.base.path is not None
-            with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as tmp:
-                _write_quantized(merge_adapter(model.base.path, model.path, Path(tmp) / "merged"),  # type: ignore[arg-type]
-                                 make_config, out)
-        else:
-            _write_quantized(model.path, make_config, out)  # type: ignore[arg-type]
+        with full_weights(model, out.parent) as src:
+            _write_quantized(src, make_config, out)
         files = {p.name: sha256_file(p) for p in sorted(out.glob("*.safetensors"))}
         write_json_atomic(out / QUANT_CARD, {**card, "files": files})
 
-    path = materialise("quantized", {k: v for k, v in card.items() if k != "source_ref"}, build)
+    path = materialise("quantized", {k: v for k, v in card.items() if k != "source_ref"}, build,
+                       what=f"{model.ref}#quant:{method}")
     return ModelRef(ref=f"{model.ref}#quant:{method}", kind="local", name=f"{model.name}@{method}", path=path)
 
 
