@@ -516,6 +516,10 @@ class OpenAIEngine(Engine):
             out.append((int(off), None if val is None else float(val), None if best is None else float(best)))
         return out
 
+    def location(self) -> str:
+        """Where the model answers, for messages."""
+        return f"{self.api_base} ({self.api_model})"
+
     def _check_ll_support(self, headers: dict[str, str]) -> None:
         with self._probe_lock:
             if self._ll_support is None:
@@ -526,7 +530,7 @@ class OpenAIEngine(Engine):
                     self._ll_support = str(exc)
         if self._ll_support:
             raise NotImplementedError(
-                f"the openai engine cannot score log-likelihoods on {self.api_base} ({self.api_model}): "
+                f"the {self.name} engine cannot score log-likelihoods on {self.location()}: "
                 f"{self._ll_support}; use a server with OpenAI echo+logprobs semantics (e.g. vLLM) or the hf engine"
             )
 

@@ -157,6 +157,9 @@ class ServedEngine(OpenAIEngine):
                 "weights": "the model's own (fingerprint)" if self.weights_fp else "chosen by the command",
                 **({"variant": {"gguf": {**gguf, "path": str(self.model_ref.path)}}} if gguf is not None else {})}
 
+    def location(self) -> str:
+        return f"{self.software} serving {self.model_ref.name}"  # not its port: messages kept in results.json
+
     def close(self) -> None:
         try:
             super().close()

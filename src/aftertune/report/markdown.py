@@ -95,6 +95,8 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
         out += ["", "**Too few items to see the change that matters:**"] + [f"- {_cell(x)}" for x in v["underpowered"]]
     if unscored:
         out += ["", f"Not scored in this run (no judge configured, or not this task's kind): {_cell(', '.join(unscored))}"]
+    if results.get("warnings"):
+        out += ["", "**Warnings:**"] + [f"- {_cell(w)}" for w in results["warnings"]]
     cats = [r for r in results["comparisons"]
             if r["model"] == primary and r["category"] != OVERALL and r["change"] == "worse"]
     if cats:
