@@ -26,6 +26,13 @@ def _d(field: str) -> str:
     return f"(default: {default})"
 
 
+def _constrained_defaults() -> str:
+    """The paper's betas as ConstrainedParams defines them, so the help cannot drift from the code."""
+    from aftertune.recipes.config import ConstrainedParams
+
+    return "(default: " + ", ".join(f"{k} {v}" for k, v in ConstrainedParams().model_dump().items()) + ")"
+
+
 def parse_mix(text: str) -> dict[str, Any]:
     """`DATA:0.1` (fraction of the stage's examples) or `DATA:50` (count)."""
     data, sep, amount = text.rpartition(":")
@@ -88,6 +95,11 @@ def tune_cmd(
         "--chat-template/--raw-text", help="sft: render examples with the model's chat template (default), or "
                                            "train on raw prompt + completion text, loss on the completion "
                                            "(pattern-based fine-tuning; base models without a template).")] = None,
+    constrained: Annotated[bool, typer.Option(
+        "--constrained", help="sft: the token-wise constrained objective of Qi et al. 2024, a defence against "
+                              "harmful fine-tuning: the first response tokens stay near the starting model's "
+                              "probabilities (one extra forward pass per step). Betas " + _constrained_defaults()
+                              + "; set others with 'constrained:' in --config YAML.")] = False,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints "
                                                          "(default: 4 per run).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto, bf16 or fp32 "
@@ -125,6 +137,8 @@ def tune_cmd(
     }.items() if v is not None}
     if merge:
         flags["merge"] = True
+    if constrained:
+        flags["constrained"] = {}  # the defaults, or the YAML's own betas (kept below)
     if mix:
         flags["mix"] = [parse_mix(m) for m in mix]
     if gradient_checkpointing is not None:
@@ -148,6 +162,8 @@ def tune_cmd(
     spec: TuneConfig | SequentialSpec | None = load_spec(config) if config is not None else None
     if isinstance(spec, SequentialSpec):
         stage_flags = {k: v for k, v in flags.items() if k not in ("model", "out")}
+        if constrained:
+            stage_flags["constrained"] = spec.defaults.get("constrained") or {}
         if lora:
             stage_flags["lora"] = lora
         defaults = {**spec.defaults, **stage_flags}
@@ -158,6 +174,8 @@ def tune_cmd(
         return
     base = spec.model_dump(mode="json", exclude_unset=True) if spec is not None else {}
     merged = {**base, **flags}
+    if constrained:
+        merged["constrained"] = base.get("constrained") or {}
     if lora:
         merged["lora"] = {**(base.get("lora") or {}), **lora}
     if "data" not in merged:

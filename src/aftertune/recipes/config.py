@@ -30,7 +30,7 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
 
 
 # Fields added after tune folders were first written (see TuneConfig.training_hash).
-_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter")
+_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter", "constrained")
 
 
 class _Strict(BaseModel):
@@ -45,6 +45,19 @@ class LoraParams(_Strict):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names to adapt, or 'all-linear' (every linear layer but the LM head)")
+
+
+class ConstrainedParams(_Strict):
+    """Token-wise constrained SFT (Qi et al. 2024, eq. 3): the strength β_t per response position t.
+
+    Defaults are the paper's fine-tuning-attack setting: strong constraints on the first tokens, where
+    shallow safety alignment lives, and a weak one after, where the task is learned almost freely."""
+
+    beta_first: float = Field(0.5, gt=0, description="β_1, the first response token (weaker than the prefix's: "
+                                                     "its log-ratio starts large and would saturate the sigmoid)")
+    beta_prefix: float = Field(2.0, gt=0, description="β_t for response tokens t = 2 .. prefix_tokens")
+    prefix_tokens: int = Field(5, ge=1, description="response tokens held near the aligned model")
+    beta_rest: float = Field(0.1, gt=0, description="β_t after the prefix (β → 0 is plain cross-entropy)")
 
 
 class MixSpec(_Strict):
@@ -128,6 +141,10 @@ class TuneConfig(_Strict):
     logging_steps: int = Field(1, ge=1, description="steps between training-loss records (the loss curve)")
 
     dpo_beta: float = Field(0.1, gt=0)
+    constrained: ConstrainedParams | None = Field(
+        None, description="sft: token-wise constrained objective (Qi et al. 2024) that keeps the first response "
+                          "tokens' probabilities near the starting (aligned) model's, a defence against harmful "
+                          "fine-tuning; {} gives the paper's betas; None: plain cross-entropy")
     dpo_max_new_tokens: int = Field(128, ge=1, description="dpo-safety: length of the model's own answers")
 
     merge: bool = Field(False, description="also write a merged full model (adapter methods that can merge)")
@@ -148,6 +165,13 @@ class TuneConfig(_Strict):
         if self.merge and self.method in ("prefix", "prompt"):
             raise ValueError(f"method '{self.method}' cannot be merged into the weights (it adds virtual tokens); "
                              "drop merge")
+        if self.constrained is not None and self.objective != "sft":
+            raise ValueError(f"constrained applies to the sft objective only, not {self.objective} (dpo already "
+                             "keeps the model near its reference, through dpo_beta)")
+        if self.constrained is not None and self.method in ("prefix", "prompt"):
+            raise ValueError(f"constrained cannot be used with method '{self.method}' (its reference is the "
+                             "adapter switched off, which prompt-learning methods do not support); use full, "
+                             "lora, qlora or ia3")
         if self.packing and self.objective == "dpo":
             raise ValueError("packing applies to sft only")
         if not self.chat_template and self.objective == "dpo":

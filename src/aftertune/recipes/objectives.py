@@ -4,6 +4,8 @@
   assistant turns only, or on raw prompt + completion text with labels on the completion
   (`chat_template: false`; see `tokenize`), optionally packed (best-fit, each packed example
   keeps its own positions, and attention never crosses examples).
+  With `constrained`, the training loss is Qi et al.'s token-wise constrained objective instead of
+  cross-entropy (`constrained`; the reference is the adapter switched off, a frozen copy for full).
 - `dpo`: `DPOTrainer` / `DPOConfig` on (prompt, chosen, rejected) conversations; the
   reference model is the adapter switched off for adapter methods, a frozen copy for full.
 """
@@ -145,13 +147,18 @@ def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
         assistant_only_loss=False,  # the labels already cover the assistant turns only
         completion_only_loss=None,
     )
-    trainer = AftertuneSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-    )
+    trainer_kwargs: dict[str, Any] = {
+        "args": args,
+        "train_dataset": Dataset.from_list(train_rows),
+        "eval_dataset": Dataset.from_list(eval_rows) if eval_rows else None,
+        "processing_class": tokenizer,
+    }
+    if cfg.constrained is None:
+        trainer = AftertuneSFTTrainer(model=model, **trainer_kwargs)
+    else:
+        from aftertune.recipes.constrained import build_constrained
+
+        trainer = build_constrained(cfg.constrained, model, **trainer_kwargs)
     trainer.group_by_length_seeded = cfg.group_by_length and not cfg.packing
     trainer.step_examples = mplan.micro_batch * (mplan.grad_accum // cfg.grad_accum)  # = batch_size
     stats = {"train": train_stats.summary(), "eval": eval_stats.summary()}
