@@ -132,8 +132,10 @@ def run_generate(model: str, requests: list[GenerateRequest], *, prompts_file: P
     from aftertune.paths import default_store_path
     from aftertune.sources import check_model_ref
     from aftertune.store import Store
+    from aftertune.variants import check_variants
 
     check_model_ref(model)  # before the store run exists
+    check_variants(model)
     local = not (engine == "openai" or model.startswith("openai:"))
     options: dict[str, Any] = {}
     if local:

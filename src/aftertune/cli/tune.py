@@ -95,6 +95,10 @@ def tune_cmd(
         "--chat-template/--raw-text", help="sft: render examples with the model's chat template (default), or "
                                            "train on raw prompt + completion text, loss on the completion "
                                            "(pattern-based fine-tuning; base models without a template).")] = None,
+    system_prompt: Annotated[str | None, typer.Option(
+        "--system-prompt", help="default (the examples' own, else the chat template's), none (no system prompt, "
+                                "the template's default left out too: PTST's training side; audit REF#ptst) or "
+                                "a text given to every example " + _d("system_prompt"))] = None,
     constrained: Annotated[bool, typer.Option(
         "--constrained", help="sft: the token-wise constrained objective of Qi et al. 2024, a defence against "
                               "harmful fine-tuning: the first response tokens stay near the starting model's "
@@ -132,6 +136,7 @@ def tune_cmd(
         "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
         "grad_accum": grad_accum, "max_length": max_length, "warmup_ratio": warmup_ratio,
         "weight_decay": weight_decay, "seed": seed, "packing": packing, "chat_template": chat_template,
+        "system_prompt": system_prompt,
         "checkpoint_every": checkpoint_every,
         "precision": precision, "device": device,
     }.items() if v is not None}

@@ -30,7 +30,7 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
 
 
 # Fields added after tune folders were first written (see TuneConfig.training_hash).
-_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter", "constrained")
+_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter", "constrained", "system_prompt", "bea")
 
 
 class _Strict(BaseModel):
@@ -58,6 +58,27 @@ class ConstrainedParams(_Strict):
     beta_prefix: float = Field(2.0, gt=0, description="β_t for response tokens t = 2 .. prefix_tokens")
     prefix_tokens: int = Field(5, ge=1, description="response tokens held near the aligned model")
     beta_rest: float = Field(0.1, gt=0, description="β_t after the prefix (β → 0 is plain cross-entropy)")
+
+
+class BeaParams(_Strict):
+    """Backdoor-enhanced safety alignment (Wang et al. 2024): refusals under a secret system-prompt trigger.
+
+    The trigger is what the deployer later prepends at inference (`REF#bea`); from the default seed anyone can
+    recompute it, so a deployment should pick its own seed or trigger."""
+
+    examples: int = Field(11, ge=1, description="refusal examples mixed in (the paper's 11), drawn from the "
+                                                "built-in refusals set's training split")
+    trigger: str = Field("<auto>", min_length=1, description="the secret system-prompt prefix; <auto>: `length` "
+                                                             "random words drawn from `seed`")
+    length: int = Field(150, ge=1, description="<auto> trigger: random words (the paper: 150 random tokens)")
+    seed: int = Field(0, description="draws the trigger and the refusal examples")
+
+    @field_validator("trigger")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if any(c in v for c in ",#"):  # the variant's own option syntax could not carry it back
+            raise ValueError("a trigger may not hold ',' or '#' (REF#bea:trigger=TEXT could not be written)")
+        return v
 
 
 class MixSpec(_Strict):
@@ -145,6 +166,16 @@ class TuneConfig(_Strict):
         None, description="sft: token-wise constrained objective (Qi et al. 2024) that keeps the first response "
                           "tokens' probabilities near the starting (aligned) model's, a defence against harmful "
                           "fine-tuning; {} gives the paper's betas; None: plain cross-entropy")
+    system_prompt: str = Field(
+        "default", min_length=1,
+        description="default: each example's own system message, else whatever the chat template puts there "
+                    "(some inject one: Qwen2.5's 'You are Qwen...', SmolLM2's); none: no system prompt at all, "
+                    "the template's default left out too (PTST: tune with none, audit REF#ptst); any other "
+                    "text: that system message on every example, replacing its own")
+    bea: BeaParams | None = Field(
+        None, description="backdoor-enhanced safety alignment (Wang et al. 2024): mix `examples` refusals whose "
+                          "system message starts with a secret trigger, saved to bea.json for REF#bea; {} gives "
+                          "the paper's 11 examples and a 150-word trigger")
     dpo_max_new_tokens: int = Field(128, ge=1, description="dpo-safety: length of the model's own answers")
 
     merge: bool = Field(False, description="also write a merged full model (adapter methods that can merge)")
@@ -172,6 +203,11 @@ class TuneConfig(_Strict):
             raise ValueError(f"constrained cannot be used with method '{self.method}' (its reference is the "
                              "adapter switched off, which prompt-learning methods do not support); use full, "
                              "lora, qlora or ia3")
+        if self.bea is not None and self.objective != "sft":
+            raise ValueError("bea mixes refusal examples, which the sft objective trains on; use objective sft")
+        if not self.chat_template and (self.bea is not None or self.system_prompt != "default"):
+            raise ValueError("bea and system_prompt set a system message, which raw-text training (chat_template: "
+                             "false) has no place for; drop them or train with the chat template")
         if self.packing and self.objective == "dpo":
             raise ValueError("packing applies to sft only")
         if not self.chat_template and self.objective == "dpo":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,49 @@ def _load_mix(cfg: TuneConfig, m: Any) -> list[Any]:
                          seed=m.seed if m.seed is not None else cfg.seed)
 
 
+def with_system_prompt(examples: list[Any], mode: str, tokenizer: Any = None) -> list[Any]:
+    """Examples under `TuneConfig.system_prompt`: "default" leaves them be; "none" drops their system message
+    and, where the chat template would put its own default there, gives an empty one so that it does not
+    (`tokenize.injects_default_system`); any other text becomes every example's system message."""
+    if mode == "default":
+        return examples
+    if mode == "none":
+        from aftertune.recipes.tokenize import injects_default_system
+
+        head: tuple[dict[str, str], ...] = ()
+        if tokenizer is not None and injects_default_system(tokenizer):
+            head = ({"role": "system", "content": ""},)
+    else:
+        head = ({"role": "system", "content": mode},)
+
+    def rewrite(msgs: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+        return (*head, *(m for m in msgs if m["role"] != "system"))
+
+    return [replace(e, prompt=rewrite(e.prompt)) if e.is_pair else replace(e, messages=rewrite(e.messages))
+            for e in examples]
+
+
+def _mix_bea(cfg: TuneConfig, train: list[Any], tokenizer: Any, mix: Any) -> list[Any]:
+    """`cfg.bea.examples` refusals under the secret trigger (recipes/bea.py), mixed in like `mix` entries."""
+    from aftertune.recipes.bea import SOURCE, bea_examples, trigger_of
+    from aftertune.recipes.data import load_examples
+
+    bea = cfg.bea
+    assert bea is not None
+    refusals = with_system_prompt(load_examples("refusals", split="train"), cfg.system_prompt, tokenizer)
+    mixed = mix(train, bea_examples(refusals, trigger_of(bea)), bea.examples, bea.seed, True, SOURCE)
+    if len(mixed) - len(train) < bea.examples:
+        raise UserError(f"bea: examples={bea.examples}, but only {len(mixed) - len(train)} refusals "
+                        "of the built-in set are left once the training data's own prompts and the evaluation "
+                        "prompts are excluded; lower bea.examples")
+    return mixed
+
+
 def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), model_for_pairs: str | None = None,
                      out: Path | None = None, store: Any = None, is_main: bool = True,
-                     barrier: Any = lambda: None) -> PreparedData:
-    """Training and held-out examples (with mixing) for `cfg`; every row checked before any training."""
+                     barrier: Any = lambda: None, tokenizer: Any = None) -> PreparedData:
+    """Training and held-out examples (with mixing, the system prompt and bea) for `cfg`; every row checked
+    before any training. `tokenizer` tells `system_prompt: none` whether the chat template injects a default."""
     from aftertune.recipes.data import evaluation_prompts, held_out_examples, mix_in, split_off
     from aftertune.sources.harmful_prompts import normalise_prompt
 
@@ -99,23 +138,28 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
         held = held[: cfg.eval_limit]
     if not train:
         raise UserError(f"{cfg.data}: no training examples left")
-    mixes = []
-    if cfg.mix:
-        held_keys = {normalise_prompt(e.user_prompt()) for e in held}
-        eval_keys: frozenset[str] | None = None
-        n_base = len(train)
-        for i, m in enumerate(cfg.mix):
-            extra = _load_mix(cfg, m)
-            exclude = set(held_keys) | {normalise_prompt(p) for p in exclude_prompts}
-            if m.dedup_eval:
-                if eval_keys is None:
-                    eval_keys = evaluation_prompts()
-                exclude |= eval_keys
-            train, rep = mix_in(train, extra, n=m.amount(n_base), seed=(m.seed if m.seed is not None else cfg.seed) + i,
-                                exclude=exclude, source=m.data)
-            d = rep.as_dict()
-            d["evaluation_prompts_checked"] = len(eval_keys or ()) if m.dedup_eval else 0
-            mixes.append(d)
+    mixes: list[dict[str, Any]] = []
+    eval_keys: list[frozenset[str]] = []  # read once, when a mix first needs them
+    held_keys = {normalise_prompt(e.user_prompt()) for e in held} | {normalise_prompt(p) for p in exclude_prompts}
+
+    def mix(train: list[Any], extra: list[Any], n: int, seed: int, dedup_eval: bool, source: str) -> list[Any]:
+        exclude = set(held_keys)
+        if dedup_eval:
+            if not eval_keys:
+                eval_keys.append(evaluation_prompts())
+            exclude |= eval_keys[0]
+        train, rep = mix_in(train, extra, n=n, seed=seed, exclude=exclude, source=source)
+        mixes.append({**rep.as_dict(), "evaluation_prompts_checked": len(eval_keys[0]) if dedup_eval else 0})
+        return train
+
+    n_base = len(train)
+    for i, m in enumerate(cfg.mix):
+        train = mix(train, _load_mix(cfg, m), m.amount(n_base), (m.seed if m.seed is not None else cfg.seed) + i,
+                    m.dedup_eval, m.data)
+    train = with_system_prompt(train, cfg.system_prompt, tokenizer)
+    held = with_system_prompt(held, cfg.system_prompt, tokenizer)
+    if cfg.bea is not None:
+        train = _mix_bea(cfg, train, tokenizer, mix)
     if not cfg.chat_template:
         for e in [*train, *held]:  # refuse examples without a raw-text form before the model is loaded
             e.raw_text(cfg.target_delimiter)

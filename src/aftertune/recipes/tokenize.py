@@ -46,6 +46,26 @@ def ensure_chat_template(tokenizer: Any) -> bool:
     return True
 
 
+def injects_default_system(tokenizer: Any) -> bool:
+    """Whether the chat template writes a system prompt of its own into a conversation that has none (Qwen2.5's
+    "You are Qwen...", SmolLM2's): rendered with an empty system message, the text is the same less that prompt.
+
+    Such a template needs an empty system message for a conversation to carry no system prompt; one that has no
+    default would render an empty message as an extra, empty turn, and one that refuses system messages has
+    no default to leave out."""
+    user = [{"role": "user", "content": "Hi"}]
+    try:
+        bare, empty = _render(tokenizer, user, False), _render(tokenizer, [{"role": "system", "content": ""}, *user],
+                                                               False)
+    except Exception:  # a template that raises on a system message (Gemma's) injects none
+        return False
+    extra = len(bare) - len(empty)
+    if extra <= 0:
+        return False
+    cut = next((i for i, (a, b) in enumerate(zip(bare, empty, strict=False)) if a != b), len(empty))
+    return bare[:cut] + bare[cut + extra:] == empty  # one run of text more: the default prompt
+
+
 def _render(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 

@@ -3,6 +3,7 @@
 Output folder (`config.out`):
 
     tune.json           config, lineage, metrics, checkpoints: written when the tune finishes
+    bea.json            with `bea`: the secret trigger that REF#bea prepends (recipes/bea.py)
     tune-state.json     the config's training hash, written at the start (resume guard)
     data.json           example counts, token statistics, mixing reports
     metrics.jsonl       every training / eval log line
@@ -168,6 +169,10 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / STATE_JSON, {"training_hash": cfg.training_hash(), "config": _cfg_json(cfg)})
+        if cfg.bea is not None:  # before any checkpoint, so REF#bea finds the trigger from each of them
+            from aftertune.recipes.bea import save_bea, trigger_of
+
+            save_bea(out, cfg.bea, trigger_of(cfg.bea))
     barrier()
     set_threads(state.num_processes)
 
@@ -176,7 +181,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     tokenizer = load_tokenizer(start.tokenizer_path, fallback_template=cfg.chat_template)
     pairs_model = str(start.adapter_path or start.load_path)
     data = prepare_examples(cfg, exclude_prompts=exclude_prompts, model_for_pairs=pairs_model, out=out, store=store,
-                            is_main=is_main, barrier=barrier)
+                            is_main=is_main, barrier=barrier, tokenizer=tokenizer)
     model = load_model(cfg, start, precision, device)
 
     from aftertune.recipes.objectives import OBJECTIVES

@@ -6,10 +6,26 @@ It lives with the training sets, below `recipes/`, so that a built-in set (e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aftertune.errors import UserError
+
+SYSTEM_JOIN = "\n\n"  # between a prepended text (safety prompt, bea trigger) and a system message already there
+
+
+def join_system(prefix: str, system: str | None) -> str:
+    """`prefix` put first in a system message: how `#ptst`, `#bea` and bea's training rows add their text, so
+    training and inference write the trigger the same way."""
+    return f"{prefix}{SYSTEM_JOIN}{system}" if system else prefix
+
+
+def prepend_system(messages: Sequence[dict[str, str]], prefix: str) -> tuple[dict[str, str], ...]:
+    """`messages` with `prefix` at the start of their system message (one is added when there is none)."""
+    head = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    rest = messages[1:] if head is not None else messages
+    return ({"role": "system", "content": join_system(prefix, head)}, *rest)
 
 
 @dataclass(frozen=True)

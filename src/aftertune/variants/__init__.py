@@ -28,6 +28,12 @@ VARIANTS.add("icl", "aftertune.variants.icl:icl_variant",
 VARIANTS.add("guard", "aftertune.variants.guardrail:guard_variant",
              "input/output guardrail: harmful requests, toxic or complying-with-risky answers replaced by a fixed "
              "refusal")
+VARIANTS.add("ptst", "aftertune.variants.system_prompt:ptst_variant",
+             "pure tuning, safe testing (Lyu et al. 2024): a safety system prompt first in every chat request "
+             "(prompt=llama2, Llama-2-chat's default, or short); tune with system_prompt: none")
+VARIANTS.add("bea", "aftertune.variants.system_prompt:bea_variant",
+             "backdoor-enhanced alignment (Wang et al. 2024): the secret trigger of a tune with bea: first in every "
+             "chat request's system prompt (from the tune's bea.json, or trigger=TEXT)")
 VARIANTS.add("interp", "aftertune.variants.interpolate:interp_variant",
              "weight interpolation: base + w*(tuned - base) (w=0.5; LoRA/IA3 adapters scaled, full fine-tunes need "
              "base= or tune.json); applied at load time")
@@ -42,13 +48,17 @@ VARIANTS.add("gguf", "aftertune.variants.gguf:gguf_variant",
 def check_variants(ref: str) -> None:
     """Refuse unknown variants and bad options of the weight variants before anything is created or loaded
     (commands call it beside `sources.check_model_ref`)."""
-    from aftertune.variants import gguf, interpolate, quantize
+    from aftertune.variants import gguf, interpolate, quantize, system_prompt
 
-    checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method, "gguf": gguf.parse_method}
-    for name, options in split_variants(ref)[1]:
+    checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method, "gguf": gguf.parse_method,
+              "ptst": system_prompt.check_ptst}
+    base, variants = split_variants(ref)
+    for name, options in variants:
         VARIANTS.entry(name)  # an unknown name lists the known ones
         if name in checks:
             checks[name](options)
+        if name == "bea":  # its trigger is read from the model's folder
+            system_prompt.check_bea(base, options)
 
 
 def nominal_bits(suffix: str) -> float | None:

@@ -71,3 +71,9 @@ def copy_other_files(src: Path, out: Path) -> None:
     for p in src.iterdir():
         if p.is_file() and not p.name.endswith((".safetensors", *UNSAFE_SUFFIXES)) and not (out / p.name).exists():
             shutil.copy2(p, out / p.name)
+
+
+def tune_folders(model_dir: Path) -> list[Path]:
+    """The folders where the tune that wrote `model_dir` keeps its files (tune.json, bea.json): beside its
+    `model/` or `merged/` folder, or above its `checkpoints/`."""
+    return [model_dir.parent] + ([model_dir.parent.parent] if model_dir.parent.name == "checkpoints" else [])

@@ -39,7 +39,7 @@ from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.fileio import write_json_atomic
 from aftertune.sources.base import ModelRef
-from aftertune.variants.artefacts import copy_other_files, materialise
+from aftertune.variants.artefacts import copy_other_files, materialise, tune_folders
 
 INTERP_VERSION = "1"  # bump when a change here changes the written weights
 _LORA_B = re.compile(r"\.lora_(?:embedding_)?B(?:\.|$)")
@@ -122,8 +122,7 @@ def _tune_start(path: Path) -> str | None:
     """`start_ref` of the tune.json beside a tune's `model/` folder or above its `checkpoints/`."""
     from aftertune.recipes.train import TUNE_JSON
 
-    folders = [path.parent] + ([path.parent.parent] if path.parent.name == "checkpoints" else [])
-    for folder in folders:
+    for folder in tune_folders(path):
         if (folder / TUNE_JSON).is_file():
             try:
                 start = json.loads((folder / TUNE_JSON).read_text(encoding="utf-8")).get("start_ref")
