@@ -167,3 +167,13 @@ def test_bea_on_a_model_without_a_trigger_is_one_line(tiny_model_dir, tmp_path, 
     assert f"{tiny_model_dir} was not trained with bea" in err and "#bea:trigger=TEXT" in err
     with pytest.raises(UserError, match="was not trained with bea"):
         apply_variants(FakeEngine(), [("bea", {})])
+
+
+def test_a_spec_auditing_bea_needs_a_tune_with_bea():
+    from aftertune.spec import load_pipeline_spec
+
+    with pytest.raises(UserError, match="train has no 'bea'; add 'bea: \\{\\}' to train"):
+        load_pipeline_spec(None, {"variants": ["bea"]})
+    train = {"data": "support", "max_steps": 2, "bea": {"examples": 3}, "system_prompt": "none"}
+    spec = load_pipeline_spec(None, {"variants": ["bea", "ptst"], "train": train})
+    assert spec.variant_models("RUN/model") == {"tuned+bea": "RUN/model#bea", "tuned+ptst": "RUN/model#ptst"}

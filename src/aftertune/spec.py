@@ -214,6 +214,20 @@ class PipelineSpec(_Strict):
                              "give the base as weights (engines.base: hf or a server command) or drop the variant")
         return self
 
+    @model_validator(mode="after")
+    def _bea_trained(self) -> PipelineSpec:
+        """`bea` prepends the trigger the tune saved beside the tuned model, so the (last) tune must save one."""
+        from aftertune.variants import split_variants
+
+        last = (self.stages or [self.train])[-1]
+        for suffix in self.variants:
+            name, options = split_variants(f"tuned#{suffix}")[1][0]
+            if name == "bea" and "trigger" not in options and last.get("bea") is None:
+                where = "the last stage" if self.stages else "train"
+                raise ValueError(f"variants: 'bea' prepends the trigger of a tune with bea, but {where} has no "
+                                 f"'bea'; add 'bea: {{}}' to {where}, or give the trigger: 'bea:trigger=TEXT'")
+        return self
+
     def deployment_variants(self) -> list[str]:
         """The variants that make the artefact one deploys (`DEPLOYMENT_VARIANTS`), in the spec's order."""
         from aftertune.variants.deploy import deployment_suffix
