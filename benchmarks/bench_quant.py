@@ -1,34 +1,43 @@
-"""What the `quant` variants (`REF#quant:int8`, `REF#quant:int4`, torchao) cost and change, per model (issue 15).
+"""What the quantized variants cost and change, per model (issue 15): torchao's `REF#quant:int8|int4` and
+llama.cpp's `REF#gguf:F16|Q8_0|Q4_K_M|Q3_K_M|Q2_K`.
 
 For each packaged model and each variant, against the same model in full
-precision (float32, the dtype the quantized models compute in):
+precision (float32 on the hf engine, the dtype the torchao variants compute in):
 
-- size of the weight files, conversion time (`variants.quantize.quantize`, the
-  cache folder removed first so it really converts), load time of the `hf`
-  engine (packing and batch-invariance probes included);
+- size of the weight files, conversion time (the cache folder removed first so
+  it really converts), load time (the hf engine with its packing and
+  batch-invariance probes; for GGUF, llama.cpp's server from start to healthy);
 - generation: N chat prompts (bench_engine's mix) x 50 new greedy tokens in one
-  call, tokens/s, and how many texts are identical to full precision's;
+  call, tokens/s, and how many texts are identical to full precision's (GGUF:
+  through llama.cpp's server, as an audit runs it);
 - multiple choice: the first N ARC-Easy questions of the capability suite,
   scored by log-likelihood: share of questions with the same choice as full
-  precision, and accuracy.
+  precision, and accuracy. GGUF files are scored by llama.cpp in-process
+  (`_gguf_loglik.py`), since its server cannot score models without a BOS token.
 
-The CPU's flags, thread count and date are recorded; on a machine shared with
-other jobs read the ratios, not the seconds.
+`gguf F16` is llama.cpp's own full precision: the control that shows how much of
+a GGUF row's difference comes from llama.cpp (kernels, chat template) rather than
+from the quantization. The CPU's flags, thread count, load and date are
+recorded; on a machine shared with other jobs read the ratios, not the seconds.
 
     .venv/bin/python benchmarks/bench_quant.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct]
-        [--gen 16] [--arc 100] [--write]
+        [--gen 16] [--arc 100] [--quant int8,int4] [--gguf F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K] [--write]
 
-The defaults (SmolLM2 only, 16 prompts, 100 questions) were sized for 10 minutes under nice on a 2-core
-machine; beside another job they took 11.3 and 18.5 (two runs, 2026-12-06). The issue's 128 prompts x 500 questions, and the
-Qwen 0.5B model (`--models`), want a free machine.
+The issue's sizes are `--gen 128 --arc 500`. GGUF rows need llama-cpp-python's interpreter
+(`bash .ci/llama_server.sh install`, or AFTERTUNE_LLAMA_SERVER_PYTHON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ from results_md import publish  # noqa: E402
 START = "<!-- bench_quant:start -->"
 END = "<!-- bench_quant:end -->"
 METHODS = ("int8", "int4")
+GGUF_METHODS = ("F16", "Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K")
 MAX_NEW = 50
 BATCH = 16
 
@@ -51,24 +61,98 @@ def _mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6
 
 
-def measure(engine: Any, prompts: list[str], questions: list[Any]) -> dict[str, Any]:
-    """Greedy texts and tokens/s on the prompts; chosen answers on the questions."""
+def generate(engine: Any, prompts: list[str]) -> tuple[list[str], float]:
+    """Greedy texts of the prompts in one call, and tokens/s."""
     from aftertune.engines.base import Decoding, GenerateRequest, Message
 
     reqs = [GenerateRequest(messages=[Message(role="user", content=p)], decoding=Decoding(max_new_tokens=MAX_NEW))
             for p in prompts]
     t0 = time.perf_counter()
     out = engine.generate(reqs)
-    gen_s = time.perf_counter() - t0
+    return [r.text for r in out], sum(r.n_new_tokens for r in out) / (time.perf_counter() - t0)
+
+
+def measure(engine: Any, prompts: list[str], questions: list[Any]) -> dict[str, Any]:
+    """Greedy texts and tokens/s on the prompts; chosen answers on the questions."""
+    texts, tok_s = generate(engine, prompts)
     lls = [r for q in questions for r in q.requests()]
     t0 = time.perf_counter()
     logprobs = [r.logprob for r in engine.loglikelihood(lls)]
-    mc_s = time.perf_counter() - t0
-    return {"texts": [r.text for r in out], "tok_s": sum(r.n_new_tokens for r in out) / gen_s,
-            "picks": choice_picks([q.n_choices for q in questions], logprobs), "mc_s": mc_s}
+    return {"texts": texts, "tok_s": tok_s, "picks": choice_picks([q.n_choices for q in questions], logprobs),
+            "mc_s": time.perf_counter() - t0}
 
 
-def run_model(model: str, prompts: list[str], questions: list[Any]) -> list[dict[str, Any]]:
+def gguf_loglik(path: Path, questions: list[Any]) -> list[float]:
+    """The questions' log-likelihoods on a GGUF file, computed by llama.cpp in its own interpreter
+    (`_gguf_loglik.py`: the server cannot score models without a BOS token)."""
+    import torch
+
+    from aftertune.variants import llama_cpp
+
+    pairs = [[r.context, r.continuation] for q in questions for r in q.requests()]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, out = Path(tmp) / "requests.json", Path(tmp) / "logprobs.json"
+        spec.write_text(json.dumps({"model": str(path), "pairs": pairs, "threads": torch.get_num_threads()}))
+        subprocess.run([llama_cpp.server_python(), str(ROOT / "benchmarks" / "_gguf_loglik.py"), str(spec),
+                        str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def timed_build(build: Callable[[], Any]) -> tuple[Any, float]:
+    """A variant built from scratch and its seconds: a cache hit is removed and built again."""
+    t0 = time.perf_counter()
+    made = build()
+    if time.perf_counter() - t0 < 1:
+        shutil.rmtree(made.path)
+        t0 = time.perf_counter()
+        made = build()
+    return made, time.perf_counter() - t0
+
+
+def gguf_rows(model: str, ref: Any, prompts: list[str], questions: list[Any], full: dict[str, Any],
+              methods: list[str]) -> list[dict[str, Any]]:
+    """One row per llama.cpp method: the GGUF file served by llama.cpp's server for generation (as an audit
+    runs it), scored in-process by llama.cpp for ARC."""
+    from aftertune.engines import load_engine
+    from aftertune.variants.gguf import GGUF_FILE, server_options, to_gguf
+
+    rows: list[dict[str, Any]] = []
+    f16: dict[str, Any] = {}
+    for method in methods:
+        g, convert_s = timed_build(lambda method=method: to_gguf(ref, method))
+        t0 = time.perf_counter()
+        eng = load_engine(g, engine="server", **server_options({}))
+        load_s = time.perf_counter() - t0
+        try:
+            texts, tok_s = generate(eng, prompts)
+        finally:
+            eng.close()
+        t0 = time.perf_counter()
+        logprobs = gguf_loglik(g.path / GGUF_FILE, questions)
+        got = {"texts": texts, "tok_s": tok_s, "mc_s": time.perf_counter() - t0,
+               "picks": choice_picks([q.n_choices for q in questions], logprobs)}
+        f16 = f16 or (got if method == "F16" else {})
+        rows.append(row(model, f"gguf {method}", (g.path / GGUF_FILE).stat().st_size / 1e6, convert_s, load_s,
+                        got, full, questions))
+        if f16:  # against llama.cpp's own full precision too: the quantization's part of the difference
+            rows[-1]["f16"] = {"same_text": sum(a == b for a, b in zip(texts, f16["texts"], strict=True)),
+                               "agree": agreement(got["picks"], f16["picks"])}
+    return rows
+
+
+def row(model: str, variant: str, mb: float, convert_s: float | None, load_s: float, got: dict[str, Any],
+        full: dict[str, Any], questions: list[Any]) -> dict[str, Any]:
+    out = {"model": model, "variant": variant, "mb": mb, "convert_s": convert_s, "load_s": load_s,
+           "tok_s": got["tok_s"], "mc_s": got["mc_s"],
+           "same_text": sum(a == b for a, b in zip(got["texts"], full["texts"], strict=True)),
+           "agree": agreement(got["picks"], full["picks"]),
+           "acc": sum(p in q.gold for p, q in zip(got["picks"], questions, strict=True)) / len(questions)}
+    print(out, file=sys.stderr, flush=True)
+    return out
+
+
+def run_model(model: str, prompts: list[str], questions: list[Any], quant: list[str],
+              gguf: list[str]) -> list[dict[str, Any]]:
     from aftertune.engines.hf import HFEngine
     from aftertune.sources import resolve_model
     from aftertune.variants.quantize import quantize
@@ -76,14 +160,8 @@ def run_model(model: str, prompts: list[str], questions: list[Any]) -> list[dict
     ref = resolve_model(model, progress=False)
     rows: list[dict[str, Any]] = []
     refs = {"full (float32)": (ref, None)}
-    for method in METHODS:
-        t0 = time.perf_counter()
-        q = quantize(ref, method)
-        if time.perf_counter() - t0 < 1:  # a cache hit: measure a real conversion
-            shutil.rmtree(q.path)
-            t0 = time.perf_counter()
-            q = quantize(ref, method)
-        refs[method] = (q, time.perf_counter() - t0)
+    for method in quant:
+        refs[method] = timed_build(lambda method=method: quantize(ref, method))
     full: dict[str, Any] = {}
     for name, (r, convert_s) in refs.items():
         t0 = time.perf_counter()
@@ -92,13 +170,13 @@ def run_model(model: str, prompts: list[str], questions: list[Any]) -> list[dict
         got = measure(eng, prompts, questions)
         eng.close()
         full = full or got
-        acc = sum(p in q.gold for p, q in zip(got["picks"], questions, strict=True)) / len(questions)
-        rows.append({"model": model, "variant": name, "mb": _mb(r.path), "convert_s": convert_s, "load_s": load_s,
-                     "tok_s": got["tok_s"], "mc_s": got["mc_s"],
-                     "same_text": sum(a == b for a, b in zip(got["texts"], full["texts"], strict=True)),
-                     "agree": agreement(got["picks"], full["picks"]), "acc": acc})
-        print(rows[-1], file=sys.stderr, flush=True)
-    return rows
+        rows.append(row(model, name, _mb(r.path), convert_s, load_s, got, full, questions))
+    return rows + gguf_rows(model, ref, prompts, questions, full, gguf)
+
+
+def _vs_f16(r: dict[str, Any], n_gen: int) -> str:
+    f16 = r.get("f16")
+    return f"{f16['same_text']} of {n_gen}, {100 * f16['agree']:.1f}%" if f16 else ""
 
 
 def render(rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -> str:
@@ -106,23 +184,29 @@ def render(rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -
 
     from aftertune.engines.cpu_linear import cpu_kind
     from aftertune.sources.fingerprints import quantizer_version
+    from aftertune.variants import llama_cpp
 
     head = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `benchmarks/bench_quant.py` on "
             f"{cpu_kind()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, torchao "
-            f"{quantizer_version('torchao')}; the machine was shared with other jobs (run under nice), so read the "
-            f"ratios, not the seconds. {n_gen} chat prompts x {MAX_NEW} new greedy tokens (one call, batch "
-            f"{BATCH}); the first {n_arc} ARC-Easy questions. Full precision and both variants compute in float32. "
+            f"{quantizer_version('torchao')}, llama-cpp-python {llama_cpp.LLAMA_CPP_PYTHON}; load average at the "
+            f"end {os.getloadavg()[0]:.1f} (the machine was shared with other jobs, so read the ratios, not the "
+            f"seconds). {n_gen} chat prompts x {MAX_NEW} new greedy tokens (one call; hf batch {BATCH}); the first "
+            f"{n_arc} ARC-Easy questions. Full precision and the torchao variants compute in float32 on the hf "
+            "engine; a `gguf` row is llama.cpp's: generation through its server as an audit runs it (load s = "
+            "server start until healthy), ARC scored by llama.cpp in-process (`_gguf_loglik.py`), and `gguf F16` "
+            "is llama.cpp's own full precision, the control that separates llama.cpp's arithmetic and template "
+            "from quantization. Agreement is always with the hf float32 row. "
             f"{seconds / 60:.1f} min in all.")
-    lines = [START, "## Quantized variants (`REF#quant:int8`, `REF#quant:int4`; `benchmarks/bench_quant.py`)", "",
+    lines = [START, "## Quantized variants (`REF#quant:…`, `REF#gguf:…`; `benchmarks/bench_quant.py`)", "",
              head, "",
              "| model | variant | weights MB | convert s | load s | gen tokens/s | texts identical to full | "
-             "ARC choice agreement | ARC accuracy |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "ARC choice agreement | ARC accuracy | vs gguf F16: texts identical, ARC agreement |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         convert = "" if r["convert_s"] is None else f"{r['convert_s']:.1f}"
         lines.append(f"| {r['model']} | {r['variant']} | {r['mb']:.0f} | {convert} | {r['load_s']:.1f} | "
                      f"{r['tok_s']:.1f} | {r['same_text']} of {n_gen} | {100 * r['agree']:.1f}% | "
-                     f"{100 * r['acc']:.1f}% |")
+                     f"{100 * r['acc']:.1f}% | {_vs_f16(r, n_gen)} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
@@ -132,11 +216,15 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m-instruct", help="comma-separated packaged models")
     ap.add_argument("--gen", type=int, default=16, help="chat prompts generated from")
     ap.add_argument("--arc", type=int, default=100, help="ARC-Easy questions scored")
+    ap.add_argument("--quant", default=",".join(METHODS), help="torchao methods, comma-separated ('' for none)")
+    ap.add_argument("--gguf", default=",".join(GGUF_METHODS),
+                    help="llama.cpp methods, comma-separated ('' for none); F16 is llama.cpp's own full precision")
     ap.add_argument("--write", action="store_true", help="update this benchmark's section of benchmarks/RESULTS.md")
     args = ap.parse_args()
     t0 = time.perf_counter()
     prompts, questions = chat_prompts(args.gen), arc_questions(args.arc)
-    rows = [row for m in args.models.split(",") for row in run_model(m.strip(), prompts, questions)]
+    quant, gguf = ([m for m in text.split(",") if m] for text in (args.quant, args.gguf))
+    rows = [r for m in args.models.split(",") for r in run_model(m.strip(), prompts, questions, quant, gguf)]
     publish(render(rows, args.gen, args.arc, time.perf_counter() - t0), args.write)
 
 
