@@ -136,6 +136,11 @@ class PipelineSpec(_Strict):
                     "('quant:int8', 'gguf:Q4_K_M') is applied to the base too (base+quant-int8, tuned+quant-int8), "
                     "its files are written to the run folder's quantized/, and the report separates the "
                     "fine-tune's effect from the quantizer's (docs/tuning.md)")
+    unaligned: str | None = Field(
+        None, description="the unaligned twin of the base model (the model it was aligned from, e.g. "
+                          "Qwen/Qwen2.5-0.5B for Qwen/Qwen2.5-0.5B-Instruct), for the variants that read the "
+                          "alignment update W_base - W_unaligned: safelora, resta and safemerge (its default "
+                          "criterion); given to each as unaligned=REF")
     gate: dict[str, Any] = Field(
         default_factory=lambda: {"safety.compliance": {"max_increase": 0.10},
                                  "jailbreak.attack_success": {"max_increase": 0.10},
@@ -196,7 +201,8 @@ class PipelineSpec(_Strict):
                 raise ValueError(f"{suffix!r} is not one variant; known: {', '.join(VARIANTS.names())} "
                                  "(e.g. 'interp:w=0.5')")
             try:
-                check_variants(f"tuned#{suffix}")  # a weight variant's options (quant's method, interp's w)
+                check_variants(f"tuned#{suffix}", twin_required=False)  # options (quant's method, interp's w);
+                # the unaligned twin is checked against the spec's `unaligned` (_twin_given)
             except UserError as exc:
                 raise ValueError(f"{suffix!r}: {exc}") from None
         labels = [variant_label(v) for v in variants]
@@ -228,6 +234,30 @@ class PipelineSpec(_Strict):
                                  f"'bea'; add 'bea: {{}}' to {where}, or give the trigger: 'bea:trigger=TEXT'")
         return self
 
+    @model_validator(mode="after")
+    def _twin_given(self) -> PipelineSpec:
+        """A defence that reads the alignment update needs `unaligned:`; safemerge and safelora read LoRA
+        adapters, so the (last) tune must write one."""
+        from aftertune.variants import check_variants, split_variants, with_unaligned
+        from aftertune.variants.defences import missing_twin
+
+        last = (self.stages or [self.train])[-1]
+        for suffix in self.variants:
+            name = split_variants(f"tuned#{suffix}")[1][0][0]
+            try:
+                check_variants(with_unaligned(f"tuned#{suffix}", self.unaligned))
+            except UserError as exc:
+                if str(exc) == missing_twin(name):
+                    raise ValueError(f"variants: {suffix!r} needs the unaligned twin of the base model; add "
+                                     "'unaligned: REF' to the spec (e.g. unaligned: Qwen/Qwen2.5-0.5B for base: "
+                                     "Qwen/Qwen2.5-0.5B-Instruct) or --unaligned REF") from None
+                raise ValueError(f"variants: {suffix!r}: {exc}") from None
+            if name in ("safemerge", "safelora") and last.get("method", "lora") not in ("lora", "qlora"):
+                where = "the last stage" if self.stages else "train"
+                raise ValueError(f"variants: safemerge and safelora work on LoRA adapters, but {where} has method "
+                                 f"{last.get('method')!r}; tune with method lora or qlora, or use resta")
+        return self
+
     def deployment_variants(self) -> list[str]:
         """The variants that make the artefact one deploys (`DEPLOYMENT_VARIANTS`), in the spec's order."""
         from aftertune.variants.deploy import deployment_suffix
@@ -235,8 +265,11 @@ class PipelineSpec(_Strict):
         return [v for v in self.variants if deployment_suffix(f"model#{v}") is not None]
 
     def variant_models(self, tuned_ref: str) -> dict[str, str]:
-        """label → reference of each variant of the tuned model, in the spec's order."""
-        return {variant_label(v): f"{tuned_ref}#{v}" for v in self.variants}
+        """label → reference of each variant of the tuned model, in the spec's order (`unaligned:` given to the
+        defences that read it)."""
+        from aftertune.variants import with_unaligned
+
+        return {variant_label(v): with_unaligned(f"{tuned_ref}#{v}", self.unaligned) for v in self.variants}
 
     def base_variant_models(self, base_ref: str) -> dict[str, str]:
         """label → reference of each deployment variant of the base model (`base+quant-int8`), in the spec's

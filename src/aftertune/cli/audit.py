@@ -11,6 +11,8 @@ from aftertune.cli import app
 from aftertune.errors import UserError
 
 _STORE_HELP = "The run store (default: $AFTERTUNE_STORE or $AFTERTUNE_HOME/store.sqlite)."
+UNALIGNED_HELP = ("The unaligned twin of the aligned model (e.g. Qwen/Qwen2.5-0.5B for Qwen2.5-0.5B-Instruct), for the "
+                  "defences that read W_aligned - W_unaligned: #safelora, #resta, #safemerge (criterion=subspace).")
 
 
 def parse_model_arg(text: str) -> tuple[str | None, str]:
@@ -47,6 +49,7 @@ def audit_cmd(
              "(`aftertune list judges`); repeatable.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Requests per model batch (local models).")] = 16,
     engine: Annotated[str | None, typer.Option("--engine", metavar="NAME", help="Force a backend: hf, openai or vllm.")] = None,
+    unaligned: Annotated[str | None, typer.Option("--unaligned", metavar="REF", help=UNALIGNED_HELP)] = None,
     store_path: Annotated[Path | None, typer.Option("--store", metavar="FILE", help=_STORE_HELP)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
@@ -56,12 +59,15 @@ def audit_cmd(
     """
     from aftertune.audit import audit, label_for
     from aftertune.sources import check_model_ref
-    from aftertune.variants import check_variants
+    from aftertune.variants import check_variants, with_unaligned
 
+    if unaligned:
+        check_model_ref(unaligned)
     models: dict[str, str] = {}
     for text in model:
         label, ref = parse_model_arg(text)
         label = label or label_for(ref)
+        ref = with_unaligned(ref, unaligned)
         if label in models:
             raise UserError(f"--model {text!r}: label {label!r} is used twice; name them, e.g. --model base=REF "
                             "--model tuned=REF")

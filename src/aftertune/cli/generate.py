@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from aftertune.cli import app
+from aftertune.cli.audit import UNALIGNED_HELP
 from aftertune.engines.base import Decoding, GenerateRequest, Message
 from aftertune.errors import UserError
 
@@ -90,10 +91,14 @@ def generate_cmd(
     engine: Annotated[str | None, typer.Option("--engine", help="Force a backend: hf, openai or vllm.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Local models: auto (bf16 where the hardware has "
                                                               "it), bfloat16 or float32.")] = None,
+    unaligned: Annotated[str | None, typer.Option("--unaligned", metavar="REF", help=UNALIGNED_HELP)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Generate a response for every row of a JSONL file (one model, greedy unless --temperature)."""
     from aftertune.fileio import atomic_path, read_jsonl
+    from aftertune.variants import with_unaligned
+
+    model = with_unaligned(model, unaligned)
 
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")

@@ -24,6 +24,9 @@ def run_cmd(
     quick: Annotated[bool, typer.Option(
         "--quick", help="The quick preset: SmolLM2-135M, small samples, a few minutes on a laptop CPU.")] = False,
     base: Annotated[str | None, typer.Option("--base", help="Override the base model reference.")] = None,
+    unaligned: Annotated[str | None, typer.Option(
+        "--unaligned", help="The spec's 'unaligned': the base model's unaligned twin, for the variants safelora, "
+                            "resta and safemerge (e.g. Qwen/Qwen2.5-0.5B for Qwen/Qwen2.5-0.5B-Instruct).")] = None,
     print_spec: Annotated[bool, typer.Option(
         "--print-spec", help="Print the full spec (every default) as YAML and exit.")] = False,
     no_gate: Annotated[bool, typer.Option(
@@ -62,11 +65,15 @@ def run_cmd(
         overrides = load_preset(preset)
     if base:
         overrides["base"] = base
+    if unaligned:
+        overrides["unaligned"] = unaligned
     pipeline_spec = load_pipeline_spec(spec, overrides)  # every section, the gate's metrics included
     from aftertune.paths import check_writable
     from aftertune.sources import check_model_ref
 
     check_model_ref(pipeline_spec.base)
+    if pipeline_spec.unaligned:
+        check_model_ref(pipeline_spec.unaligned)
     run_dir = out or Path("aftertune-runs") / pipeline_spec.name
     if print_spec:
         typer.echo(yaml.safe_dump(pipeline_spec.model_dump(mode="json"), sort_keys=False, width=110))

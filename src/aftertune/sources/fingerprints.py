@@ -11,6 +11,9 @@
   and the card's method, converter and quantizer.
 - adapter: sha256 over the adapter weights, adapter_config.json (less the path of its
   base) and the base model's fingerprint.
+- a folder a safety defence wrote (`defence.json`: `safemerge`, `safelora`, `resta`), adapter
+  or full model, adds the card's method, parameters, input fingerprints and version, so two
+  settings never share records even where their bytes agree.
 - openai: sha256 of the base URL and model name (the server's weights are unknowable).
 
 File hashes come from `file_hashes.FileHashes`: hashed once, then re-hashed only when a
@@ -46,6 +49,7 @@ def fingerprint(model: ModelRef | str) -> str:
             "adapter_config": normalised_adapter_config(cfg),
             "base": fingerprint(ref.base),
         }
+        ident.update(_defence_identity(ref.path))
     elif (gguf := gguf_card(ref.path)) is not None:  # the chat template is inside the file
         ident = {"gguf": cache.sha256(ref.path / gguf["file"]),
                  "quantization": {k: gguf.get(k) for k in (*_QUANT_IDENTITY, "converter")}}
@@ -54,6 +58,7 @@ def fingerprint(model: ModelRef | str) -> str:
         card = quant_card(ref.path)
         if card is not None:
             ident["quantization"] = {k: card.get(k) for k in _QUANT_IDENTITY}
+        ident.update(_defence_identity(ref.path))
     cache.save()
     return sha256_text(canonical_json(ident))
 
@@ -63,6 +68,8 @@ _QUANT_IDENTITY = ("method", "params", "dtype", "quantizer", "quantizer_version"
 
 
 GGUF_CARD = "gguf.json"
+DEFENCE_CARD = "defence.json"
+_DEFENCE_IDENTITY = ("method", "params", "inputs", "version")  # not "found": what the build measured
 
 
 def quant_card(path: Path | None) -> dict[str, Any] | None:
@@ -73,6 +80,11 @@ def quant_card(path: Path | None) -> dict[str, Any] | None:
 def gguf_card(path: Path | None) -> dict[str, Any] | None:
     """The card of a folder written by the `gguf` variant (variants/gguf.py), else None."""
     return _card(path, GGUF_CARD)
+
+
+def _defence_identity(path: Path) -> dict[str, Any]:
+    card = _card(path, DEFENCE_CARD)
+    return {} if card is None else {"defence": {k: card.get(k) for k in _DEFENCE_IDENTITY}}
 
 
 def _card(path: Path | None, name: str) -> dict[str, Any] | None:

@@ -4,8 +4,9 @@ A variant is written as a suffix of the model reference,
 `REF#icl:k=16,seed=0,data=support`, and is audited and compared exactly like
 another model (its settings are part of its fingerprint). One `VARIANTS.add`
 line per variant registers its factory `(engine, options) -> Engine` below;
-`aftertune list variants` shows them. `interp` and `quant` change the weights,
-so they are applied at load time, not as wrappers.
+`aftertune list variants` shows them. `interp`, the safety defences
+(`safemerge`, `safelora`, `resta`: variants/defences.py) and `quant` change the
+weights, so they are applied at load time, not as wrappers.
 
 Variants sit above `engines/` (they lean on judges, the scanner's detector and
 training data), so the plain backends never import them; `load_engine` here is
@@ -21,7 +22,7 @@ from aftertune.sources.base import ModelRef
 from aftertune.variants.base import DEPLOYMENT_VARIANTS, VARIANTS, apply_variants, split_variants
 
 __all__ = ["DEPLOYMENT_VARIANTS", "VARIANTS", "apply_variants", "check_variants", "load_engine", "nominal_bits",
-           "split_variants"]
+           "split_variants", "with_unaligned"]
 
 VARIANTS.add("icl", "aftertune.variants.icl:icl_variant",
              "in-context learning: k seeded demonstrations from the training data before every request")
@@ -37,6 +38,16 @@ VARIANTS.add("bea", "aftertune.variants.system_prompt:bea_variant",
 VARIANTS.add("interp", "aftertune.variants.interpolate:interp_variant",
              "weight interpolation: base + w*(tuned - base) (w=0.5; LoRA/IA3 adapters scaled, full fine-tunes need "
              "base= or tune.json); applied at load time")
+VARIANTS.add("safemerge", "aftertune.variants.defences:defence_variant",
+             "SafeMERGE (Djuhera et al. 2025): layers of a LoRA whose update leaves the alignment subspace "
+             "(criterion=subspace, needs --unaligned) or parts from the safety update (criterion=safety) merged "
+             "with a safety LoRA trained on refusals (tau=0.35, w=0.2, safety=DIR); applied at load time")
+VARIANTS.add("safelora", "aftertune.variants.defences:defence_variant",
+             "Safe LoRA (Hsu et al. 2024): LoRA layers whose update leaves the alignment subspace projected onto "
+             "it (tau=0.5, or layers=K); needs --unaligned; applied at load time")
+VARIANTS.add("resta", "aftertune.variants.defences:defence_variant",
+             "RESTA (Bhardwaj et al. 2024): tuned + s*(aligned - unaligned) (s=0.5); needs --unaligned; applied "
+             "at load time")
 VARIANTS.add("quant", "aftertune.variants.quantize:quant_variant",
              "weight-only quantization with torchao: quant:int8 (per channel) or quant:int4 (groups of 32); "
              "applied at load time, written once to the cache with its sha256")
@@ -45,10 +56,19 @@ VARIANTS.add("gguf", "aftertune.variants.gguf:gguf_variant",
              "converted and quantized by llama.cpp's own tools, audited through its server")
 
 
-def check_variants(ref: str) -> None:
+def with_unaligned(ref: str, unaligned: str | None) -> str:
+    """`ref` with `unaligned=REF` given to each defence that reads the unaligned twin (`--unaligned`)."""
+    from aftertune.variants.defences import with_unaligned as fill
+
+    return fill(ref, unaligned)
+
+
+def check_variants(ref: str, *, twin_required: bool = True) -> None:
     """Refuse unknown variants and bad options of the weight variants before anything is created or loaded
-    (commands call it beside `sources.check_model_ref`)."""
+    (commands call it beside `sources.check_model_ref`); a defence that reads the unaligned twin without one
+    is refused too, unless `twin_required` is False (a run spec checks it against its `unaligned:`)."""
     from aftertune.variants import gguf, interpolate, quantize, system_prompt
+    from aftertune.variants.defences import DEFENCES, check_defence
 
     checks = {"interp": interpolate.parse_options, "quant": quantize.parse_method, "gguf": gguf.parse_method,
               "ptst": system_prompt.check_ptst}
@@ -57,6 +77,8 @@ def check_variants(ref: str) -> None:
         VARIANTS.entry(name)  # an unknown name lists the known ones
         if name in checks:
             checks[name](options)
+        if name in DEFENCES:
+            check_defence(name, options, twin_required=twin_required)
         if name == "bea":  # its trigger is read from the model's folder
             system_prompt.check_bea(base, options)
 
@@ -79,19 +101,21 @@ def load_engine(ref: str | ModelRef, *, engine: str | None = None, **options: An
     """`engines.load_engine` for a reference that may end in variants (`REF#icl:k=16`).
 
     Wrapper variants are applied around the loaded engine; a leading
-    `#interp:w=...` and then `#quant:int8` change the weights before loading.
+    `#interp:w=...`, then a safety defence (`#safelora`, ...), then
+    `#quant:int8` change the weights before loading.
     A `#gguf:...` model always runs on llama.cpp's server (the `server`
     engine), whatever engine the caller named: that server is the deployment
     being audited.
     """
     from aftertune import engines
     from aftertune.sources import resolve_model
-    from aftertune.variants import gguf, interpolate, quantize
+    from aftertune.variants import defences, gguf, interpolate, quantize
 
     if not isinstance(ref, str) or "#" not in ref:
         return engines.load_engine(ref, engine=engine, **options)
     base, variants = split_variants(ref)
     model, variants = interpolate.apply_weight_variants(resolve_model(base), variants)
+    model, variants = defences.apply_defence_variant(model, variants)
     model, variants = quantize.apply_quant_variant(model, variants)
     served, variants = gguf.apply_gguf_variant(model, variants)
     if served is not model:

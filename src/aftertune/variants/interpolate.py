@@ -93,7 +93,7 @@ def interpolate(tuned: ModelRef, w: float, *, base: str | ModelRef | None = None
         path = _materialise({"tuned": fingerprint(tuned), "w": w},
                             lambda out: _scale_adapter(tuned.path, w, out))  # type: ignore[arg-type]
         return replace(tuned, ref=f"{tuned.ref}#interp:w={w:g}", name=f"{tuned.name}@w={w:g}", path=path)
-    start = _full_base(tuned, base)
+    start = tuned_from(tuned, base)
     if w == 0.0:
         return start
     path = _materialise({"tuned": fingerprint(tuned), "base": fingerprint(start), "w": w},
@@ -101,19 +101,21 @@ def interpolate(tuned: ModelRef, w: float, *, base: str | ModelRef | None = None
     return ModelRef(ref=f"{tuned.ref}#interp:w={w:g}", kind="local", name=f"{tuned.name}@w={w:g}", path=path)
 
 
-def _full_base(tuned: ModelRef, base: str | ModelRef | None) -> ModelRef:
-    """`base`, else the start of the tune that wrote `tuned` (its tune.json), resolved to a full model."""
+def tuned_from(tuned: ModelRef, base: str | ModelRef | None, variant: str = "interp:w=0.5") -> ModelRef:
+    """`base`, else the start of the tune that wrote `tuned` (its tune.json), resolved to a full model;
+    `variant` is the suffix the messages show (interp, resta)."""
     from aftertune.sources import resolve_model
 
+    name = variant.partition(":")[0]
     if base is None:
         base = _tune_start(tuned.path)  # type: ignore[arg-type]
         if base is None:
-            raise UserError(f"{tuned.ref}: interp of a full model needs the model it was tuned from; pass "
-                            f"base=REF (e.g. {tuned.ref}#interp:w=0.5,base=BASE) — no tune.json with start_ref "
+            raise UserError(f"{tuned.ref}: {name} of a full model needs the model it was tuned from; pass "
+                            f"base=REF (e.g. {tuned.ref}#{variant},base=BASE) — no tune.json with start_ref "
                             "beside this folder")
     resolved = resolve_model(base)
     if resolved.kind in ("adapter", "openai") or resolved.path is None:
-        raise UserError(f"{tuned.ref}: interp base {resolved.ref!r} is a {resolved.kind}, not a full model; "
+        raise UserError(f"{tuned.ref}: {name} base {resolved.ref!r} is a {resolved.kind}, not a full model; "
                         "pass base=REF naming the full model the tune started from")
     return resolved
 
