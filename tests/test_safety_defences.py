@@ -203,6 +203,26 @@ def test_safelora_refuses_a_twin_equal_to_the_aligned_model(tiny_model_dir, tmp_
         check_variants(f"{task}#safelora:tau=0.5,layers=2,unaligned=x")
 
 
+def test_an_interrupted_build_leaves_nothing(tiny_model_dir, twin_dir, tmp_path, monkeypatch):
+    from aftertune import paths
+    from aftertune.variants import lora_layers
+
+    task = _adapter(tiny_model_dir, tmp_path / "task", seed=3)
+    real = lora_layers.write_lora
+
+    def killed(src, tensors, out):
+        real(src, tensors, out)  # the weights are written, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lora_layers, "write_lora", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_engine(f"{task}#safelora:unaligned={twin_dir}")
+    assert list(paths.cache_dir("defences").iterdir()) == []
+    monkeypatch.setattr(lora_layers, "write_lora", real)
+    card, path, _ = _card(f"{task}#safelora:unaligned={twin_dir}")
+    assert [p.name for p in paths.cache_dir("defences").iterdir()] == [path.name] and card["method"] == "safelora"
+
+
 # --------------------------------------------------------------------------- resta
 
 def test_resta_adds_exactly_s_times_the_safety_vector(tiny_model_dir, twin_dir, tmp_path):
