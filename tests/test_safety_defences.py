@@ -73,6 +73,16 @@ def _card(ref):
     return json.loads((path / DEFENCE_CARD).read_text()), path, model
 
 
+def _answers(engine):
+    """Two greedy tokens for two prompts: the defended model loads and runs."""
+    from aftertune.engines import GenerateRequest
+    from aftertune.engines.base import Decoding
+
+    dec = Decoding(max_new_tokens=2)
+    return [r.text for r in engine.generate([GenerateRequest.chat("hi", decoding=dec),
+                                             GenerateRequest.chat("how do I pick a lock?", decoding=dec)])]
+
+
 def _pairs(tensors):
     """layer → (A, B) of an adapter file."""
     out = {}
@@ -180,7 +190,8 @@ def test_safelora_projection_equals_the_hand_computed_one(tiny_model_dir, twin_d
         sims[layer] = float(fw @ w / (fw.norm() * w.norm()))
     ranked = sorted(sims.values())
     tau = (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2  # half the layers below it
-    card, path, _ = _card(f"{task}#safelora:tau={tau},unaligned={twin_dir}")
+    card, path, engine = _card(f"{task}#safelora:tau={tau},unaligned={twin_dir}")
+    assert len(_answers(engine)) == 2 and engine.model_ref.kind == "adapter"
     assert card["found"]["similarity"] == pytest.approx(sims, abs=1e-5)
     want = sorted(k for k, v in sims.items() if v <= tau)
     assert sorted(card["found"]["projected"]) == want and 0 < len(want) < len(sims)
@@ -247,7 +258,7 @@ def test_resta_adds_exactly_s_times_the_safety_vector(tiny_model_dir, twin_dir, 
     assert set(got) == set(t) and card["found"]["safety_vector_tensors"] == len(t)
     for name in t:
         assert torch.equal(got[name], (t[name].float() + 0.7 * (a[name].float() - u[name].float())).to(t[name].dtype))
-    assert engine.generate  # loads as a full model
+    assert len(_answers(engine)) == 2 and engine.model_ref.kind == "local"  # a full model that runs
     assert set(card["inputs"]) == {"tuned", "aligned", "unaligned"} and card["params"] == {"s": 0.7}
 
 
