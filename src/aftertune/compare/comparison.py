@@ -579,8 +579,14 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timings(run: RunFacts) -> list[dict[str, Any]]:
-    return [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds")}
+    """Wall time per step; an audit's suite steps also name the model, the suite, the items and the cache hits
+    (a sweep compares models' inference time on the suites answered without the cache)."""
+    return [{"step": e["payload"].get("step", e["step"]), "seconds": e["payload"].get("seconds"),
+             **{k: e["payload"][k] for k in _SUITE_TIMING if k in e["payload"]}}
             for e in run.events_of("timing")]
+
+
+_SUITE_TIMING = ("model", "suite", "items", "cache_hits")
 
 
 def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str, suite: str, metric: _MetricSpec,

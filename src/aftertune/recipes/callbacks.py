@@ -89,6 +89,49 @@ class MetricsRecorder(TrainerCallback):
             self.store.add_event(self.run_id, self.step_label, f"tune_{kind}", payload)
 
 
+class ComputeMeter(TrainerCallback):
+    """What the training loop costs, for comparing two ways of training (`tune.json: metrics.compute`).
+
+    Seconds are summed over optimizer steps only (`on_step_begin` to `on_step_end`: forward, backward and
+    update of every micro-batch), so evaluation, checkpoint saves and checkpoint audits, which differ
+    between runs for reasons other than the training itself, are left out; the first step, which also pays
+    for one-off set-up, is kept apart. Wall seconds and the process's CPU seconds (all its threads) are both
+    kept: on a machine shared with other work the wall time carries their load, the CPU time much less so.
+    Peak memory is that of the training window (`memory.WindowPeak`).
+    """
+
+    def __init__(self, device: str) -> None:
+        from aftertune.recipes.memory import WindowPeak
+
+        self.window = WindowPeak(device)
+        self.steps: list[tuple[float, float]] = []  # (wall, CPU) seconds per step
+        self._t = (0.0, 0.0)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.window.start()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t = (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.steps.append((time.perf_counter() - self._t[0], time.process_time() - self._t[1]))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.window.stop()
+
+    def result(self) -> dict[str, Any]:
+        """Steps timed; the first step's wall seconds; the mean wall and CPU seconds of the others (the first's
+        when alone) and the sum of all; the window's peak bytes and how it was measured."""
+        rest = self.steps[1:] or self.steps
+
+        def mean(i: int) -> float | None:
+            return sum(s[i] for s in rest) / len(rest) if rest else None
+
+        return {"steps_timed": len(self.steps), "first_step_s": self.steps[0][0] if self.steps else None,
+                "mean_step_s": mean(0), "mean_step_cpu_s": mean(1), "steps_s": sum(s[0] for s in self.steps),
+                "peak_bytes": self.window.peak, "peak_scope": self.window.scope}
+
+
 class CheckpointKeeper(TrainerCallback):
     """After each save: register the checkpoint, and keep optimizer states only in the newest one.
 

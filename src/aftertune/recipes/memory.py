@@ -119,3 +119,60 @@ def plan(*, batch_size: int, grad_accum: int, longest: int, bytes_per_token: int
     m = next((d for d in divisors_desc() if fits(d, ckpt_per_token)), 1)
     return MemoryPlan(m, grad_accum * (batch_size // m), True, bytes_per_token, ckpt_per_token, longest, budget,
                       "one example alone exceeds the budget: gradient checkpointing")
+
+
+class WindowPeak:
+    """The peak memory of one window of a process's life (the training loop), not of the whole process.
+
+    `ru_maxrss` is the process's lifetime peak, so in a pipeline (the base audit runs first, in the same
+    process) or a sweep (several runs in one process) it says nothing about one fine-tune. On CUDA the
+    allocator's peak is reset at `start` and read at `stop`; on a CPU a background thread samples the
+    resident set size every `interval` seconds (the forward pass's activations, which decide a step's peak,
+    are held for the whole backward pass, far longer than an interval).
+    """
+
+    def __init__(self, device: str, interval: float = 0.01) -> None:
+        self.device, self.interval = device, interval
+        self.peak = 0
+        self._stop: Any = None
+        self._thread: Any = None
+
+    @property
+    def scope(self) -> str:
+        return "cuda_allocated" if self.device == "cuda" else "rss_sampled"
+
+    def start(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        import threading
+
+        import psutil
+
+        proc = psutil.Process()
+        self.peak = proc.memory_info().rss
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, name="aftertune-peak-memory", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """The window's peak in bytes."""
+        if self.device == "cuda":
+            import torch
+
+            self.peak = int(torch.cuda.max_memory_allocated())
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            import psutil
+
+            self.peak = max(self.peak, psutil.Process().memory_info().rss)
+        return self.peak

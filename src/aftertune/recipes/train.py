@@ -39,6 +39,7 @@ from aftertune.errors import UserError
 from aftertune.fileio import write_json_atomic
 from aftertune.recipes.callbacks import (
     CheckpointKeeper,
+    ComputeMeter,
     MetricsRecorder,
     ProgressBar,
     checkpoint_step,
@@ -210,6 +211,8 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
 
     trainer.add_callback(MetricsRecorder(out / "metrics.jsonl", store, run_id, f"tune:{label}"))
     trainer.add_callback(CheckpointKeeper(on_checkpoint))
+    meter = ComputeMeter(device)
+    trainer.add_callback(meter)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
@@ -267,6 +270,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "compute": meter.result(),
         "processes": state.num_processes,
         "rank_param_digests": digests,
         "data": data.info,
