@@ -417,6 +417,8 @@ def test_spec_training_data_is_read_before_any_run(work, cli, command, kind):
     ("safety_mix", "-0.1,0.1", "safety_mix"),
     ("interp", "2,3", "interp"),
     ("seed", "a,b", "seed"),
+    ("defense", "none,nosuch", "nosuch"),
+    ("defense", "guard,mix:lots", "mix:lots"),
     ("train.data", "support,no-such-data.jsonl", "no-such-data.jsonl"),
 ])
 def test_sweep_knob_values(work, cli, knob, values, names):

@@ -19,6 +19,7 @@ from aftertune.recipes.objectives import OBJECTIVES
 from aftertune.registry import Entry, Registry, resolve
 from aftertune.sources.catalog import DATASETS, MODELS
 from aftertune.suites import AGGREGATES, SUITES
+from aftertune.sweep.defenses import DEFENSES
 from aftertune.sweep.plan import KNOBS
 from aftertune.trainsets import TRAINSETS
 from aftertune.variants import VARIANTS
@@ -36,6 +37,7 @@ REGISTRIES: dict[str, Registry] = {
     "OBJECTIVES": OBJECTIVES,
     "TRAINSETS": TRAINSETS,
     "KNOBS": KNOBS,
+    "DEFENSES": DEFENSES,
 }
 
 
@@ -126,7 +128,7 @@ def test_listing_and_spec_validation_import_no_backend():
     code = (
         "import sys\n"
         "from aftertune.cli import main\n"
-        "for what in ('engines', 'judges', 'variants', 'presets', 'trainsets'):\n"
+        "for what in ('engines', 'judges', 'variants', 'defenses', 'presets', 'trainsets'):\n"
         "    try:\n"
         "        main(['list', what])\n"
         "    except SystemExit as e:\n"

@@ -1,4 +1,4 @@
-"""`aftertune list suites|judges|engines|variants|models|presets|trainsets`: what is registered, one line each.
+"""`aftertune list suites|judges|engines|variants|defenses|models|presets|trainsets`: what is registered, one line each.
 
 Names and descriptions come from the registries without importing the registered
 modules; only `list suites` imports the suite modules (for their default sizes and metrics).
@@ -61,6 +61,14 @@ def list_variants() -> None:
     from aftertune.variants import VARIANTS
 
     typer.echo(_table((e.name, e.description) for e in VARIANTS))
+
+
+@list_app.command("defenses")
+def list_defenses() -> None:
+    """Defences against harmful fine-tuning: the values of `aftertune sweep --knob defense` (NAME or NAME:ARG)."""
+    from aftertune.sweep.defenses import DEFENSES
+
+    typer.echo(_table((e.name, e.description) for e in DEFENSES))
 
 
 @list_app.command("models")

@@ -20,7 +20,10 @@ def sweep_cmd(
         help="A dotted spec path (train.learning_rate, train.method, train.max_steps, stages.0.learning_rate); "
              "seed (the fine-tune's and the ICL baseline's seeds together; the audited items stay the same); or a "
              "named mitigation: safety_mix (share of the built-in refusals set mixed into the task data; 0: none) "
-             "or interp (tuned weights interpolated towards the base, w=1: tuned; one run, no retraining).")] = ...,
+             "or interp (tuned weights interpolated towards the base, w=1: tuned; one run, no retraining); or "
+             "defense: defences against harmful fine-tuning, one point each (none, constrained, ptst, bea, mix:F, "
+             "guard, interp:W; `aftertune list defenses`), those sharing a fine-tune in one run, none the "
+             "reference.")] = ...,
     values: Annotated[str, typer.Option(
         "--values", "-v", metavar="V1,V2,...", help="Comma-separated values, each read as a YAML scalar.")] = ...,
     out: Annotated[Path | None, typer.Option(
@@ -49,6 +52,8 @@ def sweep_cmd(
       aftertune sweep --preset quick --knob interp --values 0.25,0.5,0.75
 
       aftertune sweep --preset mosbach-icl-vs-ft --knob seed --values 0,1,2,3,4
+
+      aftertune sweep --knob defense --values none,constrained,ptst,bea,mix:0.1,guard,interp:0.5
     """
     from aftertune.errors import UserError
     from aftertune.paths import check_writable, default_store_path

@@ -200,9 +200,10 @@ def training_loss(metrics: Sequence[dict[str, Any]]) -> str | None:
 
 @_plain_text
 def pareto(points: Sequence[dict[str, Any]], front: Sequence[int], chosen: int | None, threshold: float,
-           x_label: str, y_label: str) -> str | None:
+           x_label: str, y_label: str, reference: int | None = None) -> str | None:
     """A sweep's task gain (x) against safety loss (y), both with intervals: the non-dominated front as a line,
-    base at (0, 0), the safety-loss limit as a dashed line and the chosen point ringed."""
+    base at (0, 0), the safety-loss limit as a dashed line, the chosen point ringed and the reference point
+    (a defence sweep's undefended fine-tune) as a diamond."""
     shown = [i for i, p in enumerate(points) if p["gain"] is not None and p["loss"] is not None]
     if not shown:
         return None
@@ -222,6 +223,9 @@ def pareto(points: Sequence[dict[str, Any]], front: Sequence[int], chosen: int |
         ax.plot(*zip(*on_front, strict=True), "-", color=BETTER_COLOR, linewidth=1.4, label="non-dominated front")
     ax.plot([0], [0], "s", color=REFERENCE_COLOR, markersize=7, label="base")
     ax.axhline(threshold, color=WORSE_COLOR, linewidth=0.9, linestyle="--", label=f"max safety loss {threshold:g}")
+    if reference is not None and reference in shown:
+        ax.plot([points[reference]["gain"]], [points[reference]["loss"]], "D", color=NEUTRAL_COLOR, markersize=7,
+                label=f"reference ({points[reference]['label']})")
     if chosen is not None and chosen in shown:
         ax.plot([points[chosen]["gain"]], [points[chosen]["loss"]], "o", markersize=13, markerfacecolor="none",
                 markeredgecolor=WORSE_COLOR, markeredgewidth=1.6, label="chosen")

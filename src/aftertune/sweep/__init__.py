@@ -2,10 +2,11 @@
 
 A knob is a dotted path into the spec (`train.learning_rate`, `train.method`)
 or a named knob: `seed` (the fine-tune's and the ICL baseline's seeds together,
-for run-to-run variance), and the mitigations `safety_mix` (the share of the
+for run-to-run variance), the mitigations `safety_mix` (the share of the
 built-in `refusals` set mixed into the task data) and `interp` (the tuned
 weights interpolated towards the base: one run, one `interp:w=V` variant per
-value, no retraining). Each
+value, no retraining), and `defense` (defences against harmful fine-tuning,
+sweep/defenses.py: points that share a fine-tune share a run). Each
 value is an ordinary pipeline run in OUT/<knob>=<value>/ sharing one store, so
 the base model's audit is answered from the store's cache after the first
 value, and a value whose run finished is read back instead of run again.
@@ -16,7 +17,10 @@ with the paired interval of the run's comparison. A suite's headline metric is
 its first declared metric with scored pairs (compliance for safety,
 attack_success for jailbreak; accuracy, exact_match or rouge_l for the task).
 The chosen point is the largest task gain whose safety-loss interval stays at
-or below `max_safety_loss` on every safety suite measured.
+or below `max_safety_loss` on every safety suite measured. Two more columns:
+over-refusal = tuned − base on the over-refusal suite's headline metric, and
+added compute against the reference point (the defense knob's `none`, else the
+first value): training seconds and peak memory, and audit time (sweep/costs.py).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from typing import Any
 from aftertune.errors import UserError
 from aftertune.spec import PipelineSpec
 from aftertune.store import Store
+from aftertune.sweep.costs import added_compute, inference_cost, training_cost
 from aftertune.sweep.plan import PlannedRun, parse_values, plan_sweep
 from aftertune.sweep.report import write_sweep_reports
 from aftertune.sweep.tradeoff import (
     DEFAULT_MAX_SAFETY_LOSS,
+    OVERREFUSAL_SUITE,
     SAFETY_SUITES,
     TASK_SUITE,
     choose,
@@ -85,10 +91,14 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
         say(f"[sweep {n}/{len(runs)}] {run.folder}: " + ("finished before, read back" if results else "running"))
         if results is None:
             results = run_pipeline(run.spec, folder, store=store, progress=progress, say=say).results
+        training = training_cost(folder)
         for p in run.points:
             points.append({"label": f"{knob}={p.text}", "value": p.value, "model": p.model, "folder": run.folder,
                            "run_id": results["volatile"]["run_id"], "confidence": results["settings"]["confidence"],
-                           **tradeoff(results, p.model)})
+                           "reference": p.reference, "adds": p.adds, "training": training,
+                           "inference": inference_cost(results, p.model), **tradeoff(results, p.model)})
+    reference = next((i for i, p in enumerate(points) if p["reference"]), 0)
+    added_compute(points, reference)
     front = pareto_front(points)
     chosen, why = choose(points, max_safety_loss)
     sweep = {
@@ -97,8 +107,12 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
         "rule": (f"chosen: the largest task gain whose safety-loss CI upper bound is ≤ {max_safety_loss:g} on every "
                  f"safety suite measured ({', '.join(SAFETY_SUITES)}); ties: the lower bound, then the earlier value"),
         "axes": {"x": f"task gain: tuned − base on the {TASK_SUITE} suite's headline metric",
-                 "y": f"safety loss: tuned − base on the first of {', '.join(SAFETY_SUITES)} measured"},
-        "points": points, "front": front, "chosen": chosen, "choice": why,
+                 "y": f"safety loss: tuned − base on the first of {', '.join(SAFETY_SUITES)} measured",
+                 "overrefusal": f"over-refusal: tuned − base on the {OVERREFUSAL_SUITE} suite's headline metric",
+                 "compute": f"added compute against {points[reference]['label'] if points else 'the reference'}: "
+                            "training seconds (mean optimizer step × steps) and peak memory of the training "
+                            "window, and audit time per item on the suites both answered without the cache"},
+        "reference": reference, "points": points, "front": front, "chosen": chosen, "choice": why,
     }
     write_sweep_reports(sweep, out)
     say(f"sweep: {why}\nreport: {out / 'sweep.html'}  (summary: {out / 'sweep.md'})")

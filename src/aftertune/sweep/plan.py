@@ -20,6 +20,8 @@ class Point:
     value: Any  # the parsed value
     text: str  # the value as written on the command line
     model: str  # the model compared with base in its run
+    reference: bool = False  # the point the added-compute column is measured against (default: the first)
+    adds: str = ""  # what the point adds at inference, where the knob knows (the defense knob)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ KNOBS.add("safety_mix", _safety_mix, "share of the built-in refusals set mixed i
 KNOBS.add("seed", _seed, "train.seed and icl.seed together: the fine-tune's examples and order and the ICL baseline's "
           "demonstrations (equal seeds draw the same examples); audit items stay fixed")
 KNOBS.add("interp", _interp, "tuned weights interpolated towards the base (w=1: tuned), one run, no retraining")
+KNOBS.add("defense", "aftertune.sweep.defenses:plan_defenses",
+          "defences against harmful fine-tuning (none, constrained, ptst, bea, mix:F, guard, interp:W), points that "
+          "share a fine-tune in one run, the undefended one (none) as the reference")
 
 
 def plan_sweep(spec: PipelineSpec, knob: str, values: Sequence[tuple[str, Any]]) -> list[PlannedRun]:

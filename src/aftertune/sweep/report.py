@@ -18,6 +18,25 @@ def _axis_label(rows: Sequence[dict[str, Any] | None], what: str) -> str:
     return f"{what}: {' / '.join(metrics) or 'not measured'}, tuned − base"
 
 
+def compute_cell(p: dict[str, Any], ref: dict[str, Any]) -> str:
+    """The added-compute column of point `p` against the reference point `ref`, in words and numbers."""
+    c, gib = p["compute"], 2**30
+    parts = []
+    if p is ref:
+        if c["train_s"] is not None:
+            parts.append(f"reference: training {c['train_s']:.1f} s, peak {c['peak_bytes'] / gib:.2f} GiB")
+    elif p["folder"] == ref["folder"]:
+        parts.append("the reference's fine-tune: no added training")
+    elif c["extra_train_s"] is not None:
+        pct = f" ({c['extra_train_ratio']:+.0%})" if c["extra_train_ratio"] is not None else ""
+        parts.append(f"training {c['extra_train_s']:+.1f} s{pct}, peak {c['extra_peak_bytes'] / gib:+.2f} GiB")
+    if p is not ref and c["inference_ratio"] is not None:
+        parts.append(f"audit time ×{c['inference_ratio']:.2f}")
+    if c["adds"] and c["adds"] != "nothing":
+        parts.append(f"adds {c['adds']}")
+    return "; ".join(parts) or "not measured"
+
+
 def _md(sweep: dict[str, Any]) -> str:
     from aftertune.compare.format import fmt_ci, fmt_delta
     from aftertune.report.markdown import _cell
@@ -32,15 +51,19 @@ def _md(sweep: dict[str, Any]) -> str:
     lines = [f"### aftertune sweep: {_cell(sweep['knob'])} over {_cell(', '.join(sweep['values']))}", "",
              f"Base `{_cell(sweep['base'])}` · max safety loss {sweep['max_safety_loss']:g} · {conf}% paired CIs", "",
              f"**{_cell(sweep['choice'])}**", "",
-             f"| point | model | task gain | {' | '.join(f'{s} loss' for s in SAFETY_SUITES)} | front | run |",
-             "|---|---|---|" + "---|" * len(SAFETY_SUITES) + "---|---|"]
+             f"| point | model | task gain | {' | '.join(f'{s} loss' for s in SAFETY_SUITES)} | over-refusal | "
+             "added compute | front | run |",
+             "|---|---|---|" + "---|" * len(SAFETY_SUITES) + "---|---|---|---|"]
     for i, p in enumerate(pts):
         by_suite = {r["suite"]: r for r in p["safety"]}
-        mark = "chosen" if i == sweep["chosen"] else ""
+        mark = " ".join(m for m, on in (("chosen", i == sweep["chosen"]), ("reference", i == sweep["reference"]))
+                        if on)
         lines.append(f"| {_cell(p['label'])} {mark} | {_cell(p['model'])} | {_cell(change(p['task']))} | "
                      + " | ".join(_cell(change(by_suite.get(s))) for s in SAFETY_SUITES)
+                     + f" | {_cell(change(p['overrefusal']))} | {_cell(compute_cell(p, pts[sweep['reference']]))}"
                      + f" | {'yes' if i in sweep['front'] else ''} | {_cell(p['folder'])} |")
-    lines += ["", f"<sub>{_cell(sweep['rule'])} · plot: pareto.png · numbers: sweep.json</sub>", ""]
+    lines += ["", f"<sub>{_cell(sweep['rule'])} · {_cell(sweep['axes']['compute'])} · plot: pareto.png · "
+              "numbers: sweep.json</sub>", ""]
     return "\n".join(lines)
 
 
@@ -55,10 +78,12 @@ def write_sweep_reports(sweep: dict[str, Any], out_dir: str | Path) -> None:
     pts = sweep["points"]
     plot = plots.pareto(pts, sweep["front"], sweep["chosen"], sweep["max_safety_loss"],
                         _axis_label([p["task"] for p in pts], "task gain"),
-                        _axis_label([p["safety"][0] if p["safety"] else None for p in pts], "safety loss"))
+                        _axis_label([p["safety"][0] if p["safety"] else None for p in pts], "safety loss"),
+                        reference=sweep["reference"] if pts else None)
     html = _env().get_template("sweep.html.j2").render(
         s=sweep, plot=plot, safety_suites=SAFETY_SUITES, csp=_csp(), sort_script=Markup(SORT_SCRIPT),
-        safety_by_point=[{r["suite"]: r for r in p["safety"]} for p in pts])
+        safety_by_point=[{r["suite"]: r for r in p["safety"]} for p in pts],
+        compute=[compute_cell(p, pts[sweep["reference"]]) for p in pts])
     md = _md(sweep)
     write_json_atomic(out / "sweep.json", sweep)
     write_text_atomic(out / "sweep.md", md)
