@@ -34,22 +34,12 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _agreement import agreement, choice_picks  # noqa: E402
+from results_md import cpu_flags  # noqa: E402
 
 START = "<!-- bench_invariance:start -->"
 END = "<!-- bench_invariance:end -->"
 MODEL = "smollm2-135m-instruct"
 CHUNKS = (3, 1, 7, 16)
-
-
-def cpu_flags() -> str:
-    """The CPU flags that decide the kernels: AVX-512 family, bf16 and AMX."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return "unknown"
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    keep = sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2", "avx512_vnni")))
-    return " ".join(keep) or "none of avx2/avx512/amx"
 
 
 def load() -> float:

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -197,21 +196,9 @@ def model_flops_per_token(mean_len: float, n_adapter: int) -> float:
 
 
 def run_side(side: str, data: Path, steps: int, threads: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-        if os.getloadavg()[0] > (os.cpu_count() or 1):
-            # a shared machine: spinning OpenMP threads stall each other when descheduled (both sides alike)
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        load = load_avg()
-        proc = subprocess.run([sys.executable, __file__, "--worker", side, "--data", str(data), "--steps",
-                               str(steps), "--threads", str(threads), "--result", str(out)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"{side} worker failed:\n{proc.stderr[-4000:]}")
-        res = json.loads(out.read_text())
-        res["load_avg"] = load
-        return res
+    from results_md import run_worker
+
+    return run_worker(__file__, side, ["--data", str(data), "--steps", str(steps), "--threads", str(threads)])
 
 
 def write_data(path: Path, n: int) -> float:

@@ -1,10 +1,48 @@
-"""Shared by the benchmarks: replace one benchmark's section of benchmarks/RESULTS.md, keeping the others."""
+"""Shared by the benchmarks: replace one benchmark's section of benchmarks/RESULTS.md, keeping the others; the
+machine's CPU flags; one measured arm in its own process."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_flags() -> str:
+    """The CPU flags that decide the kernels (AVX-512 family, bf16, AMX), from /proc/cpuinfo: a CPU with
+    avx512_bf16 computes bf16 natively, one without emulates it, and timings differ accordingly."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return "unknown"
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    keep = sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2", "avx512_vnni")))
+    return " ".join(keep) or "none of avx2/avx512/amx"
+
+
+def run_worker(script: str, name: str, args: list[str]) -> dict[str, Any]:
+    """Run `script --worker NAME ARGS --result FILE` in a fresh process and return the JSON it wrote there, with
+    the load average at its start: each arm gets its own process (its own peak memory, no warm caches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        if os.getloadavg()[0] > (os.cpu_count() or 1):
+            # a shared machine: spinning OpenMP threads stall each other when descheduled (all arms alike)
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        load = round(os.getloadavg()[0], 1)
+        proc = subprocess.run([sys.executable, script, "--worker", name, *args, "--result", str(out)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} worker failed:\n{proc.stderr[-4000:]}")
+        res = json.loads(out.read_text())
+        res["load_avg"] = load
+        return res
 
 
 def publish(text: str, write: bool) -> None:
