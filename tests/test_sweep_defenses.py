@@ -82,7 +82,9 @@ def test_every_defence_is_described_and_parses_its_own_name():
 
 
 @pytest.mark.parametrize(("spec", "values", "message"), [
-    ({}, "none,nosuch", r"unknown defence 'nosuch'; known: bea, constrained, guard, interp, mix, none, ptst"),
+    ({}, "none,nosuch", r"unknown defence 'nosuch'; known: bea, constrained, guard, interp, mix, none, ptst, resta"),
+    ({}, "safelora", r"--values none,safelora: .*'safelora' needs the unaligned twin of the base model; add "
+                     r"'unaligned: REF' to the spec"),
     ({}, "guard:on", r"'guard:on': guard takes no argument; write guard"),
     ({}, "mix:lots", r"'mix:lots': the share of refusals mixed in must be a number from 1e-06 to 10, e.g. mix:0.1"),
     ({}, "interp:2", r"'interp:2': the weight w of the tuned model must be a number from 0 to 1"),

@@ -22,7 +22,7 @@ def sweep_cmd(
              "named mitigation: safety_mix (share of the built-in refusals set mixed into the task data; 0: none) "
              "or interp (tuned weights interpolated towards the base, w=1: tuned; one run, no retraining); or "
              "defense: defences against harmful fine-tuning, one point each (none, constrained, ptst, bea, mix:F, "
-             "guard, interp:W; `aftertune list defenses`), those sharing a fine-tune in one run, none the "
+             "guard, interp:W, safemerge, safelora, resta; `aftertune list defenses`), those sharing a fine-tune in one run, none the "
              "reference.")] = ...,
     values: Annotated[str, typer.Option(
         "--values", "-v", metavar="V1,V2,...", help="Comma-separated values, each read as a YAML scalar.")] = ...,

@@ -125,6 +125,16 @@ DEFENSES.add("interp", Defense(variant=lambda w: f"interp:w={w:g}", needs=_weigh
              "the undefended tuned weights pulled towards the base: interp:W = base + W·(tuned − base) "
              "(variant interp:w=W; WiSE-FT, Wortsman et al. 2022)")
 
+DEFENSES.add("safemerge", Defense(variant=lambda _: "safemerge"),
+             "SafeMERGE (Djuhera et al. 2025) on the undefended LoRA: drifted layers merged with a safety LoRA "
+             "(variant safemerge; needs unaligned: REF)")
+DEFENSES.add("safelora", Defense(variant=lambda _: "safelora"),
+             "Safe LoRA (Hsu et al. 2024) on the undefended LoRA: drifted layers projected onto the alignment "
+             "subspace (variant safelora; needs unaligned: REF)")
+DEFENSES.add("resta", Defense(variant=lambda _: "resta"),
+             "RESTA (Bhardwaj et al. 2024): the safety vector aligned − unaligned added back to the undefended "
+             "tuned weights (variant resta; needs unaligned: REF)")
+
 # Training fields a defence sets: a spec that already sets one has no undefended fine-tune to compare with.
 _DEFENDED_FIELDS = ("constrained", "bea")
 
