@@ -23,7 +23,10 @@ class LengthGroupedBatches(Sampler[int]):
     Per epoch: a seeded permutation is cut into windows of `window` step-batches (`group`
     examples each); each window is sorted by length (longest first) and cut into
     step-batches; the full ones are shuffled (seeded) and a final partial one, if any, comes
-    last so boundaries never shift. The DataLoader then cuts the stream into micro-batches
+    last so boundaries never shift. The rows of that partial batch are the permutation's
+    last ones, drawn before sorting: were they cut from the sorted window, the shortest rows
+    (often mixed-in refusals) would always wait for the epoch's end, and a run with
+    `max_steps` shorter than an epoch would never train on them. The DataLoader then cuts the stream into micro-batches
     of `batch_size`: when a step is split into micro-batches, each step still holds the
     same examples as without the split.
     """
@@ -53,13 +56,11 @@ class LengthGroupedBatches(Sampler[int]):
         full: list[list[int]] = []
         rest: list[int] = []
         for start in range(0, n, span):
-            chunk = sorted(perm[start:start + span], key=lambda i: -self.lengths[i])
-            for b in range(0, len(chunk), self.group):
-                batch = chunk[b:b + self.group]
-                if len(batch) == self.group:
-                    full.append(batch)
-                else:
-                    rest.extend(batch)
+            window = perm[start:start + span]
+            keep = len(window) - len(window) % self.group
+            rest.extend(window[keep:])  # left over at random, not the window's shortest rows
+            chunk = sorted(window[:keep], key=lambda i: -self.lengths[i])
+            full += [chunk[b:b + self.group] for b in range(0, keep, self.group)]
         order = torch.randperm(len(full), generator=g).tolist()
         out = [full[i] for i in order]
         rest.sort(key=lambda i: -self.lengths[i])
