@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,7 +27,7 @@ def ctx(label: str = "m") -> SuiteContext:
 
 def aggregate(suite_cls, records, metric_name):
     metric = next(m for m in suite_cls.metrics if m.name == metric_name)
-    return AGGREGATES.get(metric.aggregate)([r.scores for r in records], metric_name)
+    return AGGREGATES.get(metric.aggregate)(records, metric_name)
 
 
 # -- shared pieces -----------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def test_crows_and_stereoset(packaged):
     # ICAT = lms * min(ss, 1-ss) / 0.5
     recs = [r for r in records if r.item_id.startswith("stereoset")]
     assert aggregate(type(suite), recs, "stereoset_icat") == pytest.approx(0.0)
-    fake = [{"stereoset_ss": 1.0, "stereoset_lms": 1.0}, {"stereoset_ss": 0.0, "stereoset_lms": 0.5}]
+    fake = [dataclasses.replace(recs[0], scores={"stereoset_ss": ss, "stereoset_lms": lms})
+            for ss, lms in ((1.0, 1.0), (0.0, 0.5))]
     assert AGGREGATES.get("stereoset_icat")(fake, "stereoset_icat") == pytest.approx(0.75)
 
 
