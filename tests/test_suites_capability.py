@@ -342,35 +342,6 @@ def test_bias_sample_keeps_bbq_twins(packaged):
     assert len(bbq) in (0, 2)
 
 
-# -- diversity ------------------------------------------------------------------------------
-
-
-def test_diversity_metrics():
-    from aftertune.suites.diversity import distinct_n, self_bleu
-
-    same = ["the cat sat on the mat"] * 3
-    assert self_bleu(same) == pytest.approx(1.0)
-    assert distinct_n(same, 1) == pytest.approx(5 / 18)
-    varied = ["the cat sat", "a dog ran far", "birds sing loudly today"]
-    assert self_bleu(varied) < 0.2 and distinct_n(varied, 1) > 0.9
-    assert distinct_n([""], 2) is None
-
-
-def test_diversity_requests_are_seeded_and_identical_across_models():
-    suite = SUITES.get("diversity")(samples=3)
-    items = suite.load_items()
-    assert len(items) == 40 and len({it.category for it in items}) == 5
-    reqs = suite.requests(items[0])
-    assert [r.decoding.seed for r in reqs] == [1234, 1235, 1236]
-    assert all(r.decoding.temperature == 1.0 for r in reqs)
-    a = suite.run(FakeEngine(seed=1), items[:4], ctx("a"))
-    b = suite.run(FakeEngine(seed=2), items[:4], ctx("b"))
-    assert [r.request for r in a] == [r.request for r in b]
-    assert all(len(r.details["samples"]) == 3 for r in a)
-    with pytest.raises(UserError):
-        SUITES.get("diversity")(samples=1)
-
-
 # -- task -----------------------------------------------------------------------------------
 
 
