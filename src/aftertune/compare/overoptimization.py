@@ -13,15 +13,15 @@ the arithmetic, on numbers only (no model is loaded here):
   Student-t interval over samples. Single samples can be negative; the mean is
   unbiased.
 * `best_of_n_kl(n)`: the analytic KL of best-of-n sampling from its own base
-  policy, log n − (n − 1)/n (Stiennon et al. 2020, appendix; Gao et al. 2022,
-  §2). Beirami et al. 2024 show it is an upper bound (exact when no two
-  samples tie), so it is what the x axis of a best-of-n curve means.
+  policy, log n − (n − 1)/n (Stiennon et al. 2020; Gao et al. 2022). Beirami
+  et al. 2024 show it is an upper bound on the exact KL (equal when no two
+  samples tie); it is the usual x axis of best-of-n curves.
 * `best_of_n`: the unbiased estimator of E[gold of the proxy-argmax among n]
-  from N ≥ n scored samples (Nakano et al. 2021, WebGPT, appendix; Gao et al.
-  2022, §3.1): sorted by proxy, the sample of rank i (1 = lowest) is the
-  maximum of a uniformly drawn n-subset with probability C(i−1, n−1) / C(N, n),
-  so the estimate is that weighted sum of gold scores; it equals the average
-  over all C(N, n) subsets, without resampling noise. Proxy ties are broken
+  from N ≥ n scored samples (Nakano et al. 2021, WebGPT; Gao et al. 2022):
+  sorted by proxy, the sample of rank i (1 = lowest) is the maximum of a
+  uniformly drawn n-subset with probability C(i−1, n−1) / C(N, n), so the
+  estimate is that weighted sum of gold scores; it equals the average over
+  all C(N, n) subsets, without resampling noise. Proxy ties are broken
   uniformly at random (a tied group shares its weight equally).
 * `divergence`: curves of proxy and gold against KL (best-of-n sizes or
   training checkpoints) averaged over prompts, with bootstrap intervals over
