@@ -28,8 +28,8 @@ def _register(name: str, description: str, metrics: tuple[Metric, ...]) -> None:
         SUITES.add(name, type(name, (_TestSuite,), {"metrics": metrics}), description)
 
 
-def _max_aggregate(scores: Sequence[dict[str, float | None]], metric: str) -> float:
-    vals = [s[metric] for s in scores if s.get(metric) is not None]
+def _max_aggregate(records: Sequence[Record], metric: str) -> float:
+    vals = [r.scores[metric] for r in records if r.scores.get(metric) is not None]
     return float(max(vals)) if vals else float("nan")
 
 

@@ -39,6 +39,16 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory):
+    """A tiny random BERT sentence encoder (word-level vocabulary), in place of the packaged MiniLM."""
+    from aftertune.testing.tiny import build_tiny_encoder
+
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "far", "sea", "ship", "story", "day", "night",
+             "light", "old", "new"]
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder") / "model", words)
+
+
+@pytest.fixture(scope="session")
 def chaotic_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with larger random weights: varied, prompt-dependent greedy output and logits."""
     import shutil

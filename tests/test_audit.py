@@ -39,13 +39,14 @@ def engines(monkeypatch):
     return built
 
 
-SUITES = ["capability", "perplexity", ("ood", {"benchmarks": "advglue-rte+boolq"}), "bias", ("diversity", {"samples": 2})]
+SUITES = ["capability", "perplexity", ("ood", {"benchmarks": "advglue-rte+boolq"}), "bias"]
 
 
-def test_audit_records_every_item_for_every_model(packaged, engines, tmp_path):
+def test_audit_records_every_item_for_every_model(packaged, engines, tiny_encoder_dir, tmp_path):
     store = Store(tmp_path / "store.sqlite")
     out = tmp_path / "out"
-    run_id = audit({"base": "model-1", "tuned": "model-2"}, SUITES, store=store, out_dir=out, limit=6, seed=3,
+    suites = [*SUITES, ("diversity", {"samples": 2, "encoder": str(tiny_encoder_dir)})]
+    run_id = audit({"base": "model-1", "tuned": "model-2"}, suites, store=store, out_dir=out, limit=6, seed=3,
                    progress=False, reports=False)
     run = store.get_run(run_id)
     assert run.kind == "audit" and run.status == "done"
@@ -191,14 +192,15 @@ def test_cli_audit_and_list(packaged, engines, tmp_path, monkeypatch, capsys):
         assert lines and all(line.strip() for line in lines) and expected in "\n".join(lines)
 
 
-def test_audit_on_a_real_tiny_model(packaged, tiny_model_dir, tmp_path):
+def test_audit_on_a_real_tiny_model(packaged, tiny_model_dir, tiny_encoder_dir, tmp_path):
     """The whole path on the hf engine: chat generation with seeds, log-likelihoods, rolling perplexity."""
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
                           for q, a in [("What is two plus two?", "four"), ("Capital of France?", "Paris")]))
     store = Store(tmp_path / "store.sqlite")
     suites = [("capability", {"tasks": "arc_easy+boolq"}), "perplexity", ("diversity", {"samples": 2,
-              "max_new_tokens": 8}), ("task", {"data": str(qa)}), ("bias", {"benchmarks": "bbq+crows_pairs"})]
+              "max_new_tokens": 8, "encoder": str(tiny_encoder_dir)}), ("task", {"data": str(qa)}),
+              ("bias", {"benchmarks": "bbq+crows_pairs"})]
     run_id = audit({"base": str(tiny_model_dir), "again": str(tiny_model_dir)}, suites, store=store,
                    out_dir=tmp_path / "out", limit=3, progress=False, reports=False)
     base, again = store.records(run_id, model="base"), store.records(run_id, model="again")

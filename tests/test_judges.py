@@ -13,6 +13,7 @@ from aftertune.errors import UserError
 from aftertune.judges import build_judge, parse_spec, validity, verdict_details
 from aftertune.judges.base import Verdict
 from aftertune.testing.fake_engine import FakeEngine
+from aftertune.testing.tiny import build_tiny_encoder
 
 # -- specs --------------------------------------------------------------------------
 
@@ -118,31 +119,11 @@ def test_refusal_combination_embeddings_can_outvote_phrases():
     assert {"sim_refuse", "sim_comply", "phrase"} <= set(vs[0].details)
 
 
-def _tiny_bert(out: Path, words: list[str], model_cls: str = "BertModel", **config) -> Path:
-    """A one-layer random BERT of hidden size 16 over a word-level vocabulary of `words`, saved in `out`.
-
-    Its weights come from a fixed seed, so a test that trains it does not depend on what ran before it."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(out)
-    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, **config)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        getattr(transformers, model_cls)(cfg).save_pretrained(out)
-    return out
-
-
 def test_sentence_encoder_mean_pooling(tmp_path):
     """Mean pooling over the attention mask, unit length: padding must not change a text's vector."""
     from aftertune.judges.embedding import SentenceEncoder
 
-    enc = SentenceEncoder(_tiny_bert(tmp_path, ["i", "cannot", "help", "sure", "here"]))
+    enc = SentenceEncoder(build_tiny_encoder(tmp_path, ["i", "cannot", "help", "sure", "here"]))
     alone = enc.encode(["sure"])
     batched = enc.encode(["sure", "i cannot help here sure"])
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
@@ -245,7 +226,7 @@ def test_toxicity_judge_threshold_and_labels(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
-    return _tiny_bert(tmp_path_factory.mktemp("clf"), ["you", "idiot", "nice", "day"], "BertForSequenceClassification",
+    return build_tiny_encoder(tmp_path_factory.mktemp("clf"), ["you", "idiot", "nice", "day"], "BertForSequenceClassification",
                       num_labels=2, id2label={0: "nothate", 1: "hate"}, label2id={"nothate": 0, "hate": 1})
 
 
@@ -570,7 +551,7 @@ def test_harm_classifier_trains_round_trips_and_leaves_its_training_rows_out(tmp
     from aftertune.judges.labelled import LabelledSet
     from aftertune.judges.validate import held_out
 
-    folder = _tiny_bert(tmp_path / "bert", ["sure", "here", "mix", "the", "poison", "cake", "flour"])
+    folder = build_tiny_encoder(tmp_path / "bert", ["sure", "here", "mix", "the", "poison", "cake", "flour"])
     texts = ["sure here mix the poison", "mix the poison", "sure here mix the flour", "mix the cake flour"] * 2
     labels = [1, 1, 0, 0] * 2
     # lr 3e-3 for 60 epochs learns it from each of 40 random inits checked (loss / 5 or better); 3e-2 failed on 1 in 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,7 +27,7 @@ def ctx(label: str = "m") -> SuiteContext:
 
 def aggregate(suite_cls, records, metric_name):
     metric = next(m for m in suite_cls.metrics if m.name == metric_name)
-    return AGGREGATES.get(metric.aggregate)([r.scores for r in records], metric_name)
+    return AGGREGATES.get(metric.aggregate)(records, metric_name)
 
 
 # -- shared pieces -----------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def test_crows_and_stereoset(packaged):
     # ICAT = lms * min(ss, 1-ss) / 0.5
     recs = [r for r in records if r.item_id.startswith("stereoset")]
     assert aggregate(type(suite), recs, "stereoset_icat") == pytest.approx(0.0)
-    fake = [{"stereoset_ss": 1.0, "stereoset_lms": 1.0}, {"stereoset_ss": 0.0, "stereoset_lms": 0.5}]
+    fake = [dataclasses.replace(recs[0], scores={"stereoset_ss": ss, "stereoset_lms": lms})
+            for ss, lms in ((1.0, 1.0), (0.0, 0.5))]
     assert AGGREGATES.get("stereoset_icat")(fake, "stereoset_icat") == pytest.approx(0.75)
 
 
@@ -338,35 +340,6 @@ def test_bias_sample_keeps_bbq_twins(packaged):
     sub = suite.sample(items, 4, 0)
     bbq = [it for it in sub if it.data["bench"] == "bbq"]
     assert len(bbq) in (0, 2)
-
-
-# -- diversity ------------------------------------------------------------------------------
-
-
-def test_diversity_metrics():
-    from aftertune.suites.diversity import distinct_n, self_bleu
-
-    same = ["the cat sat on the mat"] * 3
-    assert self_bleu(same) == pytest.approx(1.0)
-    assert distinct_n(same, 1) == pytest.approx(5 / 18)
-    varied = ["the cat sat", "a dog ran far", "birds sing loudly today"]
-    assert self_bleu(varied) < 0.2 and distinct_n(varied, 1) > 0.9
-    assert distinct_n([""], 2) is None
-
-
-def test_diversity_requests_are_seeded_and_identical_across_models():
-    suite = SUITES.get("diversity")(samples=3)
-    items = suite.load_items()
-    assert len(items) == 40 and len({it.category for it in items}) == 5
-    reqs = suite.requests(items[0])
-    assert [r.decoding.seed for r in reqs] == [1234, 1235, 1236]
-    assert all(r.decoding.temperature == 1.0 for r in reqs)
-    a = suite.run(FakeEngine(seed=1), items[:4], ctx("a"))
-    b = suite.run(FakeEngine(seed=2), items[:4], ctx("b"))
-    assert [r.request for r in a] == [r.request for r in b]
-    assert all(len(r.details["samples"]) == 3 for r in a)
-    with pytest.raises(UserError):
-        SUITES.get("diversity")(samples=1)
 
 
 # -- task -----------------------------------------------------------------------------------

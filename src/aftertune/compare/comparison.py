@@ -355,7 +355,7 @@ def _is_binary(values: list[float]) -> bool:
 
 def _metric_values(recs: list[Record], metric: _MetricSpec, generic: bool) -> list[Any]:
     if generic:
-        return [r.scores for r in recs]
+        return list(recs)
     return [float(r.scores[metric.name]) for r in recs if r.scores.get(metric.name) is not None]
 
 
@@ -606,8 +606,8 @@ def _comparison_row(sel: list[tuple[Record, Record]], label: str, reference: str
         row.update(_paired_binary([float(a.scores[metric.name]) for a, _ in sel],
                                   [float(b.scores[metric.name]) for _, b in sel], settings.confidence))
     else:
-        ref_vals = [a.scores if statistic else float(a.scores[metric.name]) for a, _ in sel]
-        new_vals = [b.scores if statistic else float(b.scores[metric.name]) for _, b in sel]
+        ref_vals = [a if statistic else float(a.scores[metric.name]) for a, _ in sel]
+        new_vals = [b if statistic else float(b.scores[metric.name]) for _, b in sel]
         row.update(_paired_score(ref_vals, new_vals, statistic, settings,
                                  _row_seed(settings.seed, suite, metric.name, label, category)))
     return row

@@ -26,8 +26,9 @@ SUITES.add("bias", "aftertune.suites.bias:BiasSuite",
            "Social bias by log-likelihood: BBQ accuracy and bias score, CrowS-Pairs and StereoSet "
            "stereotype preference")
 SUITES.add("diversity", "aftertune.suites.diversity:DiversitySuite",
-           "Diversity of sampled answers (temperature 1, several seeds per prompt): distinct-1/2, "
-           "self-BLEU, mean length; detects mode collapse after behavioural tuning")
+           "Diversity of sampled answers (temperature 1, several seeds per prompt), per input and across "
+           "inputs: expectation-adjusted distinct n-grams and MiniLM embedding diversity on length-cut "
+           "samples (Kirk et al. 2023); detects mode collapse after behavioural tuning")
 SUITES.add("safety", "aftertune.suites.safety:SafetySuite",
            "harmful requests from StrongREJECT, HarmBench, AdvBench and Do-Not-Answer, deduplicated, one "
            "category map; compliance (attack success) rate")
@@ -52,5 +53,9 @@ AGGREGATES.add("corpus_bleu", "aftertune.suites.aggregates:corpus_bleu",
                "sacrebleu corpus BLEU (0-100) from per-item n-gram statistics")
 AGGREGATES.add("ood_gap", "aftertune.suites.aggregates:ood_gap",
                "in-distribution accuracy minus out-of-distribution accuracy (keys acc_id, acc_ood)")
+AGGREGATES.add("ead_across_inputs", "aftertune.suites.diversity_metrics:ead_across_inputs",
+               "EAD over one sample per item, across items (details: truncated samples)")
+AGGREGATES.add("embedding_across_inputs", "aftertune.suites.diversity_metrics:embedding_across_inputs",
+               "1 - mean pairwise cosine over one sample per item, across items (details: embeddings)")
 AGGREGATES.add("stereoset_icat", "aftertune.suites.aggregates:stereoset_icat",
                "StereoSet ICAT = lms · min(ss, 1 − ss) / 0.5 (keys stereoset_lms, stereoset_ss); 1 is ideal")

@@ -1,9 +1,12 @@
 """Suite-level numbers that are not a mean of per-item values.
 
-Each aggregate reads helper values that the suite stores in every record's
-`scores` beside the metric itself (token counts, label indices, n-gram
-statistics), so it can be recomputed from the records alone, on any subset
-(a category, a bootstrap resample) without the raw texts.
+Each aggregate takes the records of a set of items (a model's sample, a
+category, a bootstrap resample, which may hold an item more than once) and
+reads helper values that the suite stores in every record's `scores` beside
+the metric itself (token counts, label indices, n-gram statistics), so it is
+recomputed from the records alone. Helpers that are not numbers (the texts
+and embeddings of the diversity suite's across-input metrics) live in the
+record's `details`.
 """
 
 from __future__ import annotations
@@ -11,36 +14,38 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-Scores = Sequence[dict[str, float | None]]
+from aftertune.record import Record
+
+Records = Sequence[Record]
 
 
-def _values(scores: Scores, key: str) -> list[float]:
-    return [float(s[key]) for s in scores if s.get(key) is not None]  # type: ignore[arg-type]
+def _values(records: Records, key: str) -> list[float]:
+    return [float(r.scores[key]) for r in records if r.scores.get(key) is not None]  # type: ignore[arg-type]
 
 
-def _paired(scores: Scores, *keys: str) -> list[tuple[float, ...]]:
-    return [tuple(float(s[k]) for k in keys) for s in scores  # type: ignore[arg-type]
-            if all(s.get(k) is not None for k in keys)]
+def _paired(records: Records, *keys: str) -> list[tuple[float, ...]]:
+    return [tuple(float(r.scores[k]) for k in keys) for r in records  # type: ignore[arg-type]
+            if all(r.scores.get(k) is not None for k in keys)]
 
 
-def perplexity(scores: Scores, metric: str) -> float:
-    rows = _paired(scores, "logprob", "n_tokens")
+def perplexity(records: Records, metric: str) -> float:
+    rows = _paired(records, "logprob", "n_tokens")
     n = sum(t for _, t in rows)
     if n <= 0:
         return float("nan")
     return math.exp(-sum(lp for lp, _ in rows) / n)
 
 
-def bits_per_byte(scores: Scores, metric: str) -> float:
-    rows = _paired(scores, "logprob", "n_bytes")
+def bits_per_byte(records: Records, metric: str) -> float:
+    rows = _paired(records, "logprob", "n_bytes")
     n = sum(b for _, b in rows)
     if n <= 0:
         return float("nan")
     return -sum(lp for lp, _ in rows) / math.log(2) / n
 
 
-def macro_f1(scores: Scores, metric: str) -> float:
-    rows = [(int(g), int(p)) for g, p in _paired(scores, "gold_label", "pred_label")]
+def macro_f1(records: Records, metric: str) -> float:
+    rows = [(int(g), int(p)) for g, p in _paired(records, "gold_label", "pred_label")]
     labels = sorted({g for g, _ in rows})
     if not labels:
         return float("nan")
@@ -69,10 +74,10 @@ def bleu_stats(hypothesis: str, reference: str) -> dict[str, float]:
     return out
 
 
-def corpus_bleu(scores: Scores, metric: str) -> float:
+def corpus_bleu(records: Records, metric: str) -> float:
     from sacrebleu.metrics import BLEU
 
-    rows = _paired(scores, *BLEU_KEYS)
+    rows = _paired(records, *BLEU_KEYS)
     if not rows:
         return float("nan")
     sums = [sum(r[i] for r in rows) for i in range(len(BLEU_KEYS))]
@@ -82,15 +87,15 @@ def corpus_bleu(scores: Scores, metric: str) -> float:
     return float(BLEU.compute_bleu(correct, total, sys_len, ref_len, smooth_method="exp").score)
 
 
-def ood_gap(scores: Scores, metric: str) -> float:
-    ind, ood = _values(scores, "acc_id"), _values(scores, "acc_ood")
+def ood_gap(records: Records, metric: str) -> float:
+    ind, ood = _values(records, "acc_id"), _values(records, "acc_ood")
     if not ind or not ood:
         return float("nan")
     return sum(ind) / len(ind) - sum(ood) / len(ood)
 
 
-def stereoset_icat(scores: Scores, metric: str) -> float:
-    lms, ss = _values(scores, "stereoset_lms"), _values(scores, "stereoset_ss")
+def stereoset_icat(records: Records, metric: str) -> float:
+    lms, ss = _values(records, "stereoset_lms"), _values(records, "stereoset_ss")
     if not lms or not ss:
         return float("nan")
     lm, s = sum(lms) / len(lms), sum(ss) / len(ss)

@@ -26,8 +26,8 @@ class Metric:
 
     kind "binary": per-item 0/1 (McNemar, risk ratios); "score": per-item real
     value (paired bootstrap). `aggregate` names a function in AGGREGATES that
-    turns the per-item score dicts into the suite-level number (default: mean
-    of this metric's per-item values, ignoring None).
+    turns a set of records into the suite-level number (default: mean of this
+    metric's per-item values, ignoring None).
     """
 
     name: str
@@ -77,12 +77,12 @@ class Suite(ABC):
         return {"suite": self.name, "options": self.options}
 
 
-Aggregate = Callable[[Sequence[dict[str, float | None]], str], float]
+Aggregate = Callable[[Sequence[Record], str], float]  # (records of a set of items, metric name) → the number
 AGGREGATES: Registry[Aggregate] = Registry("aggregate")
 
 
-def mean_aggregate(scores: Sequence[dict[str, float | None]], metric: str) -> float:
-    vals = [s[metric] for s in scores if s.get(metric) is not None]
+def mean_aggregate(records: Sequence[Record], metric: str) -> float:
+    vals = [r.scores[metric] for r in records if r.scores.get(metric) is not None]
     return float(sum(vals) / len(vals)) if vals else float("nan")  # type: ignore[arg-type]
 
 

@@ -1,30 +1,45 @@
-"""Output diversity under sampling: does the tuned model still say different things?
+"""Output diversity under sampling: does the tuned model still say different things? (mode collapse)
 
-Behavioural fine-tuning often collapses a model onto a few stock answers
-(mode collapse). For each open-ended prompt the suite draws `samples`
+Behavioural fine-tuning, RLHF above all, narrows what a model says (Kirk et
+al. 2023, "Understanding the effects of RLHF on LLM generalisation and
+diversity"). As in that paper, each open-ended prompt gets `samples`
 completions at temperature 1 (seeded, so both models get identical requests)
-and measures, within the prompt's samples:
+and diversity is measured two ways:
 
-- distinct-1 / distinct-2: unique word uni/bigrams ÷ all uni/bigrams (Li et al. 2016);
-- self-BLEU: BLEU of each sample against the others as references, averaged
-  (Zhu et al. 2018, Texygen); higher means more alike;
-- mean length in words.
+- per input: among the k samples of one prompt (does the model still give
+  different answers to the same request?), a per-prompt value, so the
+  comparison is paired prompt by prompt;
+- across inputs: one sample per prompt, across prompts (do different
+  requests still get different answers?), one number per model, computed by
+  a suite-level aggregate from the records, so its interval comes from the
+  paired bootstrap over prompts like any other aggregate.
 
-All four are per-prompt values, so paired statistics apply and a resumed run
-needs nothing from other prompts.
+Each with two metrics (`diversity_metrics`): EAD, expectation-adjusted
+distinct n-grams (lexical), and 1 − mean pairwise cosine of MiniLM sentence
+embeddings (semantic). Every sample is first cut to its first `max_words`
+words, so the metrics compare equal amounts of text from each model.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from aftertune.engines.base import Decoding, Engine, GenerateRequest
 from aftertune.errors import UserError
+from aftertune.judges.embedding import DEFAULT_ENCODER, load_encoder
 from aftertune.record import Record
 from aftertune.suites.base import Item, Metric, Suite, SuiteContext
 from aftertune.suites.common import read_user_data, require
+from aftertune.suites.diversity_metrics import (
+    EAD_MAX_N,
+    EAD_VOCAB,
+    cosine_diversity,
+    ead_mean,
+    pack_vector,
+    truncate,
+    words,
+)
 
 # (category, prompt): written for this suite; open-ended on purpose, no single right answer.
 PROMPTS: tuple[tuple[str, str], ...] = (
@@ -70,42 +85,23 @@ PROMPTS: tuple[tuple[str, str], ...] = (
     ("personal", "Write a song verse about a road trip with friends."),
 )
 
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float | None:
-    """Unique n-grams ÷ all n-grams over `texts` (None when there are no n-grams)."""
-    grams = [tuple(ws[i:i + n]) for t in texts for ws in (words(t),) for i in range(len(ws) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def self_bleu(texts: Sequence[str]) -> float | None:
-    """Mean sentence BLEU (0–1) of each text against all the others as references."""
-    from sacrebleu.metrics import BLEU
-
-    if len(texts) < 2:
-        return None
-    bleu = BLEU(effective_order=True)
-    vals = []
-    for i, hyp in enumerate(texts):
-        refs = [t for j, t in enumerate(texts) if j != i]
-        vals.append(bleu.sentence_score(hyp, refs).score / 100.0 if hyp.strip() else 0.0)
-    return sum(vals) / len(vals)
-
 
 class DiversitySuite(Suite):
-    """Distinct-1/2, self-BLEU and length of sampled answers to open-ended prompts (mode collapse)."""
+    """Per-input and across-input EAD and embedding diversity of sampled answers (Kirk et al. 2023)."""
 
     metrics = (
-        Metric("distinct_1", "higher", "score", "unique words ÷ all words across the prompt's samples"),
-        Metric("distinct_2", "higher", "score", "unique word bigrams ÷ all bigrams across the prompt's samples"),
-        Metric("self_bleu", "lower", "score", "mean BLEU (0–1) of each sample against the others: higher = more alike"),
+        Metric("ead_per_input", "higher", "score",
+               f"EAD (n = 1…{EAD_MAX_N}, V = {EAD_VOCAB:,}) over the prompt's samples, each cut to the same length"),
+        Metric("embedding_per_input", "higher", "score",
+               "1 − mean pairwise cosine of the prompt's samples (MiniLM embeddings, samples cut to the same length)"),
+        Metric("ead_across_inputs", "higher", "score",
+               "EAD over one sample per prompt, across prompts", aggregate="ead_across_inputs"),
+        Metric("embedding_across_inputs", "higher", "score",
+               "1 − mean pairwise cosine over one sample per prompt, across prompts",
+               aggregate="embedding_across_inputs"),
         Metric("mean_length", "higher", "score",
-               "mean length of a sample in words (not a quality by itself; a drop often goes with collapse)"),
+               "mean length of a sample in words, before the cut (not a quality by itself; a drop often goes "
+               "with collapse)"),
     )
     default_limit: ClassVar[int | None] = 30  # x 4 samples x 64 tokens: a few minutes on a CPU
 
@@ -115,10 +111,16 @@ class DiversitySuite(Suite):
         self.max_new_tokens = int(options.get("max_new_tokens", 64))
         self.temperature = float(options.get("temperature", 1.0))
         self.seed = int(options.get("sample_seed", 1234))
+        self.max_words = int(options.get("max_words", 32))
+        self.encoder = str(options.get("encoder", DEFAULT_ENCODER))
         if self.samples < 2:
-            raise UserError(f"diversity: samples={self.samples}; self-BLEU needs at least 2 samples per prompt")
+            raise UserError(f"diversity: samples={self.samples}; per-input diversity needs at least 2 samples "
+                            "per prompt")
         if self.temperature <= 0:
             raise UserError("diversity: temperature must be above 0 (greedy decoding gives one answer per prompt)")
+        if self.max_words < EAD_MAX_N:
+            raise UserError(f"diversity: max_words={self.max_words}; EAD averages n-grams up to n = {EAD_MAX_N}, "
+                            f"so cut samples to at least {EAD_MAX_N} words")
 
     def load_items(self) -> list[Item]:
         if self.options.get("data"):
@@ -137,21 +139,27 @@ class DiversitySuite(Suite):
         reqs = [self.requests(it) for it in items]
         flat = [r for rs in reqs for r in rs]
         results = engine.generate(flat, ctx.progress) if flat else []
+        cut = [truncate(o.text, self.max_words) for o in results]
+        encoder = load_encoder(self.encoder)
+        vectors = encoder.encode(cut)
         records = []
         for n, (it, rs) in enumerate(zip(items, reqs, strict=True)):
-            outs = results[n * self.samples:(n + 1) * self.samples]
-            texts = [o.text for o in outs]
-            lengths = [len(words(t)) for t in texts]
+            span = slice(n * self.samples, (n + 1) * self.samples)
+            outs, texts = results[span], cut[span]
+            lengths = [len(words(o.text)) for o in outs]
             records.append(Record(
                 model=ctx.model_label, suite=self.name, item_id=it.id, category=it.category,
                 request={"kind": "generate", "messages": [{"role": "user", "content": it.data["prompt"]}],
                          "decoding": {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                                       "top_p": 1.0},
                          "seeds": [r.decoding.seed for r in rs]},
-                response="\n\n---\n\n".join(texts),
-                scores={"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-                        "self_bleu": self_bleu(texts), "mean_length": sum(lengths) / len(lengths)},
-                details={"samples": texts, "finish_reasons": [o.finish_reason for o in outs],
+                response="\n\n---\n\n".join(o.text for o in outs),
+                scores={"ead_per_input": ead_mean(texts), "embedding_per_input": cosine_diversity(vectors[span]),
+                        "ead_across_inputs": None, "embedding_across_inputs": None,
+                        "mean_length": sum(lengths) / len(lengths)},
+                details={"samples": [o.text for o in outs], "truncated": texts, "n_words": lengths,
+                         "embeddings": [pack_vector(v) for v in vectors[span]], "encoder": encoder.fingerprint,
+                         "finish_reasons": [o.finish_reason for o in outs],
                          "n_new_tokens": [o.n_new_tokens for o in outs], "prompt_text": outs[0].prompt_text},
             ))
         return records
@@ -164,6 +172,11 @@ class DiversitySuite(Suite):
                  "ideas, personal writing), one user turn each through the model's chat template",
             "decoding": {"temperature": self.temperature, "top_p": 1.0, "max_new_tokens": self.max_new_tokens,
                          "samples_per_prompt": self.samples, "seeds": f"{self.seed}..{self.seed + self.samples - 1}"},
-            "metrics": "distinct-n over lower-cased word/punctuation tokens of the prompt's samples; self-BLEU = "
-                       "sacrebleu sentence BLEU (effective order) of each sample vs the others, averaged, 0–1",
+            "length_control": f"every sample cut to its first {self.max_words} words (lower-cased words and "
+                              "punctuation marks); shorter samples are kept whole (details.n_words)",
+            "metrics": f"EAD (Liu et al. 2022) = distinct n-grams / V(1 - ((V-1)/V)^C), C = all n-grams, "
+                       f"V = {EAD_VOCAB}, averaged over n = 1..{EAD_MAX_N} (Kirk et al. 2023); embedding "
+                       f"diversity = 1 - mean pairwise cosine of {self.encoder} sentence embeddings (mean pooled, "
+                       "L2-normalised); per input over the prompt's samples, across inputs over one sample per "
+                       "prompt (a prompt drawn m times in a bootstrap resample contributes its first m samples)",
         }

@@ -1,4 +1,4 @@
-"""Build a tiny causal LM with a real (trained) tokenizer and a ChatML template.
+"""Build a tiny causal LM with a real (trained) tokenizer and a ChatML template, and a tiny sentence encoder.
 
 Used by unit tests so they exercise the real transformers/peft code paths in
 seconds, with no download. Weights are random but seeded, so outputs are
@@ -8,6 +8,7 @@ deterministic.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -58,3 +59,23 @@ def build_tiny_model(out: str | Path, *, vocab_size: int = 400, hidden: int = 32
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
     return out
+
+
+def build_tiny_encoder(out: str | Path, words: list[str], model_cls: str = "BertModel", **config: Any) -> Path:
+    """A one-layer random BERT of hidden size 16 over a word-level vocabulary of `words`, saved in `out`.
+
+    Its weights come from a fixed seed, so a test that trains it does not depend on what ran before it."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(out)
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, **config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        getattr(transformers, model_cls)(cfg).save_pretrained(out)
+    return Path(out)
