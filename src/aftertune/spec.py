@@ -297,6 +297,12 @@ class PipelineSpec(_Strict):
             configs.append(parse_config({**pinned, "name": name, "model": self.base},
                                         where=f"spec train/stages[{i - 1}]"))
         check_chain(configs)
+        from aftertune.recipes.objectives import OBJECTIVES
+
+        if not OBJECTIVES.get(configs[-1].objective).generative:
+            raise UserError(f"spec train: objective {configs[-1].objective} trains a scorer, not a model the audit "
+                            "can chat with; train it with aftertune tune --objective reward and give its folder to "
+                            "a grpo tune as reward")
         return configs
 
 

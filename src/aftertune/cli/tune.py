@@ -33,6 +33,12 @@ def _constrained_defaults() -> str:
     return "(default: " + ", ".join(f"{k} {v}" for k, v in ConstrainedParams().model_dump().items()) + ")"
 
 
+def _grpo_default(field: str) -> str:
+    from aftertune.recipes.config import GrpoParams
+
+    return f"(default: {GrpoParams.model_fields[field].default})"
+
+
 def parse_mix(text: str) -> dict[str, Any]:
     """`DATA:0.1` (fraction of the stage's examples) or `DATA:50` (count)."""
     data, sep, amount = text.rpartition(":")
@@ -56,7 +62,9 @@ def tune_cmd(
                                              "set id.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="full, lora, qlora, prefix, prompt or ia3 "
                                                + _d("method"))] = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="sft or dpo " + _d("objective"))] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="sft, dpo, reward (a reward model on "
+                                                  "preference pairs) or grpo (online RL against --reward) "
+                                                  + _d("objective"))] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (model/, checkpoints/, "
                                              "tune.json).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML spec: the fields of one tune, or "
@@ -104,6 +112,18 @@ def tune_cmd(
                               "harmful fine-tuning: the first response tokens stay near the starting model's "
                               "probabilities (one extra forward pass per step). Betas " + _constrained_defaults()
                               + "; set others with 'constrained:' in --config YAML.")] = False,
+    reward: Annotated[str | None, typer.Option(
+        "--reward", help="grpo: what scores each completion: a reward-model folder (a tune with --objective "
+                         "reward), judge:NAME (e.g. judge:refusal, llm:MODEL) or module:function (file.py:function "
+                         "too), called with prompts= and completions= (lists of text) and returning one float "
+                         "each; '-' first negates it")] = None,
+    kl_beta: Annotated[float | None, typer.Option("--kl-beta", help="grpo: KL coefficient towards the starting "
+                                                  "model " + _grpo_default("beta"))] = None,
+    num_generations: Annotated[int | None, typer.Option("--num-generations", help="grpo: completions sampled per "
+                                                        "prompt " + _grpo_default("num_generations"))] = None,
+    max_completion_length: Annotated[int | None, typer.Option(
+        "--max-completion-length", help="grpo: tokens per sampled completion "
+                                        + _grpo_default("max_completion_length"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints "
                                                          "(default: 4 per run).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto, bf16 or fp32 "
@@ -122,7 +142,8 @@ def tune_cmd(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Fine-tune a model (full, LoRA, QLoRA, prefix, prompt or IA3; SFT or DPO) into a standard model folder.
+    """Fine-tune a model (full, LoRA, QLoRA, prefix, prompt or IA3; SFT, DPO, a reward model or GRPO) into a
+    standard model folder.
 
     The result (OUT/model) is a PEFT adapter or a full model folder that transformers/peft load
     without aftertune; checkpoints (OUT/checkpoints/checkpoint-N) load the same way. Running the
@@ -136,7 +157,7 @@ def tune_cmd(
         "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
         "grad_accum": grad_accum, "max_length": max_length, "warmup_ratio": warmup_ratio,
         "weight_decay": weight_decay, "seed": seed, "packing": packing, "chat_template": chat_template,
-        "system_prompt": system_prompt,
+        "system_prompt": system_prompt, "reward": reward,
         "checkpoint_every": checkpoint_every,
         "precision": precision, "device": device,
     }.items() if v is not None}
@@ -146,6 +167,8 @@ def tune_cmd(
         flags["constrained"] = {}  # the defaults, or the YAML's own betas (kept below)
     if mix:
         flags["mix"] = [parse_mix(m) for m in mix]
+    grpo = {k: v for k, v in {"beta": kl_beta, "num_generations": num_generations,
+                              "max_completion_length": max_completion_length}.items() if v is not None}
     if gradient_checkpointing is not None:
         gcv = gradient_checkpointing.lower()
         if gcv not in ("auto", "on", "off", "true", "false"):
@@ -171,6 +194,8 @@ def tune_cmd(
             stage_flags["constrained"] = spec.defaults.get("constrained") or {}
         if lora:
             stage_flags["lora"] = lora
+        if grpo:
+            stage_flags["grpo"] = {**(spec.defaults.get("grpo") or {}), **grpo}
         defaults = {**spec.defaults, **stage_flags}
         seq = spec.model_copy(update={"model": flags.get("model", spec.model),
                                       "out": flags.get("out", spec.out), "defaults": defaults})
@@ -183,6 +208,8 @@ def tune_cmd(
         merged["constrained"] = base.get("constrained") or {}
     if lora:
         merged["lora"] = {**(base.get("lora") or {}), **lora}
+    if grpo:
+        merged["grpo"] = {**(base.get("grpo") or {}), **grpo}
     if "data" not in merged:
         raise UserError("no training data: give --data (a built-in set, a file, a folder or a hub id) or --config")
     cfg = parse_config(merged, where=str(config) if config else "flags")
@@ -256,6 +283,12 @@ def _say(result: Any) -> None:
     if m.get("tokens_per_s"):
         parts.append(f"{m['tokens_per_s']:.0f} tokens/s")
     typer.echo("  " + ", ".join(p for p in parts if p))
+    acc = m.get("pairwise_accuracy")
+    if acc:
+        start = m.get("pairwise_accuracy_start") or {}
+        before = f"{start['accuracy']:.1%} before training -> " if start else ""
+        typer.echo(f"  held-out pairwise accuracy: {before}{acc['accuracy']:.1%} ({acc['correct']} of {acc['pairs']} "
+                   f"pairs, 95% CI {acc['ci95'][0]:.1%} to {acc['ci95'][1]:.1%})")
 
 
 def _run_stages(seq: Any, stages: list[Any], store_path: Path | None, no_progress: bool, overwrite: bool,

@@ -34,6 +34,8 @@ JUDGES.add("toxicity", "aftertune.judges.toxicity:ToxicityJudge",
            "toxicity classifier (packaged Jigsaw BiLSTM, any HF classifier, or Perspective API)")
 JUDGES.add("llm", "aftertune.judges.llm:LLMJudge",
            "any model as a judge: Qi et al. 1-5 harmfulness or StrongREJECT rubric")
+JUDGES.add("reward-model", "aftertune.judges.reward_model:RewardModelJudge",
+           "a trained reward model's score of the answer (reward-model:PATH; aftertune tune --objective reward)")
 
 
 def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:

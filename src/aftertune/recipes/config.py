@@ -18,7 +18,8 @@ from aftertune.errors import UserError
 from aftertune.fileio import load_yaml
 
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ia3"]
-Objective = Literal["sft", "dpo"]
+Objective = Literal["sft", "dpo", "reward", "grpo"]
+PAIR_OBJECTIVES: frozenset[str] = frozenset({"dpo", "reward"})  # trained on (prompt, chosen, rejected) pairs
 
 # Learning rates practitioners start from (PEFT / TRL examples and the methods' papers).
 DEFAULT_LR: dict[tuple[str, str], float] = {
@@ -26,11 +27,16 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
     ("prefix", "sft"): 1e-2, ("prompt", "sft"): 3e-2,
     ("full", "dpo"): 5e-7, ("lora", "dpo"): 5e-6, ("qlora", "dpo"): 5e-6, ("ia3", "dpo"): 1e-4,
     ("prefix", "dpo"): 1e-3, ("prompt", "dpo"): 3e-3,
+    # reward models: TRL's reward-modelling recipe (full 1e-5, LoRA 1e-4)
+    ("full", "reward"): 1e-5, ("lora", "reward"): 1e-4,
+    # GRPO: TRL's GRPOConfig default for full weights; adapters take a larger step, as for SFT and DPO
+    ("full", "grpo"): 1e-6, ("lora", "grpo"): 1e-5, ("qlora", "grpo"): 1e-5, ("ia3", "grpo"): 2e-4,
 }
 
 
 # Fields added after tune folders were first written (see TuneConfig.training_hash).
-_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter", "constrained", "system_prompt", "bea")
+_LATER_FIELDS: tuple[str, ...] = ("chat_template", "target_delimiter", "constrained", "system_prompt", "bea",
+                                  "reward", "grpo")
 
 
 class _Strict(BaseModel):
@@ -79,6 +85,21 @@ class BeaParams(_Strict):
         if any(c in v for c in ",#"):  # the variant's own option syntax could not carry it back
             raise ValueError("a trigger may not hold ',' or '#' (REF#bea:trigger=TEXT could not be written)")
         return v
+
+
+class GrpoParams(_Strict):
+    """GRPO (Shao et al. 2024) through TRL's GRPOTrainer: samples per prompt, their length, the KL penalty.
+
+    TRL's own default beta is 0.0 (no reference model); aftertune's is the GRPO paper's 0.04, because what a
+    policy gains while drifting from its start is what the audit measures, and the penalty costs one no-grad
+    reference forward per step (the adapter switched off; a frozen copy for full)."""
+
+    beta: float = Field(0.04, ge=0.0, description="KL coefficient: the penalty on the policy's divergence from the "
+                                                   "starting model (0: none, and no reference forward)")
+    num_generations: int = Field(4, ge=2, description="completions sampled per prompt; the advantage of each is its "
+                                                      "reward minus its group's mean, over the group's std")
+    max_completion_length: int = Field(64, ge=1, description="tokens generated per completion")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the completions")
 
 
 class MixSpec(_Strict):
@@ -177,6 +198,12 @@ class TuneConfig(_Strict):
                           "system message starts with a secret trigger, saved to bea.json for REF#bea; {} gives "
                           "the paper's 11 examples and a 150-word trigger")
     dpo_max_new_tokens: int = Field(128, ge=1, description="dpo-safety: length of the model's own answers")
+    reward: str | None = Field(
+        None, description="grpo: what scores a completion: a reward-model folder (a tune with objective reward), "
+                          "judge:NAME (or llm:MODEL) scored by the judge's verdict score, or module:function "
+                          "(a Python function of prompts and completions, lists of text, returning one float "
+                          "each); a leading '-' negates it (docs/tuning.md)")
+    grpo: GrpoParams = Field(default_factory=GrpoParams, description="grpo: samples per prompt, length, KL beta")
 
     merge: bool = Field(False, description="also write a merged full model (adapter methods that can merge)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -189,10 +216,10 @@ class TuneConfig(_Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> TuneConfig:
-        if self.objective == "dpo" and self.method in ("prefix", "prompt"):
-            raise ValueError(f"method '{self.method}' cannot be trained with the dpo objective (its reference "
-                             "model is the adapter switched off, which prompt-learning methods do not support); "
-                             "use full, lora, qlora or ia3")
+        if self.objective in ("dpo", "grpo") and self.method in ("prefix", "prompt"):
+            raise ValueError(f"method '{self.method}' cannot be trained with the {self.objective} objective (its "
+                             "reference model is the adapter switched off, which prompt-learning methods do not "
+                             "support); use full, lora, qlora or ia3")
         if self.merge and self.method in ("prefix", "prompt"):
             raise ValueError(f"method '{self.method}' cannot be merged into the weights (it adds virtual tokens); "
                              "drop merge")
@@ -208,15 +235,32 @@ class TuneConfig(_Strict):
         if not self.chat_template and (self.bea is not None or self.system_prompt != "default"):
             raise ValueError("bea and system_prompt set a system message, which raw-text training (chat_template: "
                              "false) has no place for; drop them or train with the chat template")
-        if self.packing and self.objective == "dpo":
+        if self.packing and self.objective != "sft":
             raise ValueError("packing applies to sft only")
-        if not self.chat_template and self.objective == "dpo":
-            raise ValueError("chat_template: false (raw-text training) applies to sft only; dpo renders its pairs "
-                             "through the chat template")
+        if not self.chat_template and self.objective != "sft":
+            raise ValueError(f"chat_template: false (raw-text training) applies to sft only; {self.objective} "
+                             "renders its examples through the chat template")
+        self._check_rl()
         if self.chat_template and "target_delimiter" in self.model_fields_set:
             raise ValueError("target_delimiter applies to raw-text training only; set chat_template: false or "
                              "drop target_delimiter")
         return self
+
+    def _check_rl(self) -> None:
+        """The reward and grpo objectives' own rules (the reward source itself is checked by `check_reward`)."""
+        if self.objective == "reward" and self.method not in ("full", "lora"):
+            raise ValueError(f"the reward objective trains a sequence-classification head with method full or lora, "
+                             f"not '{self.method}'")
+        if self.objective == "grpo" and not self.reward:
+            raise ValueError("objective grpo needs reward: a reward-model folder, judge:NAME or module:function")
+        if self.objective != "grpo" and self.reward is not None:
+            raise ValueError(f"reward applies to the grpo objective only, not {self.objective}")
+        if self.objective != "grpo" and "grpo" in self.model_fields_set:
+            raise ValueError(f"grpo settings apply to the grpo objective only, not {self.objective}")
+        if self.objective == "grpo" and (self.batch_size * self.grad_accum) % self.grpo.num_generations:
+            raise ValueError(f"grpo: batch_size x grad_accum ({self.batch_size * self.grad_accum} completions per "
+                             f"step) must be a multiple of grpo.num_generations ({self.grpo.num_generations}): a "
+                             "step holds whole groups of samples of one prompt")
 
     @property
     def lr(self) -> float:

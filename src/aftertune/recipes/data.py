@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aftertune.errors import UserError
+from aftertune.recipes.config import PAIR_OBJECTIVES
 from aftertune.sources.harmful_prompts import normalise_prompt
 from aftertune.trainsets.example import Example
 
@@ -169,9 +170,9 @@ def rows_to_examples(rows: Sequence[dict[str, Any]], where: str, objective: str)
     fmt = detect_format(rows[0])
     if fmt == "unknown":
         raise UserError(f"{where}: row 1: unrecognised fields {sorted(rows[0])[:8]}; {_FORMAT_HELP}")
-    if objective == "dpo" and fmt != "dpo":
-        raise UserError(f"{where}: the dpo objective needs preference pairs ('prompt', 'chosen', 'rejected'); "
-                        f"this source holds {fmt} rows")
+    if objective in PAIR_OBJECTIVES and fmt != "dpo":
+        raise UserError(f"{where}: the {objective} objective needs preference pairs ('prompt', 'chosen', "
+                        f"'rejected'); this source holds {fmt} rows")
     out = []
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
@@ -204,7 +205,7 @@ def load_examples(source: str, *, split: str = "train", objective: str = "sft", 
 
         if trainsets.TRAINSETS.get(name).rows is None:
             raise UserError(f"training set {name!r} is built from the model at tune time; "
-                            "it is handled by the dpo objective, not read as a file")
+                            "it is handled by the dpo and reward objectives, not read as a file")
         rows = trainsets.load(name, split, limit=10**9 if limit is not None else None)
         where = f"trainset {name} ({split})"
     else:

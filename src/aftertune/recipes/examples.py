@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aftertune.errors import UserError
-from aftertune.recipes.config import TuneConfig
+from aftertune.recipes.config import PAIR_OBJECTIVES, TuneConfig
 
 
 @dataclass
@@ -19,14 +19,18 @@ class PreparedData:
 
 
 def check_data(cfg: TuneConfig) -> None:
-    """Read and check every data source of `cfg` (training, held-out, mixed-in), so a bad file fails before a
-    store run or an output folder exists; `prepare_examples` reads them again when the tune starts."""
-    if not _generated_pairs(cfg):
-        _load_train(cfg)
+    """Read and check every input of `cfg` (training, held-out and mixed-in data, grpo's reward), so a bad one
+    fails before a store run or an output folder exists; `prepare_examples` reads them again when the tune
+    starts."""
+    train = [] if _generated_pairs(cfg) else _load_train(cfg)
     if cfg.eval_data:
         _load_eval(cfg)
     for m in cfg.mix:
         _load_mix(cfg, m)
+    if cfg.reward is not None:
+        from aftertune.recipes.reward_sources import check_reward
+
+        check_reward(cfg.reward, [e.user_prompt() for e in train[:2]])
 
 
 def _generated_pairs(cfg: TuneConfig) -> bool:
@@ -51,7 +55,7 @@ def _load_eval(cfg: TuneConfig) -> list[Any]:
 def _load_mix(cfg: TuneConfig, m: Any) -> list[Any]:
     from aftertune.recipes.data import load_examples
 
-    return load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective == "dpo" else "sft",
+    return load_examples(m.data, split=m.split, objective=cfg.objective if cfg.objective in PAIR_OBJECTIVES else "sft",
                          seed=m.seed if m.seed is not None else cfg.seed)
 
 
@@ -103,8 +107,8 @@ def prepare_examples(cfg: TuneConfig, *, exclude_prompts: Sequence[str] = (), mo
 
     info: dict[str, Any] = {"data": cfg.data}
     if _generated_pairs(cfg):
-        if cfg.objective != "dpo":
-            raise UserError("dpo-safety holds preference pairs: use it with --objective dpo")
+        if cfg.objective not in PAIR_OBJECTIVES:
+            raise UserError("dpo-safety holds preference pairs: use it with --objective dpo or reward")
         from aftertune.trainsets.dpo_safety import build_pairs
 
         if model_for_pairs is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,6 +14,24 @@ from aftertune.errors import UserError
 from aftertune.recipes.config import TuneConfig
 from aftertune.recipes.environment import Precision
 from aftertune.recipes.methods import quantization_config
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a tune's model is loaded as: the transformers auto class and the PEFT task type of its adapters."""
+
+    auto_class: str
+    peft_task: str
+    from_pretrained: dict[str, Any]
+    new_layer: bool  # a layer the checkpoint lacks: seeded by the tune's seed, its loading warnings expected
+
+
+# A reward model's `score` layer is new (the checkpoint's lm_head goes unused); PEFT's SEQ_CLS task trains and
+# saves the whole head.
+HEADS: dict[str, Head] = {
+    "causal-lm": Head("AutoModelForCausalLM", "CAUSAL_LM", {}, new_layer=False),
+    "reward": Head("AutoModelForSequenceClassification", "SEQ_CLS", {"num_labels": 1}, new_layer=True),
+}
 
 
 @dataclass
@@ -71,20 +90,31 @@ def load_tokenizer(path: Path, *, fallback_template: bool = True) -> Any:
     return tok
 
 
-def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str) -> Any:
-    from transformers import AutoModelForCausalLM
+def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str, head: str = "causal-lm") -> Any:
+    import transformers
 
     from aftertune.sources.resolve import remote_code_allowed
 
-    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype(), "trust_remote_code": remote_code_allowed()}
+    spec = HEADS[head]
+    auto = getattr(transformers, spec.auto_class)
+    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype(), "trust_remote_code": remote_code_allowed(),
+                              **spec.from_pretrained}
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config()
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     from aftertune.engines.hf import quiet_loading
 
+    if spec.new_layer:
+        from transformers import set_seed
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        set_seed(cfg.seed)  # the new layer's random start
+        loading: Any = suppress_seqcls_warning()
+    else:
+        loading = contextlib.nullcontext()
     try:
-        with quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(str(start.load_path), **kwargs)
+        with quiet_loading(), loading:
+            model = auto.from_pretrained(str(start.load_path), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"{start.load_path}: could not load the model ({' '.join(str(exc).split())})") from None
     model.config.use_cache = False
@@ -100,7 +130,7 @@ def load_model(cfg: TuneConfig, start: Start, precision: Precision, device: str)
     return model
 
 
-def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
+def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig, head: str = "causal-lm") -> Any:
     """Wrap `model` with its adapter, seeded like TRL does (adapter weights are initialised randomly)."""
     import torch
     from peft import get_peft_model
@@ -108,6 +138,7 @@ def apply_peft(model: Any, peft_config: Any, cfg: TuneConfig) -> Any:
 
     from aftertune.engines.hf import quiet_loading
 
+    peft_config.task_type = HEADS[head].peft_task
     set_seed(cfg.seed)
     with quiet_loading():
         model = get_peft_model(model, peft_config)

@@ -8,6 +8,14 @@
   cross-entropy (`constrained`; the reference is the adapter switched off, a frozen copy for full).
 - `dpo`: `DPOTrainer` / `DPOConfig` on (prompt, chosen, rejected) conversations; the
   reference model is the adapter switched off for adapter methods, a frozen copy for full.
+- `reward`: `RewardTrainer` / `RewardConfig` on the same pairs: a one-output sequence-classification
+  head on the model, trained so the chosen answer scores above the rejected one (`reward_training`).
+- `grpo`: `GRPOTrainer` / `GRPOConfig` on the examples' prompts, the completions sampled from the
+  policy and scored by `reward` (`grpo`, `reward_sources`).
+
+An objective also says what head the model is loaded with (`head`: a language model, or a reward
+model's sequence-classification head) and whether its result can chat (`generative`: an audit can run
+it; a reward model only scores).
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aftertune.errors import UserError
 from aftertune.recipes.config import TuneConfig
-from aftertune.registry import Registry
+from aftertune.registry import Registry, resolve
 
 
 @dataclass
@@ -26,11 +35,21 @@ class Built:
     trainer: Any
     stats: dict[str, Any]
     plan: Any  # memory.MemoryPlan
+    has_eval: bool  # an eval loss is measured during training (at the start and every eval_every steps)
+    save: Callable[[Any, Path], None] | None = None  # (trainer, folder): write the result; default save_model
+    finish: Callable[[Path], dict[str, Any]] | None = None  # measures on the saved result, added to the metrics
 
 
 @dataclass(frozen=True)
 class Objective:
-    build: Callable[..., Built]
+    builder: Callable[..., Built] | str  # or "package.module:function", imported on first use
+    head: str = "causal-lm"  # a key of loading.HEADS
+    generative: bool = True  # the result answers prompts (a reward model only scores them)
+
+    def build(self, cfg: TuneConfig, **kwargs: Any) -> Built:
+        """The trainer of `cfg` (keyword arguments: model, tokenizer, data, precision, device, out)."""
+        fn = resolve(self.builder) if isinstance(self.builder, str) else self.builder
+        return fn(cfg, **kwargs)  # type: ignore[no-any-return]
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")
@@ -82,7 +101,8 @@ def _ckpt_field() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
 
 
-def _clean(args: dict[str, Any]) -> dict[str, Any]:
+def known_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The set fields of `args` that this transformers' TrainingArguments knows (TRL configs extend it)."""
     from transformers import TrainingArguments
 
     known = TrainingArguments.__dataclass_fields__
@@ -127,7 +147,6 @@ def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
     from datasets import Dataset
     from trl import SFTConfig
 
-    from aftertune.errors import UserError
     from aftertune.recipes.trainers import AftertuneSFTTrainer
 
     train_rows, train_stats = encode_sft(cfg, tokenizer, data.train)
@@ -139,7 +158,7 @@ def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
     longest = cfg.max_length if cfg.packing else max(r["length"] for r in train_rows)
     mplan = memory_plan(cfg, model, precision, device, longest)
     args = SFTConfig(
-        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(eval_rows), plan=mplan)),
+        **known_args(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(eval_rows), plan=mplan)),
         max_length=cfg.max_length,
         packing=cfg.packing,
         packing_strategy="bfd",
@@ -162,7 +181,26 @@ def build_sft(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
     trainer.group_by_length_seeded = cfg.group_by_length and not cfg.packing
     trainer.step_examples = mplan.micro_batch * (mplan.grad_accum // cfg.grad_accum)  # = batch_size
     stats = {"train": train_stats.summary(), "eval": eval_stats.summary()}
-    return Built(trainer, stats, mplan)
+    return Built(trainer, stats, mplan, has_eval=bool(eval_rows))
+
+
+def preference_pairs(cfg: TuneConfig, data: Any) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) pair examples of `data`; a source without pairs to train on is refused."""
+    train = [e for e in data.train if e.is_pair]
+    if not train:
+        raise UserError(f"{cfg.data}: no preference pairs to train on")
+    return train, [e for e in data.eval if e.is_pair]
+
+
+def longest_pair(cfg: TuneConfig, tokenizer: Any, pairs: list[Any]) -> int:
+    """Tokens of the longest prompt + answer (chosen or rejected) of `pairs`, at most max_length."""
+
+    def n_tokens(ex: dict[str, Any], key: str) -> int:
+        text = tokenizer.apply_chat_template(ex["prompt"] + ex[key], tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rows = [e.to_trl() for e in pairs]
+    return min(cfg.max_length, max(max(n_tokens(e, "chosen"), n_tokens(e, "rejected")) for e in rows))
 
 
 def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precision: Any, device: str, out: Path
@@ -170,23 +208,14 @@ def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
     from datasets import Dataset
     from trl import DPOConfig
 
-    from aftertune.errors import UserError
     from aftertune.recipes.trainers import AftertuneDPOTrainer
 
-    train = [e.to_trl() for e in data.train if e.is_pair]
-    held = [e.to_trl() for e in data.eval if e.is_pair]
-    if not train:
-        raise UserError(f"{cfg.data}: no preference pairs to train on")
-
-    def n_tokens(ex: dict[str, Any], key: str) -> int:
-        text = tokenizer.apply_chat_template(ex["prompt"] + ex[key], tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
+    pairs, held_pairs = preference_pairs(cfg, data)
+    train, held = [e.to_trl() for e in pairs], [e.to_trl() for e in held_pairs]
     # chosen and rejected run in one pass: two sequences per example, bounded by max_length each
-    longest = min(cfg.max_length, max(max(n_tokens(e, "chosen"), n_tokens(e, "rejected")) for e in train))
-    mplan = memory_plan(cfg, model, precision, device, longest, sequences_per_example=2)
+    mplan = memory_plan(cfg, model, precision, device, longest_pair(cfg, tokenizer, pairs), sequences_per_example=2)
     args = DPOConfig(
-        **_clean(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(held), plan=mplan)),
+        **known_args(common_args(cfg, out=out, precision=precision, device=device, has_eval=bool(held), plan=mplan)),
         max_length=cfg.max_length,
         beta=cfg.dpo_beta,
     )
@@ -198,8 +227,12 @@ def build_dpo(cfg: TuneConfig, *, model: Any, tokenizer: Any, data: Any, precisi
         processing_class=tokenizer,
     )
     stats = {"train_pairs": len(train), "eval_pairs": len(held)}
-    return Built(trainer, stats, mplan)
+    return Built(trainer, stats, mplan, has_eval=bool(held))
 
 
 OBJECTIVES.add("sft", Objective(build_sft), "supervised fine-tuning on chat examples, loss on the assistant turns only")
 OBJECTIVES.add("dpo", Objective(build_dpo), "direct preference optimisation on (prompt, chosen, rejected) pairs")
+OBJECTIVES.add("reward", Objective("aftertune.recipes.reward_training:build_reward", head="reward", generative=False),
+               "a reward model (one-output sequence-classification head) on (prompt, chosen, rejected) pairs")
+OBJECTIVES.add("grpo", Objective("aftertune.recipes.grpo:build_grpo"),
+               "group relative policy optimisation: completions sampled per prompt, scored by `reward`")

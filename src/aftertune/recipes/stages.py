@@ -97,13 +97,19 @@ def stage_names(stages: Sequence[TuneConfig]) -> list[str]:
 
 
 def check_chain(stages: Sequence[TuneConfig]) -> None:
-    """Refuse, before any work, a chain that cannot run (a prompt-learning stage followed by another method,
-    two stages of one name)."""
+    """Refuse, before any work, a chain that cannot run (a prompt-learning stage followed by another method, a
+    stage after a reward model, two stages of one name)."""
     if not stages:
         raise UserError("a sequential tune needs at least one stage")
     names = stage_names(stages)
     if len(set(names)) != len(names):
         raise UserError(f"stage names must be unique, got {names}")
+    from aftertune.recipes.objectives import OBJECTIVES
+
+    for i, stage in enumerate(stages[:-1]):
+        if not OBJECTIVES.get(stage.objective).generative:
+            raise UserError(f"stage {i + 1} ({stage.label()}): objective {stage.objective} makes a scorer, which no "
+                            "stage can continue from; tune it on its own and give it to a grpo stage as reward")
     for i in range(len(stages) - 1):
         cur, nxt = stages[i], stages[i + 1]
         if not RECIPES.get(cur.method).can_merge and cur.method != "full" and nxt.method != cur.method:

@@ -183,13 +183,12 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     pairs_model = str(start.adapter_path or start.load_path)
     data = prepare_examples(cfg, exclude_prompts=exclude_prompts, model_for_pairs=pairs_model, out=out, store=store,
                             is_main=is_main, barrier=barrier, tokenizer=tokenizer)
-    model = load_model(cfg, start, precision, device)
-
     from aftertune.recipes.objectives import OBJECTIVES
 
     objective = OBJECTIVES.get(cfg.objective)
+    model = load_model(cfg, start, precision, device, objective.head)
     if start.adapter_path is None and recipe.peft:
-        model = apply_peft(model, recipe.peft_config(cfg, model), cfg)
+        model = apply_peft(model, recipe.peft_config(cfg, model), cfg, objective.head)
     built = objective.build(cfg, model=model, tokenizer=tokenizer, data=data, precision=precision, device=device,
                             out=out)
     trainer = built.trainer
@@ -222,7 +221,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
         trainer.add_callback(cb)
 
     resume = resumable_checkpoint(out / "checkpoints")
-    trainer.args.eval_on_start = bool(data.eval) and resume is None
+    trainer.args.eval_on_start = built.has_eval and resume is None
     if store is not None and run_id is not None and is_main:
         store.add_event(run_id, f"tune:{label}", "tune_start", {"resume_from": str(resume) if resume else None,
                                                                 "data": data.info})
@@ -231,7 +230,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     runtime = time.perf_counter() - t0
 
     final_eval: dict[str, Any] = {}
-    if data.eval:
+    if built.has_eval:
         logged = [h for h in trainer.state.log_history if "eval_loss" in h]
         if logged and logged[-1].get("step") == trainer.state.global_step:
             final_eval = {"eval_loss": logged[-1]["eval_loss"]}  # the last step was just evaluated
@@ -243,7 +242,10 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     if is_main:
         tmp = out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.save_model(str(tmp))
+        if built.save is not None:
+            built.save(trainer, tmp)
+        else:
+            trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(model_dir, ignore_errors=True)
         os.replace(tmp, model_dir)
@@ -269,6 +271,8 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
         "eval_loss": final_eval.get("eval_loss"),
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+        **_reward_curve(history),
+        **(built.finish(model_dir) if built.finish is not None else {}),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "compute": meter.result(),
         "processes": state.num_processes,
@@ -299,6 +303,13 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
 
         gc.collect()
     return result
+
+
+def _reward_curve(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Online RL's mean reward (and KL to the start, where a penalty measures it) per logged step; {} otherwise."""
+    curve = [{"step": h["step"], "reward": h["reward"], **({"kl": h["kl"]} if "kl" in h else {})}
+             for h in history if "reward" in h]
+    return {"reward_curve": curve} if curve else {}
 
 
 def _cfg_json(cfg: TuneConfig) -> dict[str, Any]:

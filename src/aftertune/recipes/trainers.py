@@ -1,4 +1,4 @@
-"""TRL's trainers with two changes: a seeded length-grouped sampler, and nothing else.
+"""TRL's trainers with two changes: a seeded length-grouped sampler, and (GRPO) one warning silenced.
 
 `LengthGroupedBatches` puts examples of similar length in the same batch, so a batch is
 padded to a length close to every member's (the usual `group_by_length`). Unlike
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Sampler
-from trl import DPOTrainer, SFTTrainer
+from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 
 class LengthGroupedBatches(Sampler[int]):
@@ -95,3 +95,14 @@ class AftertuneSFTTrainer(_GroupedMixin, SFTTrainer):
 
 class AftertuneDPOTrainer(_GroupedMixin, DPOTrainer):
     pass
+
+
+class AftertuneGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer without peft's deprecation warning, which it repeats at every step: switching between the
+    policy's and the reference's adapter reads `is_gradient_checkpointing` (`engines.hf.quiet_loading`)."""
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        from aftertune.engines.hf import quiet_loading
+
+        with quiet_loading():
+            return super().training_step(*args, **kwargs)

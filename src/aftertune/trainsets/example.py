@@ -51,6 +51,14 @@ class Example:
                 return m["content"]
         return ""
 
+    def conversation_prompt(self) -> tuple[dict[str, str], ...]:
+        """The conversation up to the last user turn: what an online-RL policy answers (a pair's prompt, or the
+        chat example without its final answer)."""
+        if self.is_pair:
+            return self.prompt
+        last_user = max(i for i, m in enumerate(self.messages) if m["role"] == "user")
+        return self.messages[: last_user + 1]
+
     def sft_messages(self) -> list[dict[str, str]]:
         if self.is_pair:
             return [*self.prompt, {"role": "assistant", "content": self.chosen}]
