@@ -238,6 +238,34 @@ def test_shuffled_batches_give_identical_records(chaotic_dir, dtype):
         assert _in_chunks(fn, reqs, list(range(len(reqs))), [1]) == together
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rowwise_attention_shortcuts_are_bitwise_the_reference(dtype):
+    """The fewer-call forms of row-wise attention (no all-true mask, `is_causal`, grouped heads by index) give
+    bitwise the rows of the reference form (explicit mask, repeated heads), on prefill, decoding and chunks."""
+    import random
+
+    from aftertune.engines import invariant
+
+    assert invariant._shortcuts_exact(dtype)  # else the engine would run the reference form (slower, same bits)
+    rnd = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    for b, t, past in ((1, 12, 0), (4, 1, 30), (5, 9, 0), (3, 8, 20), (16, 1, 7)):
+        s = past + t
+        mask = torch.zeros(b, s, dtype=torch.bool)
+        for r in range(b):  # left padding; rows with a past see at least their new tokens
+            mask[r, s - rnd.randint(t if past else 1, s):] = True
+        full = (torch.ones(t, s, dtype=torch.bool).tril(s - t)[None] & mask[:, None, :])[:, None]
+        q = torch.randn(b, 6, t, 16, generator=gen).to(dtype)
+        k, v = (torch.randn(b, 2, s, 16, generator=gen).to(dtype) for _ in range(2))
+        got = {}
+        for fast in (True, False):
+            invariant._memo.clear()
+            invariant._memo[("exact", dtype)] = fast
+            got[fast] = invariant.rowwise_attention(None, q, k, v, full, scaling=0.25)[0]
+        invariant._memo.clear()
+        assert torch.equal(got[True], got[False])
+
+
 def test_batch_invariance_can_be_switched_off(chaotic_dir):
     eng = _engine(chaotic_dir, batch_invariant=False)
     assert not eng.batch_invariant and "rowwise" not in eng.version

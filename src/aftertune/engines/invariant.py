@@ -73,7 +73,58 @@ def _row_spans(mask: torch.Tensor | None, b: int, t: int, s: int) -> list[tuple[
     return spans
 
 
-_memo: dict[str, Any] = {}
+# A row's attention in the fewest calls: a mask only where the row needs one (decoding steps see every key of
+# their row; a prompt alone is plain causal), and grouped-query heads indexed by the kernel instead of copied
+# (`repeat_interleave`). Each is the same arithmetic in torch's CPU attention kernel (adding a zero mask, reading
+# a key head through an index), which `_shortcuts_exact` checks on this machine before they are used: on a busy
+# 2-core CPU the per-row calls and copies, not the sums, were the cost (30 layers x 16 rows x 5 ops per step).
+_SHORTCUT_SHAPES = ((1, 1), (1, 37), (1, 130), (3, 40), (17, 17), (64, 64), (100, 100))
+
+
+def _shortcuts_exact(dtype: torch.dtype) -> bool:
+    """Whether SDPA gives bitwise the same rows with `enable_gqa`, without an all-true mask and with `is_causal`
+    for a square lower-triangular one, as with repeated heads and the explicit mask (checked once per dtype)."""
+    key = ("exact", dtype)
+    if key not in _memo:
+        gen = torch.Generator().manual_seed(0)
+        sdpa = nn.functional.scaled_dot_product_attention
+        ok = True
+        for t, s in _SHORTCUT_SHAPES:
+            q = torch.randn(1, 6, t, 16, generator=gen).to(dtype)
+            k, v = (torch.randn(1, 2, s, 16, generator=gen).to(dtype) for _ in range(2))
+            keep = torch.ones(t, s, dtype=torch.bool).tril(s - t)
+            want = sdpa(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=keep[None, None])
+            causal = t == s and t > 1
+            got = sdpa(q, k, v, attn_mask=None if causal or t == 1 else keep[None, None], is_causal=causal,
+                       enable_gqa=True)
+            ok = ok and torch.equal(want, got)
+        _memo[key] = ok
+    return bool(_memo[key])
+
+
+def _row_plans(mask: torch.Tensor | None, b: int, t: int, s: int) -> list[tuple[int, int, int, int, Any]]:
+    """Per row: its spans (`_row_spans`) and its own mask, None when it sees every key of its span, or
+    "causal" when the mask is the plain causal one over its span."""
+    plans = []
+    for r, (q0, q1, k0, k1) in enumerate(_row_spans(mask, b, t, s)):
+        if q1 <= q0:
+            plans.append((q0, q1, k0, k1, None))
+            continue
+        if mask is None:
+            keep = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool).tril(k1 - k0 - (q1 - q0))
+        else:
+            m = mask[r, 0, q0:q1, k0:k1]
+            keep = m if m.dtype == torch.bool else m == 0
+        if bool(keep.all()):
+            plans.append((q0, q1, k0, k1, None))
+        elif q1 - q0 == k1 - k0 and torch.equal(keep, torch.ones_like(keep).tril()):
+            plans.append((q0, q1, k0, k1, "causal"))
+        else:
+            plans.append((q0, q1, k0, k1, keep[None, None]))
+    return plans
+
+
+_memo: dict[Any, Any] = {}
 
 
 def rowwise_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -83,25 +134,36 @@ def rowwise_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     returns b x t x h x d. Padded queries get zeros (nothing reads them)."""
     b, h, t, _ = query.shape
     s = key.shape[2]
-    # the mask is the same object for every layer of one forward pass: find the spans once
+    # the mask is the same object for every layer of one forward pass: plan the rows once
     if _memo.get("mask") is not attention_mask or _memo.get("shape") != (b, t, s):
-        _memo.update(mask=attention_mask, shape=(b, t, s), spans=_row_spans(attention_mask, b, t, s))
-    out = query.new_zeros(b, h, t, value.shape[-1])
+        _memo.update(mask=attention_mask, shape=(b, t, s), plans=_row_plans(attention_mask, b, t, s))
     groups = h // key.shape[1]
-    for r, (q0, q1, k0, k1) in enumerate(_memo["spans"]):
+    fast = _shortcuts_exact(query.dtype)
+    sdpa = nn.functional.scaled_dot_product_attention
+    rows: list[torch.Tensor | None] = []
+    for r, (q0, q1, k0, k1, keep) in enumerate(_memo["plans"]):
         if q1 <= q0:
+            rows.append(None)
             continue
         k = key[r:r + 1, :, k0:k1]
         v = value[r:r + 1, :, k0:k1]
+        q = query[r:r + 1, :, q0:q1]
+        if fast:
+            rows.append(sdpa(q, k, v, attn_mask=keep if isinstance(keep, torch.Tensor) else None,
+                             is_causal=keep == "causal", scale=scaling, enable_gqa=groups > 1))
+            continue
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if attention_mask is None:
-            keep = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool, device=query.device).tril(k1 - k0 - (q1 - q0))
-        else:
-            m = attention_mask[r, 0, q0:q1, k0:k1]
-            keep = m if m.dtype == torch.bool else m == 0
-        out[r, :, q0:q1] = nn.functional.scaled_dot_product_attention(
-            query[r:r + 1, :, q0:q1], k, v, attn_mask=keep[None, None], scale=scaling)[0]
+        full = torch.ones(q1 - q0, k1 - k0, dtype=torch.bool, device=query.device)
+        mask = keep if isinstance(keep, torch.Tensor) else (full.tril() if keep == "causal" else full)[None, None]
+        rows.append(sdpa(q, k, v, attn_mask=mask, scale=scaling))
+    if all(x is not None and x.shape[2] == t for x in rows):  # every row spans every query (decoding steps)
+        out = torch.cat(rows)  # type: ignore[arg-type]
+    else:
+        out = query.new_zeros(b, h, t, value.shape[-1])
+        for r, ((q0, q1, *_), x) in enumerate(zip(_memo["plans"], rows, strict=True)):
+            if x is not None:
+                out[r, :, q0:q1] = x[0]
     return out.transpose(1, 2).contiguous(), None
 
 
