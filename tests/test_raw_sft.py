@@ -86,7 +86,7 @@ def test_raw_mode_config_refuses_dpo_and_keeps_old_hashes():
     with pytest.raises(UserError, match="target_delimiter applies to raw-text training only"):
         parse_config({"data": "x", "target_delimiter": ""})
     chat = TuneConfig(data="x", model="m")
-    later = {"chat_template", "target_delimiter", "constrained", "system_prompt", "bea"}  # fields added since
+    later = {"chat_template", "target_delimiter", "constrained", "system_prompt", "bea", "reward", "grpo"}  # since
     old = chat.model_dump(mode="json", exclude={"out", "merge", "name", *later})
     assert chat.training_hash() == sha256_text(canonical_json(old))  # folders written before the field resume
     raw = TuneConfig(data="x", model="m", chat_template=False)

@@ -275,7 +275,8 @@ class TuneConfig(_Strict):
 
         d = self.model_dump(mode="json", exclude={"out", "merge", "name"})
         for key in _LATER_FIELDS:  # counted only when changed, so tune folders written before them still resume
-            if d[key] == TuneConfig.model_fields[key].default:
+            default = TuneConfig.model_fields[key].get_default(call_default_factory=True)
+            if d[key] == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default):
                 del d[key]
         return sha256_text(canonical_json(d))
 
