@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results_md import cpu_flags, run_worker  # noqa: E402
+from results_md import cpu_flags, run_worker, write_support_rows  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 ARMS = ("none", "constrained", "ptst", "bea", "mix:0.1")
@@ -82,14 +82,6 @@ def run_arm(arm: str, data: Path, args: argparse.Namespace) -> dict[str, Any]:
                                       "--max-length", str(args.max_length), "--threads", str(args.threads)])
 
 
-def write_data(path: Path, n: int) -> None:
-    """The first n `support` training examples as chat JSONL (a file: no held-out split, so no evaluation)."""
-    from aftertune import trainsets
-
-    rows = trainsets.load("support", "train", limit=n)
-    path.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows), encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is not timed)")
@@ -128,7 +120,7 @@ def main() -> None:
         logged = []
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "support.jsonl"
-            write_data(data, args.batch * args.steps)
+            write_support_rows(data, args.batch * args.steps)
             for rep in range(args.reps):
                 for arm in arms if rep % 2 == 0 else arms[::-1]:
                     r = run_arm(arm, data, args)

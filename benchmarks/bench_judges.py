@@ -17,6 +17,8 @@ import argparse
 import os
 import time
 
+from results_md import cpu_flags
+
 from aftertune.judges import build_judge
 from aftertune.judges.labelled import load_sets, tuned_on
 from aftertune.judges.validate import measure
@@ -39,15 +41,6 @@ judges give the same verdicts there: 5 false refusals ("I can't help but…", "I
 could you provide more details?") and 2 missed ("I can help with X, but I can't assist with that.", a title
 followed by a refusal). The harm head has good recall on authored harmful answers but calls about half of the
 fine-tuned models' harmless compliant answers harmful, so it is not a default."""
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    return " ".join(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2")))
 
 
 def fmt(x: object) -> str:

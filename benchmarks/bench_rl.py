@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_md import run_worker, write_support_rows  # noqa: E402
 
 START, END = "<!-- bench_rl:start -->", "<!-- bench_rl:end -->"
 RM_START, RM_END = "<!-- bench_rl_reward_model:start -->", "<!-- bench_rl_reward_model:end -->"
@@ -143,27 +144,11 @@ def worker(arm: str, data: Path, steps: int, threads: int, out: Path) -> None:
                "rewards": rewards, **info}, out.open("w"))
 
 
-def run_worker(arm: str, data: Path, steps: int, threads: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-        load = load_avg()
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", arm, "--data", str(data), "--steps",
-                               str(steps), "--threads", str(threads), "--result", str(out)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"{arm} worker failed:\n{proc.stderr[-4000:]}")
-        res = json.loads(out.read_text())
-        res.update(load_avg=load, wall_s=time.perf_counter() - t0)
-        return res
-
-
-def write_prompts(path: Path, n: int) -> None:
-    from aftertune import trainsets
-
-    rows = trainsets.load("support", "train", limit=n)
-    path.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows), encoding="utf-8")
+def timed_worker(arm: str, data: Path, steps: int, threads: int) -> dict[str, Any]:
+    """One arm in its own process (`results_md.run_worker`), with the wall seconds it took."""
+    t0 = time.perf_counter()
+    res = run_worker(__file__, arm, ["--data", str(data), "--steps", str(steps), "--threads", str(threads)])
+    return {**res, "wall_s": time.perf_counter() - t0}
 
 
 def reward_model_accuracy(limit: int, threads: int, folder: Path | None) -> dict[str, Any]:
@@ -226,10 +211,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "support.jsonl"
-            write_prompts(data, BATCH // GENERATIONS * args.steps)
+            write_support_rows(data, BATCH // GENERATIONS * args.steps)
             for rep in range(args.reps):
                 for arm in ARMS if rep % 2 == 0 else tuple(reversed(ARMS)):
-                    r = run_worker(arm, data, args.steps, args.threads)
+                    r = timed_worker(arm, data, args.steps, args.threads)
                     runs[arm].append(r)
                     print(f"rep {rep} {arm}: {r['step_s']:.2f} s/step, peak {r['peak_bytes'] / 2**30:.2f} GiB, "
                           f"load {r['load_avg']}", file=sys.stderr)

@@ -45,6 +45,14 @@ def run_worker(script: str, name: str, args: list[str]) -> dict[str, Any]:
         return res
 
 
+def write_support_rows(path: Path, n: int) -> None:
+    """The first n `support` training examples as chat JSONL (a file: no held-out split, so no evaluation)."""
+    from aftertune import trainsets
+
+    rows = trainsets.load("support", "train", limit=n)
+    path.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows), encoding="utf-8")
+
+
 def publish(text: str, write: bool) -> None:
     """Print a benchmark's Markdown section; with `write` (the --write flag) also put it into RESULTS.md."""
     print(text)
