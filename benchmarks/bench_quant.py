@@ -23,7 +23,9 @@ recorded; on a machine shared with other jobs read the ratios, not the seconds.
     .venv/bin/python benchmarks/bench_quant.py [--models smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct]
         [--gen 16] [--arc 100] [--quant int8,int4] [--gguf F16,Q8_0,Q4_K_M,Q3_K_M,Q2_K] [--write]
 
-The issue's sizes are `--gen 128 --arc 500`. GGUF rows need llama-cpp-python's interpreter
+The issue's sizes are `--gen 128 --arc 500`. Each model has its own section in RESULTS.md, and each
+variant's measure is kept in $AFTERTUNE_HOME/bench-cache/bench_quant/MODEL-genN-arcM/ as it finishes, so
+an interrupted run resumes at the next variant (delete that folder to measure again). GGUF rows need llama-cpp-python's interpreter
 (`bash .ci/llama_server.sh install`, or AFTERTUNE_LLAMA_SERVER_PYTHON).
 """
 
@@ -49,8 +51,6 @@ from _agreement import agreement, choice_picks  # noqa: E402
 from bench_engine import arc_questions, chat_prompts  # noqa: E402
 from results_md import publish  # noqa: E402
 
-START = "<!-- bench_quant:start -->"
-END = "<!-- bench_quant:end -->"
 METHODS = ("int8", "int4")
 GGUF_METHODS = ("F16", "Q8_0", "Q4_K_M", "Q3_K_M", "Q2_K")
 MAX_NEW = 50
@@ -109,17 +109,15 @@ def timed_build(build: Callable[[], Any]) -> tuple[Any, float]:
     return made, time.perf_counter() - t0
 
 
-def gguf_rows(model: str, ref: Any, prompts: list[str], questions: list[Any], full: dict[str, Any],
-              methods: list[str]) -> list[dict[str, Any]]:
-    """One row per llama.cpp method: the GGUF file served by llama.cpp's server for generation (as an audit
+def gguf_measures(ref: Any, prompts: list[str], questions: list[Any], methods: list[str],
+                  cache: Path) -> dict[str, dict[str, Any]]:
+    """One measure per llama.cpp method: the GGUF file served by llama.cpp's server for generation (as an audit
     runs it), scored in-process by llama.cpp for ARC."""
     from aftertune.engines import load_engine
     from aftertune.variants.gguf import GGUF_FILE, server_options, to_gguf
 
-    rows: list[dict[str, Any]] = []
-    f16: dict[str, Any] = {}
-    for method in methods:
-        g, convert_s = timed_build(lambda method=method: to_gguf(ref, method))
+    def one(method: str) -> dict[str, Any]:
+        g, convert_s = timed_build(lambda: to_gguf(ref, method))
         t0 = time.perf_counter()
         eng = load_engine(g, engine="server", **server_options({}))
         load_s = time.perf_counter() - t0
@@ -131,13 +129,23 @@ def gguf_rows(model: str, ref: Any, prompts: list[str], questions: list[Any], fu
         logprobs = gguf_loglik(g.path / GGUF_FILE, questions)
         got = {"texts": texts, "tok_s": tok_s, "mc_s": time.perf_counter() - t0,
                "picks": choice_picks([q.n_choices for q in questions], logprobs)}
-        f16 = f16 or (got if method == "F16" else {})
-        rows.append(row(model, f"gguf {method}", (g.path / GGUF_FILE).stat().st_size / 1e6, convert_s, load_s,
-                        got, full, questions))
-        if f16:  # against llama.cpp's own full precision too: the quantization's part of the difference
-            rows[-1]["f16"] = {"same_text": sum(a == b for a, b in zip(texts, f16["texts"], strict=True)),
-                               "agree": agreement(got["picks"], f16["picks"])}
-    return rows
+        return {"mb": (g.path / GGUF_FILE).stat().st_size / 1e6, "convert_s": convert_s, "load_s": load_s,
+                "got": got}
+
+    return {f"gguf {m}": cached(cache / f"gguf-{m}.json", lambda m=m: one(m)) for m in methods}
+
+
+def cached(path: Path, measure_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A variant's measure, read back when an earlier (interrupted) run of the same sizes finished it."""
+    from aftertune.fileio import write_text_atomic
+
+    if path.exists():
+        print(f"{path.stem}: measured earlier, read from {path}", file=sys.stderr, flush=True)
+        return json.loads(path.read_text())
+    got = measure_it()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(got))
+    return got
 
 
 def row(model: str, variant: str, mb: float, convert_s: float | None, load_s: float, got: dict[str, Any],
@@ -153,25 +161,36 @@ def row(model: str, variant: str, mb: float, convert_s: float | None, load_s: fl
 
 def run_model(model: str, prompts: list[str], questions: list[Any], quant: list[str],
               gguf: list[str]) -> list[dict[str, Any]]:
+    """Every variant of one model measured (or read back from this model and size's cache), then the rows:
+    agreement with hf float32 and, for GGUF, with llama.cpp's F16."""
     from aftertune.engines.hf import HFEngine
+    from aftertune.paths import home
     from aftertune.sources import resolve_model
     from aftertune.variants.quantize import quantize
 
     ref = resolve_model(model, progress=False)
-    rows: list[dict[str, Any]] = []
-    refs = {"full (float32)": (ref, None)}
-    for method in quant:
-        refs[method] = timed_build(lambda method=method: quantize(ref, method))
-    full: dict[str, Any] = {}
-    for name, (r, convert_s) in refs.items():
+    cache = home() / "bench-cache" / "bench_quant" / f"{model}-gen{len(prompts)}-arc{len(questions)}"
+
+    def hf(method: str | None) -> dict[str, Any]:
+        r, convert_s = (ref, None) if method is None else timed_build(lambda: quantize(ref, method))
         t0 = time.perf_counter()
         eng = HFEngine.from_ref(r, dtype="float32", batch_size=BATCH)
         load_s = time.perf_counter() - t0
         got = measure(eng, prompts, questions)
         eng.close()
-        full = full or got
-        rows.append(row(model, name, _mb(r.path), convert_s, load_s, got, full, questions))
-    return rows + gguf_rows(model, ref, prompts, questions, full, gguf)
+        return {"mb": _mb(r.path), "convert_s": convert_s, "load_s": load_s, "got": got}
+
+    measures = {"full (float32)": cached(cache / "full.json", lambda: hf(None))}
+    measures.update({m: cached(cache / f"{m}.json", lambda m=m: hf(m)) for m in quant})
+    measures.update(gguf_measures(ref, prompts, questions, gguf, cache))
+    full, f16 = measures["full (float32)"]["got"], measures.get("gguf F16", {}).get("got")
+    rows = []
+    for name, m in measures.items():
+        rows.append(row(model, name, m["mb"], m["convert_s"], m["load_s"], m["got"], full, questions))
+        if f16 and name.startswith("gguf "):  # against llama.cpp's own full precision: quantization's part
+            rows[-1]["f16"] = {"same_text": sum(a == b for a, b in zip(m["got"]["texts"], f16["texts"], strict=True)),
+                               "agree": agreement(m["got"]["picks"], f16["picks"])}
+    return rows
 
 
 def _vs_f16(r: dict[str, Any], n_gen: int) -> str:
@@ -179,7 +198,8 @@ def _vs_f16(r: dict[str, Any], n_gen: int) -> str:
     return f"{f16['same_text']} of {n_gen}, {100 * f16['agree']:.1f}%" if f16 else ""
 
 
-def render(rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -> str:
+def render(model: str, rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -> str:
+    """One model's section (its own markers, so each model's rows are replaced by its own next run)."""
     import torch
 
     from aftertune.engines.cpu_linear import cpu_kind
@@ -196,8 +216,9 @@ def render(rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -
             "server start until healthy), ARC scored by llama.cpp in-process (`_gguf_loglik.py`), and `gguf F16` "
             "is llama.cpp's own full precision, the control that separates llama.cpp's arithmetic and template "
             "from quantization. Agreement is always with the hf float32 row. "
-            f"{seconds / 60:.1f} min in all.")
-    lines = [START, "## Quantized variants (`REF#quant:…`, `REF#gguf:…`; `benchmarks/bench_quant.py`)", "",
+            f"{seconds / 60:.1f} min in all (variants read back from an interrupted run's cache say so on stderr).")
+    lines = [f"<!-- bench_quant:{model}:start -->",
+             f"## Quantized variants of {model} (`REF#quant:…`, `REF#gguf:…`; `benchmarks/bench_quant.py`)", "",
              head, "",
              "| model | variant | weights MB | convert s | load s | gen tokens/s | texts identical to full | "
              "ARC choice agreement | ARC accuracy | vs gguf F16: texts identical, ARC agreement |",
@@ -207,7 +228,7 @@ def render(rows: list[dict[str, Any]], n_gen: int, n_arc: int, seconds: float) -
         lines.append(f"| {r['model']} | {r['variant']} | {r['mb']:.0f} | {convert} | {r['load_s']:.1f} | "
                      f"{r['tok_s']:.1f} | {r['same_text']} of {n_gen} | {100 * r['agree']:.1f}% | "
                      f"{100 * r['acc']:.1f}% | {_vs_f16(r, n_gen)} |")
-    lines += ["", END]
+    lines += ["", f"<!-- bench_quant:{model}:end -->"]
     return "\n".join(lines) + "\n"
 
 
@@ -221,11 +242,12 @@ def main() -> None:
                     help="llama.cpp methods, comma-separated ('' for none); F16 is llama.cpp's own full precision")
     ap.add_argument("--write", action="store_true", help="update this benchmark's section of benchmarks/RESULTS.md")
     args = ap.parse_args()
-    t0 = time.perf_counter()
     prompts, questions = chat_prompts(args.gen), arc_questions(args.arc)
     quant, gguf = ([m for m in text.split(",") if m] for text in (args.quant, args.gguf))
-    rows = [r for m in args.models.split(",") for r in run_model(m.strip(), prompts, questions, quant, gguf)]
-    publish(render(rows, args.gen, args.arc, time.perf_counter() - t0), args.write)
+    for model in (m.strip() for m in args.models.split(",")):
+        t0 = time.perf_counter()
+        rows = run_model(model, prompts, questions, quant, gguf)
+        publish(render(model, rows, args.gen, args.arc, time.perf_counter() - t0), args.write)
 
 
 if __name__ == "__main__":
