@@ -49,11 +49,13 @@ Behaviour worth knowing:
   there is one. Prompts longer than the model's window minus
   max_new_tokens are cut from the left, as lm-eval does, and `prompt_text` then
   shows what was kept.
-- **Seeded sampling** (temperature > 0): each sampled request runs on its own
-  (batch of one) with its own `torch.Generator` seeded from `decoding.seed`. So
-  the same request and seed give the same text whatever else is in the call —
-  batching would change the logits in the last bits and flip a draw now and
-  then. Sampling is the slow path; greedy is batched.
+- **Seeded sampling** (temperature > 0): each sampled request draws from its own
+  `torch.Generator` seeded from `decoding.seed`, so the same request and seed
+  give the same text whatever else is in the call. With batch invariance a
+  row's logits do not depend on its batch, so sampled rows are batched with the
+  greedy ones; without it (CUDA, `batch_invariant=False`) batching would change
+  the logits in the last bits and flip a draw now and then, so each sampled
+  request runs on its own (batch of one).
 - **Log-likelihood** follows lm-evaluation-harness exactly: trailing spaces of
   the context move to the continuation; context + continuation is encoded
   whole and split at the encoded context's length; an empty context becomes
@@ -549,14 +551,17 @@ class HFEngine(Engine):
             common = {"eos_ids": self.eos_token_ids(), "pad_id": self.pad_token_id, "device": self.device,
                       "on_finish": finished}
             greedy = [s for s, r in zip(seqs, requests, strict=True) if r.decoding.greedy]
+            sampled = [s for s, r in zip(seqs, requests, strict=True) if not r.decoding.greedy]
             if greedy and self.decode_path == "generate":
                 generate_batches(self.model, greedy, batch_size=self.batch_size, static_cache=self.static_cache,
                                  **common)
+            elif self.batch_invariant:  # a row's logits do not depend on its batch, so neither do its draws
+                decode(self.model, greedy + sampled, batch_size=self.batch_size, invariant=True, **common)
+                sampled = []
             elif greedy:
-                decode(self.model, greedy, batch_size=self.batch_size, invariant=self.batch_invariant, **common)
-            for s, r in zip(seqs, requests, strict=True):
-                if not r.decoding.greedy:
-                    decode(self.model, [s], batch_size=1, **common)
+                decode(self.model, greedy, batch_size=self.batch_size, **common)
+            for s in sampled:
+                decode(self.model, [s], batch_size=1, **common)
             results = []
             for s, text, req, settled in zip(seqs, texts, requests, early, strict=True):
                 out = self._decode_new(s.out)
