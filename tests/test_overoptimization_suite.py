@@ -170,3 +170,14 @@ def test_missing_or_same_proxy_and_gold_are_one_line(tmp_path, scorers, tiny_mod
                              str(tmp_path / "o")])
     assert code == 2 and "no gold scorer" in err_text and len(err_text.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_default_prompts_are_refusals_held_out_from_dpo_safety(packaged_home, monkeypatch):
+    """A reward model trained on dpo-safety (refusals' train split) never saw the default prompts."""
+    from aftertune import trainsets
+
+    monkeypatch.setenv("AFTERTUNE_HOME", packaged_home)
+    items = SUITES.get("overoptimization")().load_items()
+    train = {r["prompt"] for r in trainsets.load("refusals", "train", limit=10**6)}
+    assert len(items) == len(trainsets.load("refusals", "test")) > 16
+    assert not {it.data["prompt"] for it in items} & train
