@@ -107,7 +107,7 @@ def test_suite_records_per_input_values_and_what_the_aggregates_need(diversity):
     suite = diversity(samples=3, max_words=6)
     items = suite.load_items()
     assert len(items) == 40 and len({it.category for it in items}) == 5
-    reqs = suite.requests(items[0])
+    reqs = suite.sampler.requests(items[0].data["prompt"])
     assert [r.decoding.seed for r in reqs] == [1234, 1235, 1236]
     assert all(r.decoding.temperature == 1.0 and r.decoding.top_p == 1.0 for r in reqs)
     a = suite.run(FakeEngine(seed=1), items[:4], SuiteContext("a"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aftertune.compare.summaries import SUMMARIES
 from aftertune.engines import ENGINES
 from aftertune.errors import UserError
 from aftertune.judges import JUDGES
@@ -38,6 +39,7 @@ REGISTRIES: dict[str, Registry] = {
     "TRAINSETS": TRAINSETS,
     "KNOBS": KNOBS,
     "DEFENSES": DEFENSES,
+    "SUMMARIES": SUMMARIES,
 }
 
 

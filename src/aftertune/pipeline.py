@@ -142,6 +142,7 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
                         batch_size=spec.audit.batch_size, progress=progress, reports=False,
                         judge_engine=spec.engines.judges.judge_kwargs())
         base_ref = spec.engines.base.endpoint or spec.base  # an endpoint serving the base, else its weights
+        audit_kw["reference"] = base_ref  # KL from the start (overoptimization), for every model audited
         models: dict[str, str] = {"base": base_ref}
 
         if spec.scan:

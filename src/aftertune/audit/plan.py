@@ -109,6 +109,13 @@ def with_default_judges(
     return out
 
 
+def check_judges(prepared: Sequence[PreparedSuite], judges: Mapping[str, Any] | None) -> None:
+    """Each suite refuses the judges it needs and neither `judges` (role → spec) nor its options give
+    (`Suite.check_judges`), before a run is created or a model loads."""
+    for p in prepared:
+        p.suite.check_judges(judges or {})
+
+
 def build_judges(judges: Mapping[str, Any] | None, judge_engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """role → judge object, built from its spec; "none" stays the string (`--judge harm=none`: the suites skip it).
 

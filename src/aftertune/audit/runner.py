@@ -31,6 +31,7 @@ from typing import Any
 from aftertune.audit.plan import (
     PreparedSuite,
     build_judges,
+    check_judges,
     check_labels,
     prepare_suites,
     with_default_judges,
@@ -158,6 +159,7 @@ def audit(
     judge_engine: Mapping[str, Any] | None = None,
     name: str | None = None,
     reports: bool = True,
+    reference: str | None = None,
 ) -> str:
     """Run `suites` on every model in `models` (label → reference); return the run id.
 
@@ -166,7 +168,11 @@ def audit(
     ("refusal", "toxicity", ...) to a judge spec for `aftertune.judges.build_judge`.
     `judge_engine` ({engine, options, endpoint}) runs the LLM judges' models (the spec's `engines.judges`).
     `batch_size` is the model batch of local engines; results are committed to
-    the store's cache every `CACHE_BATCHES` batches. Re-running with the same
+    the store's cache every `CACHE_BATCHES` batches. `reference` is the model KL
+    is measured from (a reference like those in `models`; the pipeline passes the
+    base): suites that read it (`Suite.uses_reference`) get it as
+    `SuiteContext.reference`, loaded once beside each other model, on the same
+    engine settings and through the same cache. Re-running with the same
     `out_dir` and arguments resumes.
     """
     if not models:
@@ -175,6 +181,7 @@ def audit(
     refs = {label: (r.ref if isinstance(r, ModelRef) else str(r)) for label, r in models.items()}
     suite_specs = parse_suites(suites)
     prepared = prepare_suites(suite_specs, limit, seed)
+    check_judges(prepared, judges)
 
     with contextlib.ExitStack() as stack:
         if not isinstance(store, Store):
@@ -185,17 +192,20 @@ def audit(
         return _audit_in(store, refs, models, suite_specs, prepared, out=Path(out_dir), limit=limit, seed=seed,
                          judges=judges, batch_size=batch_size, run_id=run_id, progress=progress, engine=engine,
                          engine_options=engine_options or {}, judge_engine=judge_engine, name=name,
-                         reports=reports)
+                         reports=reports, reference=reference)
 
 
 def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
               suite_specs: Sequence[SuiteSpec], prepared: Sequence[PreparedSuite], *, out: Path,
               limit: int | str | None, seed: int, judges: Mapping[str, Any] | None, batch_size: int,
               run_id: str | None, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
-              judge_engine: Mapping[str, Any] | None, name: str | None, reports: bool) -> str:
+              judge_engine: Mapping[str, Any] | None, name: str | None, reports: bool,
+              reference: str | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(refs, suite_specs, limit, seed, {k: (v if isinstance(v, (str, dict)) else str(v))
                                                    for k, v in (judges or {}).items()})
+    if reference is not None and any(p.suite.uses_reference for p in prepared):
+        spec["reference"] = reference  # only then: the spec hash of every other audit stays as it was
     spec["sampling"] = {p.suite.name: {"limit": p.limit, "sampled": len(p.items), "of": p.n_total,
                                        "protocol_sha256": hashlib.sha256(canonical_json(p.suite.protocol()).encode())
                                        .hexdigest()} for p in prepared}
@@ -208,7 +218,7 @@ def _audit_in(store: Store, refs: Mapping[str, str], models: Mapping[str, str | 
     with store.run_status(run_id) if owner else contextlib.nullcontext():
         _run(store, run_id, refs, models, prepared, seed=seed, judges=judges,
              batch_size=batch_size, progress=progress, engine=engine, engine_options=engine_options,
-             judge_engine=judge_engine)
+             judge_engine=judge_engine, reference=spec.get("reference"))
     if reports:
         write_outputs(store, run_id, out)
     return run_id
@@ -233,7 +243,7 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> None:
 def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
          prepared: Sequence[PreparedSuite], *, seed: int, judges: Mapping[str, Any] | None,
          batch_size: int, progress: bool, engine: str | None, engine_options: Mapping[str, Any],
-         judge_engine: Mapping[str, Any] | None = None) -> None:
+         judge_engine: Mapping[str, Any] | None = None, reference: str | None = None) -> None:
     recorded = {e["step"] for e in store.events(run_id, kind="sample")}
     for p in prepared:
         # once per suite and run: a pipeline audits several times into one run (base, tuned, checkpoints)
@@ -249,7 +259,7 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
     judge_objs = build_judges(with_default_judges(judges, prepared), judge_engine)
     try:
         _judge_and_run(store, run_id, refs, models, prepared, judge_objs, batch_size=batch_size, progress=progress,
-                       engine=engine, engine_options=engine_options)
+                       engine=engine, engine_options=engine_options, reference=reference)
     finally:
         for judge in judge_objs.values():
             if judge != NO_JUDGE:
@@ -258,7 +268,8 @@ def _run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str
 
 def _judge_and_run(store: Store, run_id: str, refs: Mapping[str, str], models: Mapping[str, str | ModelRef],
                    prepared: Sequence[PreparedSuite], judge_objs: Mapping[str, Any], *, batch_size: int,
-                   progress: bool, engine: str | None, engine_options: Mapping[str, Any]) -> None:
+                   progress: bool, engine: str | None, engine_options: Mapping[str, Any],
+                   reference: str | None = None) -> None:
     from aftertune.variants import load_engine
 
     if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
@@ -269,30 +280,49 @@ def _judge_and_run(store: Store, run_id: str, refs: Mapping[str, str], models: M
             if v is not None:
                 store.add_event(run_id, f"judge:{role}", "judge_validity", {"role": role, **v})
 
-    for label, ref in refs.items():
-        todo = {p.suite.name: [it for it in p.items if it.id not in store.done_items(run_id, label, p.suite.name)]
-                for p in prepared}
-        if not any(todo.values()):
-            continue
-        t0 = time.monotonic()
-        model = models[label]
-        eng = load_engine(model if isinstance(model, ModelRef) else ref, engine=engine,
-                          **_engine_options(ref, engine, engine_options, batch_size))
-        store.add_event(run_id, f"load:{label}", "timing",
-                        {"step": f"load {label}", "seconds": round(time.monotonic() - t0, 3), "model": label})
-        cached = CachedEngine(eng, store, batch_size=batch_size * CACHE_BATCHES)
-        try:
-            store.add_model(run_id, label, ref, eng.fingerprint, {**eng.describe(), "label": label})
-            _record_guard_validity(store, run_id, label, eng)
-            for p in prepared:
-                items = todo[p.suite.name]
-                if items:
-                    try:
-                        _run_suite(store, run_id, label, cached, p, items, judge_objs, progress)
-                    except NotImplementedError as exc:  # e.g. a server that cannot score log-likelihoods
-                        _record_skip(store, run_id, label, p.suite.name, str(exc))
-        finally:
-            _free(cached)
+    ref_engine: list[CachedEngine] = []  # the reference model, loaded at its first use and kept for the others
+
+    def reference_for(label: str, ref: str, own: CachedEngine) -> CachedEngine:
+        assert reference is not None
+        if ref == reference:
+            return own  # the reference itself: its log-ratios are 0, answered from the cache
+        if not ref_engine:
+            t0 = time.monotonic()
+            ref_engine.append(CachedEngine(load_engine(reference, engine=engine, **_engine_options(
+                reference, engine, engine_options, batch_size)), store, batch_size=batch_size * CACHE_BATCHES))
+            store.add_event(run_id, f"load:reference:{label}", "timing",
+                            {"step": "load the reference model", "seconds": round(time.monotonic() - t0, 3)})
+        return ref_engine[0]
+
+    try:
+        for label, ref in refs.items():
+            todo = {p.suite.name: [it for it in p.items if it.id not in store.done_items(run_id, label, p.suite.name)]
+                    for p in prepared}
+            if not any(todo.values()):
+                continue
+            t0 = time.monotonic()
+            model = models[label]
+            eng = load_engine(model if isinstance(model, ModelRef) else ref, engine=engine,
+                              **_engine_options(ref, engine, engine_options, batch_size))
+            store.add_event(run_id, f"load:{label}", "timing",
+                            {"step": f"load {label}", "seconds": round(time.monotonic() - t0, 3), "model": label})
+            cached = CachedEngine(eng, store, batch_size=batch_size * CACHE_BATCHES)
+            try:
+                store.add_model(run_id, label, ref, eng.fingerprint, {**eng.describe(), "label": label})
+                _record_guard_validity(store, run_id, label, eng)
+                for p in prepared:
+                    items = todo[p.suite.name]
+                    if items:
+                        ref_eng = reference_for(label, ref, cached) if reference and p.suite.uses_reference else None
+                        try:
+                            _run_suite(store, run_id, label, cached, p, items, judge_objs, progress, ref_eng)
+                        except NotImplementedError as exc:  # e.g. a server that cannot score log-likelihoods
+                            _record_skip(store, run_id, label, p.suite.name, str(exc))
+            finally:
+                _free(cached)
+    finally:
+        for e in ref_engine:
+            _free(e)
 
 
 def _record_skip(store: Store, run_id: str, label: str, suite: str, reason: str) -> None:
@@ -305,10 +335,11 @@ def _record_skip(store: Store, run_id: str, label: str, suite: str, reason: str)
 
 
 def _run_suite(store: Store, run_id: str, label: str, engine: CachedEngine, p: PreparedSuite,
-               items: Sequence[Item], judges: Mapping[str, Any], progress: bool) -> None:
+               items: Sequence[Item], judges: Mapping[str, Any], progress: bool,
+               reference: CachedEngine | None = None) -> None:
     key = p.suite.name
     bar = _Bar(len(items), f"{label} · {key}", progress)
-    ctx = SuiteContext(model_label=label, judges=dict(judges), progress=bar.on_requests)
+    ctx = SuiteContext(model_label=label, judges=dict(judges), progress=bar.on_requests, reference=reference)
     hits0, misses0 = engine.stats["hits"], engine.stats["misses"]
     t0 = time.monotonic()
     try:

@@ -50,6 +50,9 @@ def audit_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Requests per model batch (local models).")] = 16,
     engine: Annotated[str | None, typer.Option("--engine", metavar="NAME", help="Force a backend: hf, openai or vllm.")] = None,
     unaligned: Annotated[str | None, typer.Option("--unaligned", metavar="REF", help=UNALIGNED_HELP)] = None,
+    reference: Annotated[str | None, typer.Option(
+        "--reference", metavar="LABEL|REF", help="The model KL is measured from (a --model label, or a reference), "
+                                                 "for suites that read it (overoptimization).")] = None,
     store_path: Annotated[Path | None, typer.Option("--store", metavar="FILE", help=_STORE_HELP)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
@@ -78,10 +81,12 @@ def audit_cmd(
 
     check_writable(out, "--out", folder=True)
     judges = dict(parse_judge_arg(j) for j in judge or [])
+    if reference is not None and reference not in models:
+        check_model_ref(reference)
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     run_id = audit(models, suite, store=store_path, out_dir=out, limit=limit, seed=seed, judges=judges or None,
-                   batch_size=batch_size, engine=engine,
+                   batch_size=batch_size, engine=engine, reference=models.get(reference or "", reference),
                    progress=not no_progress)
     typer.echo(f"run {run_id}")
     typer.echo(f"records: {out / 'records.jsonl'}")

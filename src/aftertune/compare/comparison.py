@@ -255,6 +255,14 @@ def _suite_metrics(name: str, records: Sequence[Record], warnings: list[str]) ->
     return "", metrics
 
 
+def _suite_summary(name: str, per_model: dict[str, dict[str, Record]], labels: list[str], reference: str,
+                   settings: Settings) -> dict[str, Any] | None:
+    """The suite's own block of results derived from its records (`compare.summaries`), when it has one."""
+    from aftertune.compare.summaries import SUMMARIES
+
+    return SUMMARIES.get(name)(per_model, labels, reference, settings) if name in SUMMARIES else None
+
+
 def _aggregate_fn(name: str) -> Callable[[Sequence[dict[str, float | None]], str], float]:
     _, aggregates = _suite_registry()
     return aggregates.get(name)
@@ -508,6 +516,9 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
             curve = _curve(suite_name, mspec, per_model, stepped, generic, statistic, settings)
             if curve:
                 curves.append(curve)
+        summary = _suite_summary(suite_name, per_model, labels, reference, settings)
+        if summary is not None:
+            suite_out["summary"] = summary
         suites_out.append(suite_out)
 
     from aftertune.compare import factorial  # it builds on this module's helpers

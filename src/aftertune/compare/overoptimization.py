@@ -16,7 +16,8 @@ the arithmetic, on numbers only (no model is loaded here):
   policy, log n − (n − 1)/n (Stiennon et al. 2020; Gao et al. 2022). Beirami
   et al. 2024 show it is an upper bound on the exact KL (equal when no two
   samples tie); it is the usual x axis of best-of-n curves.
-* `best_of_n`: the unbiased estimator of E[gold of the proxy-argmax among n]
+* `best_of_n` (in `suites/best_of_n.py`, beside the suite that records it per prompt; imported here): the
+  unbiased estimator of E[gold of the proxy-argmax among n]
   from N ≥ n scored samples (Nakano et al. 2021, WebGPT; Gao et al. 2022):
   sorted by proxy, the sample of rank i (1 = lowest) is the maximum of a
   uniformly drawn n-subset with probability C(i−1, n−1) / C(N, n), so the
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aftertune.compare.stats import DEFAULT_CONFIDENCE, t_interval
+from aftertune.suites.best_of_n import best_of_n
 
 Interval = tuple[float, float]
 
@@ -82,32 +84,6 @@ def best_of_n_kl(n: int) -> float:
 # ---------------------------------------------------------------------------
 # best-of-n from N scored samples
 # ---------------------------------------------------------------------------
-
-
-def best_of_n(proxy: Sequence[float], gold: Sequence[float], n: int) -> tuple[float, float]:
-    """(E[proxy], E[gold]) of the proxy-argmax of n samples drawn without replacement from these N, exactly."""
-    p = np.asarray(proxy, dtype=float)
-    g = np.asarray(gold, dtype=float)
-    if p.shape != g.shape or p.ndim != 1:
-        raise ValueError(f"proxy and gold must be equally long lists, got {p.shape} and {g.shape}")
-    if not 1 <= n <= p.size:
-        raise ValueError(f"best-of-{n} needs at least {n} scored samples, got {p.size}")
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(g))):
-        raise ValueError("proxy and gold scores must be finite numbers")
-    order = np.argsort(p, kind="stable")
-    p, g = p[order], g[order]
-    total = math.comb(p.size, n)
-    exp_proxy = exp_gold = 0.0
-    start = 0
-    while start < p.size:
-        end = start + 1  # the tied group is ranks start+1 .. end (1-indexed)
-        while end < p.size and p[end] == p[start]:
-            end += 1
-        weight = (math.comb(end, n) - math.comb(start, n)) / total  # P(the subset's maximum lies in the group)
-        exp_proxy += weight * float(p[start])
-        exp_gold += weight * float(g[start:end].mean())
-        start = end
-    return exp_proxy, exp_gold
 
 
 def best_of_n_curves(prompts: Sequence[tuple[Sequence[float], Sequence[float]]],

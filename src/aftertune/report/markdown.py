@@ -7,6 +7,7 @@ from typing import Any
 
 from aftertune.compare.factorial import by_variant, readings
 from aftertune.compare.format import OVERALL, fmt_ci, fmt_delta, fmt_p, fmt_ratio, fmt_value, mde_cell
+from aftertune.report import overoptimization
 
 _MARK = {"worse": "🔴 worse", "better": "🟢 better", "none": "no change"}
 
@@ -67,7 +68,8 @@ def render_markdown(results: dict[str, Any], figures: Sequence[tuple[str, str]] 
                 k = m["kind"]
                 out.append(f"| {_cell(s['name'])}.{_cell(m['name'])} | {fmt_value(val['value'], k)} | "
                            f"{fmt_value(val['ci'][0], k)} to {fmt_value(val['ci'][1], k)} | {val['n']} |")
-        out += ["", f"<sub>run `{_code(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
+        out += ["", *_overoptimization(results, conf)]
+        out += [f"<sub>run `{_code(results['volatile']['run_id'])}` · {_cell(v['note'])}</sub>", ""]
         return "\n".join(out)
     out += [
         f"| suite.metric | n | {_cell(ref)} | {_cell(primary)} | change ({conf}% CI) | ratio | p (Holm) | MDE | |",
@@ -129,7 +131,8 @@ def _details(results: dict[str, Any], figures: Sequence[tuple[str, str]]) -> lis
     """Below the PR-comment summary: every model, curves over training, the judges' accuracy, the protocol."""
     conf = round(100 * results["settings"]["confidence"])
     out = ["<details><summary>Every model, curves, judges and protocol</summary>", ""]
-    out += _all_models(results, conf) + _factorial(results, conf) + _categories(results, conf) + _curves(results)
+    out += _all_models(results, conf) + _factorial(results, conf) + _overoptimization(results, conf)
+    out += _categories(results, conf) + _curves(results)
     out += _judges(results)
     out += _protocol(results)
     if figures:
@@ -197,6 +200,27 @@ def _factorial(results: dict[str, Any], conf: int) -> list[str]:
                        f" | {fmt_p(e['interaction']['p_holm'])} |")
         out.append("")
     return out
+
+
+def _overoptimization(results: dict[str, Any], conf: int) -> list[str]:
+    """The overoptimization suite's reading (report/overoptimization.py) and per model its KL, rewards and best-of-N."""
+    summary = overoptimization.block(results)
+    if summary is None:
+        return []
+    def pair(v: Any) -> str:
+        return "n/a" if not v else f"{_num(v['value'])} ({_num(v['ci'][0])} to {_num(v['ci'][1])})"
+
+    out = ["#### Reward over-optimisation", "", *[f"- {_cell(line)}" for line in overoptimization.lines(summary)], "",
+           f"| model | prompts × samples | KL ({conf}% CI) | proxy reward | gold reward | best-of-N proxy | "
+           "best-of-N gold | over-optimised (best-of-n) | gold peak n |", "|---|--:|--:|--:|--:|--:|--:|---|--:|"]
+    for x in overoptimization.rows(summary):
+        bon = x["bon"]
+        best = [f"{_num(bon[k])} ({_num(bon[k + '_ci'][0])} to {_num(bon[k + '_ci'][1])})" if bon else "n/a"
+                for k in ("proxy", "gold")]
+        flag = "n/a" if x["overoptimized"] is None else ("**yes**" if x["overoptimized"] else "no")
+        out.append(f"| {_cell(x['label'])} | {x['prompts']} × {x['samples']} | {pair(x['kl'])} | {pair(x['proxy'])} | "
+                   f"{pair(x['gold'])} | {best[0]} | {best[1]} | {flag} | {_cell(x['gold_peak'])} |")
+    return [*out, ""]
 
 
 def _effect(e: dict[str, Any], kind: str) -> str:

@@ -266,3 +266,41 @@ def by_bits(panels: Sequence[dict[str, Any]], full_bits: float = 32.0) -> str | 
                      fontsize=9)
         ax.legend(fontsize=7, frameon=False)
     return _data_uri(fig)
+
+
+@_plain_text
+def reward_vs_kl(summary: dict[str, Any]) -> str | None:
+    """Proxy (left) and gold (right) reward against √KL: each model's best-of-n curve with its interval band (KL of
+    best-of-n from that model's own samples), and each model with a measured KL from the reference as a point with
+    error bars on both axes (overoptimization suite; compare/overoptimization_results.py)."""
+    models = [m for m in summary["models"] if m["best_of_n"] or m["sqrt_kl"] is not None]
+    if not models:
+        return None
+    fig = _figure(7.2, 2.9, left_chars=5, title=True)
+    fig.subplots_adjust(wspace=0.3)
+    for i, role in enumerate(("proxy", "gold")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        _style(ax)
+        for j, m in enumerate(models):
+            color = PALETTE[j % len(PALETTE)]
+            bon = m["best_of_n"]
+            if bon:
+                pts = bon["points"]
+                xs = [_num(p["sqrt_kl"]) for p in pts]
+                ax.fill_between(xs, [_num(p[f"{role}_ci"][0]) for p in pts], [_num(p[f"{role}_ci"][1]) for p in pts],
+                                color=color, alpha=0.15, linewidth=0)
+                ax.plot(xs, [_num(p[role]) for p in pts], "-", color=color, linewidth=1.4,
+                        label=f"{m['label']} best-of-n")
+            value, kl = m.get(role), m.get("kl")
+            if value and kl and m["sqrt_kl"] is not None:
+                lo, hi = kl["ci"]
+                xerr = [[max(0.0, m["sqrt_kl"] - math.sqrt(max(0.0, _num(lo))))] if lo is not None else [0.0],
+                        [max(0.0, math.sqrt(max(0.0, _num(hi))) - m["sqrt_kl"])] if hi is not None else [0.0]]
+                ax.errorbar([m["sqrt_kl"]], [_num(value["value"])], xerr=xerr, yerr=_err([value["value"]], [value["ci"]]),
+                            fmt="D", color=color, ecolor=color, elinewidth=1, capsize=2, markersize=5,
+                            label=f"{m['label']} (its KL)")
+        ax.set_xlabel("√KL (nats)", fontsize=8)
+        ax.set_title(f"{role} reward" + (" (optimised)" if role == "proxy" else " (held out)"), fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=7, frameon=False)
+    return _data_uri(fig)

@@ -29,6 +29,10 @@ SUITES.add("diversity", "aftertune.suites.diversity:DiversitySuite",
            "Diversity of sampled answers (temperature 1, several seeds per prompt), per input and across "
            "inputs: expectation-adjusted distinct n-grams and MiniLM embedding diversity on length-cut "
            "samples (Kirk et al. 2023); detects mode collapse after behavioural tuning")
+SUITES.add("overoptimization", "aftertune.suites.overoptimization:OveroptimizationSuite",
+           "Reward over-optimisation (Gao et al. 2022): sampled answers scored by a proxy reward and a held-out "
+           "gold one; best-of-n curves against KL, KL from the base, and whether the proxy rose while the gold fell "
+           "(options proxy=, gold=: reward-model folders or judges)")
 SUITES.add("safety", "aftertune.suites.safety:SafetySuite",
            "harmful requests from StrongREJECT, HarmBench, AdvBench and Do-Not-Answer, deduplicated, one "
            "category map; compliance (attack success) rate")

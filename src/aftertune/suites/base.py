@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +51,9 @@ class SuiteContext:
     model_label: str
     judges: dict[str, Any] = field(default_factory=dict)  # role → Judge instance (e.g. "refusal", "toxicity")
     progress: Progress | None = None
+    # the model KL is measured from (the base, when a tuned model or checkpoint is audited; the model itself when
+    # it is the reference), for suites with `uses_reference`; None when the audit names no reference
+    reference: Engine | None = None
 
 
 SUITES: Registry[type[Suite]] = Registry("suite")
@@ -60,6 +63,7 @@ class Suite(ABC):
     name = RegisteredName(SUITES)  # the name in the suite's registration line (suites/__init__.py)
     metrics: ClassVar[tuple[Metric, ...]]
     default_limit: ClassVar[int | None] = None  # items used when the user gives no --limit
+    uses_reference: ClassVar[bool] = False  # reads SuiteContext.reference (the audit's reference engine)
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -75,6 +79,10 @@ class Suite(ABC):
     def protocol(self) -> dict[str, Any]:
         """Prompt format, decoding and data sources, written into the report."""
         return {"suite": self.name, "options": self.options}
+
+    def check_judges(self, judges: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Refuse, before any model loads, judges this suite needs and the audit's `judges` (role → spec) and
+        the suite's options do not give; the default needs none."""
 
 
 Aggregate = Callable[[Sequence[Record], str], float]  # (records of a set of items, metric name) → the number

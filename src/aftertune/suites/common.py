@@ -72,6 +72,15 @@ def require(row: dict[str, Any], name: str, where: str, rowno: int, *, types: ty
     raise UserError(f"{where}: row {rowno}: missing field {names}; each row needs it")
 
 
+def user_prompt_items(ref: str, split: str | None = None) -> list[Item]:
+    """One item per row of a user's prompt file (`data=`): its `prompt` (or `instruction`/`question`), `category`
+    and `id` when given."""
+    rows, where = read_user_data(ref, split=split)
+    return [Item(f"user/{row.get('id', n - 1)}", str(row.get("category") or "user"),
+                 {"prompt": require(row, "prompt", where, n, alternatives=("instruction", "question"))})
+            for n, row in enumerate(rows, 1)]
+
+
 def option_list(value: Any) -> list[str] | None:
     """A list option given as a list or as a string with `+`, `|` or `,` between entries."""
     if value is None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from aftertune.engines.base import Decoding, Engine, GenerateRequest
+from aftertune.engines.base import Engine
 from aftertune.errors import UserError
 from aftertune.judges.embedding import DEFAULT_ENCODER, load_encoder
 from aftertune.record import Record
 from aftertune.suites.base import Item, Metric, Suite, SuiteContext
-from aftertune.suites.common import read_user_data, require
+from aftertune.suites.common import user_prompt_items
 from aftertune.suites.diversity_metrics import (
     EAD_MAX_N,
     EAD_VOCAB,
@@ -40,6 +40,7 @@ from aftertune.suites.diversity_metrics import (
     truncate,
     words,
 )
+from aftertune.suites.sampling import Sampler
 
 # (category, prompt): written for this suite; open-ended on purpose, no single right answer.
 PROMPTS: tuple[tuple[str, str], ...] = (
@@ -107,52 +108,36 @@ class DiversitySuite(Suite):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.samples = int(options.get("samples", 4))
-        self.max_new_tokens = int(options.get("max_new_tokens", 64))
-        self.temperature = float(options.get("temperature", 1.0))
-        self.seed = int(options.get("sample_seed", 1234))
+        self.sampler = Sampler.from_options(self.name, options, samples=4, max_new_tokens=64)
+        self.samples = self.sampler.samples
         self.max_words = int(options.get("max_words", 32))
         self.encoder = str(options.get("encoder", DEFAULT_ENCODER))
         if self.samples < 2:
             raise UserError(f"diversity: samples={self.samples}; per-input diversity needs at least 2 samples "
                             "per prompt")
-        if self.temperature <= 0:
-            raise UserError("diversity: temperature must be above 0 (greedy decoding gives one answer per prompt)")
         if self.max_words < EAD_MAX_N:
             raise UserError(f"diversity: max_words={self.max_words}; EAD averages n-grams up to n = {EAD_MAX_N}, "
                             f"so cut samples to at least {EAD_MAX_N} words")
 
     def load_items(self) -> list[Item]:
         if self.options.get("data"):
-            rows, where = read_user_data(str(self.options["data"]), split=self.options.get("split"))
-            return [Item(f"user/{row.get('id', n - 1)}", str(row.get("category") or "user"),
-                         {"prompt": require(row, "prompt", where, n, alternatives=("instruction", "question"))})
-                    for n, row in enumerate(rows, 1)]
+            return user_prompt_items(str(self.options["data"]), self.options.get("split"))
         return [Item(f"{cat}/{i}", cat, {"prompt": p}) for i, (cat, p) in enumerate(PROMPTS)]
 
-    def requests(self, item: Item) -> list[GenerateRequest]:
-        return [GenerateRequest.chat(item.data["prompt"], decoding=Decoding(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0, seed=self.seed + k))
-            for k in range(self.samples)]
-
     def run(self, engine: Engine, items: Sequence[Item], ctx: SuiteContext) -> list[Record]:
-        reqs = [self.requests(it) for it in items]
-        flat = [r for rs in reqs for r in rs]
-        results = engine.generate(flat, ctx.progress) if flat else []
+        per_item = self.sampler.generate(engine, [it.data["prompt"] for it in items], ctx.progress)
+        results = [o for outs in per_item for o in outs]
         cut = [truncate(o.text, self.max_words) for o in results]
         encoder = load_encoder(self.encoder)
         vectors = encoder.encode(cut)
         records = []
-        for n, (it, rs) in enumerate(zip(items, reqs, strict=True)):
+        for n, (it, outs) in enumerate(zip(items, per_item, strict=True)):
             span = slice(n * self.samples, (n + 1) * self.samples)
-            outs, texts = results[span], cut[span]
+            texts = cut[span]
             lengths = [len(words(o.text)) for o in outs]
             records.append(Record(
                 model=ctx.model_label, suite=self.name, item_id=it.id, category=it.category,
-                request={"kind": "generate", "messages": [{"role": "user", "content": it.data["prompt"]}],
-                         "decoding": {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                                      "top_p": 1.0},
-                         "seeds": [r.decoding.seed for r in rs]},
+                request=self.sampler.request_json(it.data["prompt"]),
                 response="\n\n---\n\n".join(o.text for o in outs),
                 scores={"ead_per_input": ead_mean(texts), "embedding_per_input": cosine_diversity(vectors[span]),
                         "ead_across_inputs": None, "embedding_across_inputs": None,
@@ -170,8 +155,7 @@ class DiversitySuite(Suite):
             "prompts": str(self.options["data"]) if self.options.get("data")
             else f"{len(PROMPTS)} open-ended prompts written for aftertune (stories, descriptions, opinions, "
                  "ideas, personal writing), one user turn each through the model's chat template",
-            "decoding": {"temperature": self.temperature, "top_p": 1.0, "max_new_tokens": self.max_new_tokens,
-                         "samples_per_prompt": self.samples, "seeds": f"{self.seed}..{self.seed + self.samples - 1}"},
+            "decoding": self.sampler.protocol(),
             "length_control": f"every sample cut to its first {self.max_words} words (lower-cased words and "
                               "punctuation marks); shorter samples are kept whole (details.n_words)",
             "metrics": f"EAD (Liu et al. 2022) = distinct n-grams / V(1 - ((V-1)/V)^C), C = all n-grams, "
