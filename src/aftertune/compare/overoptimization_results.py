@@ -25,17 +25,14 @@ import numpy as np
 from aftertune.compare.overoptimization import Divergence, best_of_n_divergence, divergence
 from aftertune.compare.stats import t_interval
 from aftertune.record import Record
-
-ROLES = ("proxy", "gold")
+from aftertune.suites.overoptimization import ROLES, finite_floats
 
 
 def _scored(rec: Record) -> tuple[list[float], list[float]] | None:
     """(proxy scores, gold scores) of a record's samples when every sample has both as finite numbers."""
     samples = rec.details.get("samples") or []
-    pairs = [(s.get("proxy"), s.get("gold")) for s in samples]
-    if not pairs or any(not isinstance(v, int | float) or not math.isfinite(v) for pair in pairs for v in pair):
-        return None
-    return [float(p) for p, _ in pairs], [float(g) for _, g in pairs]
+    proxy, gold = (finite_floats([s.get(role) for s in samples]) for role in ROLES)
+    return (proxy, gold) if samples and proxy is not None and gold is not None else None
 
 
 def _retokenized(rec: Record) -> int:

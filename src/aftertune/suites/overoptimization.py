@@ -199,7 +199,7 @@ class OveroptimizationSuite(Suite):
         }
 
 
-def _finite(values: Sequence[Any]) -> list[float] | None:
+def finite_floats(values: Sequence[Any]) -> list[float] | None:
     """The values as floats when every one is a finite number, else None."""
     if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
         return None
@@ -208,8 +208,8 @@ def _finite(values: Sequence[Any]) -> list[float] | None:
 
 def item_scores(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """A prompt's metrics from its scored samples (best-of-N only when every sample got both scores)."""
-    proxy, gold = (_finite([s[role] for s in samples]) for role in ROLES)
-    ratios = _finite([s["logprob"] - s["ref_logprob"] if s["logprob"] is not None and s["ref_logprob"] is not None
+    proxy, gold = (finite_floats([s[role] for s in samples]) for role in ROLES)
+    ratios = finite_floats([s["logprob"] - s["ref_logprob"] if s["logprob"] is not None and s["ref_logprob"] is not None
                       else None for s in samples])
     out: dict[str, float | None] = {"proxy_reward": None, "gold_reward": None, "proxy_best_of_n": None,
                                     "gold_best_of_n": None, "kl": math.fsum(ratios) / len(ratios) if ratios else None}
