@@ -153,7 +153,7 @@ def _tune_json(folder, stages):
         d.joinpath("tune.json").write_text(json.dumps({"metrics": {"global_step": steps, "compute": {
             "steps_timed": steps, "first_step_s": 9.0, "mean_step_s": mean, "mean_step_cpu_s": mean / 2,
             "steps_s": mean * steps,
-            "peak_bytes": peak, "peak_scope": "rss_sampled"}}}))
+            "peak_bytes": peak + 5 * 2**30, "peak_growth_bytes": peak, "peak_scope": "rss_sampled"}}}))
     return folder
 
 
@@ -186,12 +186,12 @@ def test_over_refusal_and_added_compute_columns(tmp_path):
     assert guard["extra_train_s"] == 0.0 and guard["inference_ratio"] == pytest.approx(34 / 14)
     assert points[2]["training"]["train_cpu_s"] == 12.5
     assert con["train_s"] == 25.0 and con["extra_train_s"] == 5.0 and con["extra_train_ratio"] == pytest.approx(0.25)
-    assert con["extra_peak_bytes"] == gib // 4
+    assert con["extra_peak_growth_bytes"] == gib // 4  # the growth, not the raw peak 5 GiB above it
     assert con["inference_ratio"] == pytest.approx(12 / 10)  # safety only: the suite both timed
-    assert compute_cell(points[0], points[0]) == "reference: training 20.0 s, peak 3.00 GiB"
+    assert compute_cell(points[0], points[0]) == "reference: training 20.0 s, memory +3.00 GiB"
     assert compute_cell(points[1], points[0]) == "the reference's fine-tune: no added training; audit time ×2.43; " \
                                                  "adds judges"
-    assert compute_cell(points[2], points[0]) == "training +5.0 s (+25%), peak +0.25 GiB; audit time ×1.20"
+    assert compute_cell(points[2], points[0]) == "training +5.0 s (+25%), memory +0.25 GiB; audit time ×1.20"
 
     front = pareto_front(points)
     chosen, why = choose(points, 0.05)
@@ -204,7 +204,7 @@ def test_over_refusal_and_added_compute_columns(tmp_path):
     assert "| defense=none reference | tuned |" in md
     assert "+15.0 pts (+5.0 to +25.0 pts) | the reference's fine-tune: no added training; audit time ×2.43" in md
     html = (tmp_path / "sweep.html").read_text()
-    assert "training +5.0 s (+25%), peak +0.25 GiB" in html and "reference" in html
+    assert "training +5.0 s (+25%), memory +0.25 GiB" in html and "reference" in html
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -243,7 +243,7 @@ def test_defense_sweep_end_to_end_on_the_tiny_model(tiny_spec, tmp_path):
     assert (interp["model"], interp["folder"]) == ("tuned+interp-w-0.5", "defense=none")
     for p in sweep["points"]:
         assert p["overrefusal"]["suite"] == "overrefusal" and None not in p["overrefusal"]["delta_ci"]
-        assert p["training"]["train_s"] > 0 and p["training"]["peak_bytes"] > 0
+        assert p["training"]["train_s"] > 0 and p["training"]["peak_bytes"] > p["training"]["peak_growth_bytes"] > 0
         assert p["compute"]["inference_ratio"] is not None
     assert interp["compute"]["extra_train_s"] == 0.0  # the same fine-tune
     assert mix["training"] != none["training"] and mix["compute"]["extra_train_s"] is not None

@@ -97,7 +97,8 @@ class ComputeMeter(TrainerCallback):
     between runs for reasons other than the training itself, are left out; the first step, which also pays
     for one-off set-up, is kept apart. Wall seconds and the process's CPU seconds (all its threads) are both
     kept: on a machine shared with other work the wall time carries their load, the CPU time much less so.
-    Peak memory is that of the training window (`memory.WindowPeak`).
+    Peak memory is that of the training window (`memory.WindowPeak`): its peak, and its growth over the
+    process's memory when training began, which is what one run of a multi-run process (a sweep) costs.
     """
 
     def __init__(self, device: str) -> None:
@@ -121,7 +122,7 @@ class ComputeMeter(TrainerCallback):
 
     def result(self) -> dict[str, Any]:
         """Steps timed; the first step's wall seconds; the mean wall and CPU seconds of the others (the first's
-        when alone) and the sum of all; the window's peak bytes and how it was measured."""
+        when alone) and the sum of all; the window's peak bytes, their growth over its start, and how measured."""
         rest = self.steps[1:] or self.steps
 
         def mean(i: int) -> float | None:
@@ -129,7 +130,8 @@ class ComputeMeter(TrainerCallback):
 
         return {"steps_timed": len(self.steps), "first_step_s": self.steps[0][0] if self.steps else None,
                 "mean_step_s": mean(0), "mean_step_cpu_s": mean(1), "steps_s": sum(s[0] for s in self.steps),
-                "peak_bytes": self.window.peak, "peak_scope": self.window.scope}
+                "peak_bytes": self.window.peak, "peak_growth_bytes": self.window.growth,
+                "peak_scope": self.window.scope}
 
 
 class CheckpointKeeper(TrainerCallback):

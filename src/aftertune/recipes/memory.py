@@ -129,11 +129,14 @@ class WindowPeak:
     allocator's peak is reset at `start` and read at `stop`; on a CPU a background thread samples the
     resident set size every `interval` seconds (the forward pass's activations, which decide a step's peak,
     are held for the whole backward pass, far longer than an interval).
+
+    `growth` is the peak less what the process held when the window began: models an earlier run of the same
+    process left loaded count in `peak` but not in `growth`, so only `growth` compares runs of one sweep.
     """
 
     def __init__(self, device: str, interval: float = 0.01) -> None:
         self.device, self.interval = device, interval
-        self.peak = 0
+        self.peak = self.begin = 0
         self._stop: Any = None
         self._thread: Any = None
 
@@ -146,13 +149,14 @@ class WindowPeak:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
+            self.begin = int(torch.cuda.memory_allocated())
             return
         import threading
 
         import psutil
 
         proc = psutil.Process()
-        self.peak = proc.memory_info().rss
+        self.peak = self.begin = proc.memory_info().rss
         self._stop = threading.Event()
 
         def sample() -> None:
@@ -176,3 +180,8 @@ class WindowPeak:
 
             self.peak = max(self.peak, psutil.Process().memory_info().rss)
         return self.peak
+
+    @property
+    def growth(self) -> int:
+        """Bytes the window added at its peak over the process's memory when it began."""
+        return max(0, self.peak - self.begin)

@@ -110,8 +110,8 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
                  "y": f"safety loss: tuned − base on the first of {', '.join(SAFETY_SUITES)} measured",
                  "overrefusal": f"over-refusal: tuned − base on the {OVERREFUSAL_SUITE} suite's headline metric",
                  "compute": f"added compute against {points[reference]['label'] if points else 'the reference'}: "
-                            "training seconds (mean optimizer step × steps) and peak memory of the training "
-                            "window, and audit time per item on the suites both answered without the cache"},
+                            "training seconds (mean optimizer step × steps) and the memory the training window "
+                            "added at its peak over its start, and audit time per item on the suites both answered without the cache"},
         "reference": reference, "points": points, "front": front, "chosen": chosen, "choice": why,
     }
     write_sweep_reports(sweep, out)

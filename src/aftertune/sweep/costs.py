@@ -2,8 +2,10 @@
 
 Training: each stage's `tune.json` (`metrics.compute`, recipes/callbacks.ComputeMeter) gives the mean wall and
 CPU seconds of an optimizer step after the first (evaluation, checkpoint saves and audits left out) and the
-peak memory of the training window; the column shows wall seconds, sweep.json has both (CPU seconds carry
-less of a shared machine's load). A point's training seconds are mean step × steps, summed over stages, so a tune that was
+memory the training window added at its peak over what the process held when it began (its growth: a sweep
+runs every point in one process, so the raw peak would also count the models earlier points left loaded, and
+grow with run order); the column shows wall seconds and that growth, sweep.json has CPU seconds too (they
+carry less of a shared machine's load) and the raw peak. A point's training seconds are mean step × steps, summed over stages, so a tune that was
 resumed counts its whole length. Points of one run share one fine-tune and so one training cost.
 
 Inference: the audit's wall time per item of each suite on the point's model (results.json
@@ -22,8 +24,9 @@ from typing import Any
 
 
 def training_cost(run_folder: Path) -> dict[str, Any] | None:
-    """Training wall and CPU seconds (mean step × steps over the stages), steps and peak bytes of a pipeline run
-    folder's tune(s); None when a tune has no compute record (written before it was measured) or none ran."""
+    """Training wall and CPU seconds (mean step × steps over the stages), steps, peak bytes and their growth over
+    the window's start of a pipeline run folder's tune(s); None when a tune has no compute record (written before
+    it was measured) or none ran; growth None when a tune predates its measurement."""
     from aftertune.recipes.train import TUNE_JSON
 
     stages = []
@@ -32,7 +35,8 @@ def training_cost(run_folder: Path) -> dict[str, Any] | None:
             metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
             compute, steps = metrics["compute"], int(metrics["global_step"])
             stages.append({"wall": float(compute["mean_step_s"]), "cpu": float(compute["mean_step_cpu_s"]),
-                           "steps": steps, "peak": int(compute["peak_bytes"]), "scope": compute["peak_scope"]})
+                           "steps": steps, "peak": int(compute["peak_bytes"]), "scope": compute["peak_scope"],
+                           "growth": compute.get("peak_growth_bytes")})
         except (OSError, ValueError, KeyError, TypeError):
             return None
     if not stages:
@@ -40,7 +44,9 @@ def training_cost(run_folder: Path) -> dict[str, Any] | None:
     return {"train_s": sum(s["wall"] * s["steps"] for s in stages),
             "train_cpu_s": sum(s["cpu"] * s["steps"] for s in stages), "steps": sum(s["steps"] for s in stages),
             "mean_step_s": stages[-1]["wall"], "peak_bytes": max(s["peak"] for s in stages),
-            "peak_scope": stages[-1]["scope"]}
+            "peak_scope": stages[-1]["scope"],
+            "peak_growth_bytes": (max(int(s["growth"]) for s in stages)
+                                  if all(s["growth"] is not None for s in stages) else None)}
 
 
 def inference_cost(results: dict[str, Any], model: str) -> dict[str, dict[str, float]]:
@@ -72,13 +78,16 @@ def added_compute(points: Sequence[dict[str, Any]], reference: int) -> None:
     for p in points:
         train = p.get("training")
         both = train is not None and ref_train is not None
+        growth = train["peak_growth_bytes"] if train else None
+        ref_growth = ref_train["peak_growth_bytes"] if ref_train else None
         p["compute"] = {
             "train_s": train["train_s"] if train else None,
-            "peak_bytes": train["peak_bytes"] if train else None,
+            "peak_growth_bytes": growth,
             "extra_train_s": train["train_s"] - ref_train["train_s"] if both else None,
             "extra_train_ratio": (train["train_s"] / ref_train["train_s"] - 1.0
                                   if both and ref_train["train_s"] > 0 else None),
-            "extra_peak_bytes": train["peak_bytes"] - ref_train["peak_bytes"] if both else None,
+            "extra_peak_growth_bytes": (growth - ref_growth
+                                        if growth is not None and ref_growth is not None else None),
             "inference_ratio": inference_ratio(p.get("inference") or {}, ref.get("inference") or {}),
             "adds": p.get("adds") or "",
         }

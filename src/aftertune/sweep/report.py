@@ -24,12 +24,14 @@ def compute_cell(p: dict[str, Any], ref: dict[str, Any]) -> str:
     parts = []
     if p is ref:
         if c["train_s"] is not None:
-            parts.append(f"reference: training {c['train_s']:.1f} s, peak {c['peak_bytes'] / gib:.2f} GiB")
+            mem = "" if c["peak_growth_bytes"] is None else f", memory +{c['peak_growth_bytes'] / gib:.2f} GiB"
+            parts.append(f"reference: training {c['train_s']:.1f} s{mem}")
     elif p["folder"] == ref["folder"]:
         parts.append("the reference's fine-tune: no added training")
     elif c["extra_train_s"] is not None:
         pct = f" ({c['extra_train_ratio']:+.0%})" if c["extra_train_ratio"] is not None else ""
-        parts.append(f"training {c['extra_train_s']:+.1f} s{pct}, peak {c['extra_peak_bytes'] / gib:+.2f} GiB")
+        mem = "" if c["extra_peak_growth_bytes"] is None else f", memory {c['extra_peak_growth_bytes'] / gib:+.2f} GiB"
+        parts.append(f"training {c['extra_train_s']:+.1f} s{pct}{mem}")
     if p is not ref and c["inference_ratio"] is not None:
         parts.append(f"audit time ×{c['inference_ratio']:.2f}")
     if c["adds"] and c["adds"] != "nothing":
