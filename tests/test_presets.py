@@ -17,7 +17,7 @@ def _specs() -> list[tuple[str, PipelineSpec]]:
 
 def test_the_seed_study_presets_exist():
     assert set(preset_names()) >= {"quick", "qi-benign", "qi-identity-shift", "hawkins-toxicity", "kumar-continued",
-                                   "mosbach-icl-vs-ft", "forgetting"}
+                                   "mosbach-icl-vs-ft", "forgetting", "rlhf-overoptimisation"}
 
 
 @pytest.mark.parametrize(("name", "spec"), _specs(), ids=lambda x: x if isinstance(x, str) else "")
@@ -69,8 +69,13 @@ def test_the_default_and_every_preset_pin_their_training_precision():
     """Issue 13: 'auto' trains a LoRA on bf16 base weights on CPUs with native bf16 only, so the tuned model
     (and every number after it) would depend on the machine; the pipeline pins fp32 unless a stage says otherwise."""
     assert [c.precision for c in PipelineSpec().tune_configs()] == ["fp32"]
+    from pathlib import Path
+
+    from aftertune import reward_refs
+
     for name in preset_names():
-        configs = PipelineSpec.model_validate(load_preset(name)).tune_configs()
+        spec = PipelineSpec.model_validate(load_preset(name))
+        configs = [*spec.tune_configs(), *reward_refs.configs(spec, Path("run")).values()]
         assert {c.precision for c in configs} == {"fp32"}, name
     chosen = PipelineSpec(train={**PipelineSpec().train, "precision": "bf16"}).tune_configs()
     assert chosen[0].precision == "bf16"

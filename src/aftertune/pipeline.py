@@ -135,6 +135,9 @@ def run_pipeline(spec: PipelineSpec, out_dir: str | Path, *, store: Store | None
     say(f"aftertune run {spec.name!r}: run {run_id}, store {store.path}, output {out}")
     with store.run_status(run_id):  # failed/interrupted when any step raises; nested audits leave it alone
         steps = _Steps(store, run_id, say)
+        if spec.reward_models:
+            with steps.step(f"train {len(spec.reward_models)} reward model(s) ({', '.join(spec.reward_models)})"):
+                spec = _reward_models(spec, store, run_id, out, progress, say)
         train = spec.stages[-1] if spec.stages else spec.train
         data = train["data"]
         main_suites = _task_options(_suites(spec.audit.suites, _planned_limits(spec, say)), train, say)
@@ -245,6 +248,34 @@ class _RoleAudit:
             group[label] = ref
         for engine, group in groups:
             self.audit_fn(group, suites, out_dir=out_dir, **self.audit_kw, **engine)
+
+
+def _reward_models(spec: PipelineSpec, store: Store, run_id: str, out: Path, progress: bool,
+                   say: Callable[[str], None]) -> PipelineSpec:
+    """Train the spec's reward models and return the spec with their folders for `@NAME`; each one's held-out
+    pairwise accuracy goes to the report's judges table, as a judge's own accuracy does."""
+    from aftertune import reward_refs
+
+    def trained(name: str, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("pairwise_accuracy") or {}
+        if acc:
+            say(f"    @{name}: held-out pairwise accuracy {acc['accuracy']:.3f} on {acc['pairs']} pairs "
+                f"(95% CI {acc['ci95'][0]:.3f}-{acc['ci95'][1]:.3f})")
+        if not any(e["step"] == f"reward:{name}" for e in store.events(run_id, kind="judge_validity")):
+            from aftertune.judges.reward_model import RewardModelJudge
+
+            data = spec.reward_models[name].get("data")
+            sets = [{"set": f"held-out pairs of {data}", "source": str(data), "label_kind": "pairs",
+                     "labels_from": "chosen/rejected", "n": acc["pairs"], "accuracy": acc["accuracy"],
+                     "accuracy_ci95": acc["ci95"], "kappa": None, "precision": None, "recall": None,
+                     "auroc": None}] if acc else []
+            judge = RewardModelJudge(out / reward_refs.FOLDER / name)
+            store.add_event(run_id, f"reward:{name}", "judge_validity",
+                            {"role": f"reward model @{name}", "judge": f"reward-model:{judge.path}",
+                             "fingerprint": judge.fingerprint, "sets": sets,
+                             "note": "pairwise accuracy (chosen scored above rejected): not measured"})
+
+    return reward_refs.resolve(spec, reward_refs.train(spec, out, store=store, progress=progress, on_trained=trained))
 
 
 def _planned_limits(spec: PipelineSpec, say: Callable[[str], None]) -> dict[str, int]:

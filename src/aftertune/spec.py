@@ -116,6 +116,12 @@ class PipelineSpec(_Strict):
                     "fp32 here (not auto), so the tuned weights are the same on CPUs with and without native bf16")
     stages: list[dict[str, Any]] = Field(
         default_factory=list, description="sequential fine-tuning: stages replacing 'train', each a TuneConfig")
+    reward_models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="reward models trained first, NAME → a TuneConfig with objective reward (from base unless it "
+                    "names a model), e.g. a proxy for a grpo tune and a gold for the overoptimization suite; "
+                    "'@NAME' is its folder in a stage's reward, a suite option (overoptimization:proxy=@proxy:"
+                    "gold=@gold) and audit.judges (see docs/tuning.md)")
     scan: bool = Field(True, description="scan the training data for risks first")
     audit: AuditSection = Field(
         default_factory=lambda: AuditSection(power={"safety.compliance": 0.15}),
@@ -155,6 +161,13 @@ class PipelineSpec(_Strict):
             bad = {"model", "out"} & set(cfg)
             if bad:
                 raise ValueError(f"{where}: '{sorted(bad)[0]}' is set by the pipeline (base model / run folder)")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_models_defined(self) -> PipelineSpec:
+        from aftertune import reward_refs
+
+        reward_refs.check(self)
         return self
 
     @model_validator(mode="after")
@@ -279,10 +292,12 @@ class PipelineSpec(_Strict):
     def check_data(self) -> None:
         """Read every training file the spec names (task data, held-out data, mixed-in sets), so a bad one
         fails before a run folder or store run exists."""
+        from aftertune import reward_refs
         from aftertune.recipes.examples import check_data
 
-        for cfg in self.tune_configs():
-            check_data(cfg)
+        for cfg in [*self.tune_configs(), *reward_refs.configs(self, Path.cwd()).values()]:
+            # a reward model of the spec (`@NAME`) exists only once trained: the pipeline checks it then
+            check_data(cfg.model_copy(update={"reward": None}) if reward_refs.is_reference(cfg.reward) else cfg)
 
     def tune_configs(self) -> list[Any]:
         """The validated TuneConfigs of the training stage(s), a chain `recipes.stages.tune_stages` can run."""

@@ -272,9 +272,10 @@ def _judge_and_run(store: Store, run_id: str, refs: Mapping[str, str], models: M
                    reference: str | None = None) -> None:
     from aftertune.variants import load_engine
 
-    if judge_objs and not any(e["kind"] == "judge_validity" for e in store.events(run_id, kind="judge_validity")):
+    if judge_objs:  # each role's once per run (a guard's or a reward model's entry is not a judge role's)
+        measured = {e["step"] for e in store.events(run_id, kind="judge_validity")}
         for role, judge in judge_objs.items():
-            if judge == NO_JUDGE:
+            if judge == NO_JUDGE or f"judge:{role}" in measured:
                 continue
             v = _judge_validity(judge, store)
             if v is not None:
