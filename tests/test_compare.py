@@ -33,7 +33,7 @@ def _row(results, model, suite, metric, category="all"):
 
 
 def test_roles_and_shape(results):
-    assert results["schema"] == "aftertune.results" and results["schema_version"] == 2
+    assert results["schema"] == "aftertune.results" and results["schema_version"] == 3
     assert results["reference"] == "base" and results["primary"] == "tuned"
     roles = {m["label"]: m["role"] for m in results["models"]}
     assert roles == {"base": "reference", "tuned": "primary", "checkpoint-20": "checkpoint",
@@ -234,7 +234,7 @@ def test_reference_override_and_determinism(store):
     assert _row(a, "base", "t_safety", "compliance_rate")["change"] == "better"
     b = compare_run(store, run_id, reference="tuned")
     for res in (a, b):
-        assert set(res.pop("volatile")) == {"run_id", "created", "updated", "timings", "judge_validity"}
+        assert set(res.pop("volatile")) == {"run_id", "status", "created", "updated", "timings", "judge_validity"}
     assert a == b
 
 

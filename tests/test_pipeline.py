@@ -112,7 +112,7 @@ def test_two_runs_of_one_spec_give_byte_identical_results(spec, tmp_path):
         shutil.rmtree(out, ignore_errors=True)
         run_pipeline(lean, out, store=Store(tmp_path / f"store{i}.sqlite"), progress=False, say=lambda _m: None)
         results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        assert set(results.pop("volatile")) == {"run_id", "created", "updated", "timings", "judge_validity"}
+        assert set(results.pop("volatile")) == {"run_id", "status", "created", "updated", "timings", "judge_validity"}
         assert "measured_at" not in json.dumps(results)  # when a judge was validated is volatile too
         texts.append(json.dumps(results, sort_keys=True, ensure_ascii=False))
     assert texts[0] == texts[1]

@@ -37,7 +37,8 @@ def test_files_and_results_json(report):
                                                      "results.json"]
     on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert on_disk == report["results"]
-    assert on_disk["schema"] == "aftertune.results" and on_disk["schema_version"] == 2
+    assert on_disk["schema"] == "aftertune.results" and on_disk["schema_version"] == 3
+    assert "status" not in on_disk["run"] and on_disk["volatile"]["status"] == "running"  # made, never closed
     lines = (out / "records.jsonl").read_text().splitlines()
     assert len(lines) == len(report["store"].records(report["run_id"]))
     assert on_disk["gate"]["passed"] is False
@@ -252,3 +253,22 @@ def test_markdown_is_inert_under_a_real_renderer(report):
     assert not [t for t in tags if re.search(r"(href|src)\s*=\s*[\"']?\s*(javascript|data):", t, re.I)]
     assert not [t for t in tags if re.match(r"<(script|a|img|iframe)\b", t, re.I)], tags
     assert "[x](javascript:alert(1))" in html  # the payload is shown as text, not dropped
+
+
+def test_older_results_are_read_in_the_current_layout(report):
+    """Version 2 kept the run's status in `run` (a pipeline's first write said "running", a re-render "done");
+    version 1 also the run id and times. Both read as version 3, numbers unchanged."""
+    from aftertune.compare.comparison import upgrade
+
+    now = report["results"]
+    v2 = json.loads(json.dumps(now))
+    v2["schema_version"], v2["run"]["status"] = 2, v2["volatile"].pop("status")
+    assert upgrade(v2) == now
+    v1 = json.loads(json.dumps(v2))
+    v1["schema_version"] = 1
+    vol = v1.pop("volatile")
+    v1["run"].update(id=vol["run_id"], created=vol["created"], updated=vol["updated"], status="done")
+    now = {**now, "volatile": {**now["volatile"], "status": "done"}}
+    v1["protocol"]["timings"] = vol["timings"]
+    up = upgrade(v1)
+    assert up["volatile"]["status"] == "done" and up["run"] == now["run"] and up["comparisons"] == now["comparisons"]

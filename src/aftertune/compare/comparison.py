@@ -42,7 +42,7 @@ EVENT_KINDS = ("timing", "sample", "protocol", "judge_validity", "tune_train", "
                "suite_skipped")
 
 SCHEMA = "aftertune.results"
-SCHEMA_VERSION = 2  # 2: run id, times and wall times moved to `volatile`
+SCHEMA_VERSION = 3  # 2: run id, times and wall times moved to `volatile`; 3: the run's status too
 
 _GENERIC_RESAMPLES = 1000  # an aggregate that is not a mean costs one Python call per draw: fewer draws, fixed
 _GENERIC_PERMUTATIONS = 1999
@@ -528,7 +528,7 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "run": {"name": run.name, "kind": run.kind, "status": run.status},
+        "run": {"name": run.name, "kind": run.kind},
         "reference": reference,
         "primary": primary,
         "models": [_model_json(m, reference, primary) for m in models],
@@ -549,7 +549,8 @@ def compare_records(records: Sequence[Record], declared_models: Sequence[dict[st
     results = _clean(results)
     results["verdict"] = build_verdict(results)
     timings = [*_timings(run), {"step": "compare", "seconds": round(time.time() - started, 3)}]
-    results["volatile"] = {"run_id": run.id, "created": run.created, "updated": run.updated, "timings": timings,
+    results["volatile"] = {"run_id": run.id, "status": run.status, "created": run.created, "updated": run.updated,
+                           "timings": timings,
                            "judge_validity": [_times(e["payload"]) for e in run.events_of("judge_validity")]}
     return results
 
@@ -584,8 +585,12 @@ def upgrade(results: dict[str, Any]) -> dict[str, Any]:
         timings = (results.get("protocol") or {}).pop("timings", [])
         results["volatile"] = {"run_id": run.pop("id", ""), "created": run.pop("created", None),
                                "updated": run.pop("updated", None), "timings": timings}
-        results["run"], results["schema_version"] = run, SCHEMA_VERSION
+        results["run"], results["schema_version"] = run, 2
         results.get("verdict", {}).setdefault("underpowered", [])
+    if results.get("schema_version", SCHEMA_VERSION) < 3:  # a pipeline's reports are written while it runs, so
+        # its status said "running" there and "done" in a re-render: it is not part of the run's result
+        results["volatile"]["status"] = (results.get("run") or {}).pop("status", None)
+        results["schema_version"] = SCHEMA_VERSION
     return results
 
 
