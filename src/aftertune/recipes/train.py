@@ -29,7 +29,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,21 @@ def _state_ok(out: Path, cfg: TuneConfig, overwrite: bool) -> dict[str, Any] | N
     return None
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """TRL's trainers prepare their data with `datasets.map`, one progress bar per pass ("Truncating train
+    dataset", "Dropping fully masked examples"): noise beside the tune's own bar, and in a --no-progress log."""
+    from datasets.utils import logging as ds_logging
+
+    was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_logging.enable_progress_bar()
+
+
 def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, progress: bool = True,
          callbacks: Sequence[Any] = (), lineage: Sequence[dict[str, Any]] | None = None, label: str = "tuned",
          exclude_prompts: Sequence[str] = (), overwrite: bool = False) -> TuneResult:
@@ -189,8 +204,9 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
     model = load_model(cfg, start, precision, device, objective.head)
     if start.adapter_path is None and recipe.peft:
         model = apply_peft(model, recipe.peft_config(cfg, model), cfg, objective.head)
-    built = objective.build(cfg, model=model, tokenizer=tokenizer, data=data, precision=precision, device=device,
-                            out=out)
+    with _quiet_datasets():
+        built = objective.build(cfg, model=model, tokenizer=tokenizer, data=data, precision=precision, device=device,
+                                out=out)
     trainer = built.trainer
     data.info["tokens"] = built.stats
     data.info["memory_plan"] = built.plan.as_dict()
