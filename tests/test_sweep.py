@@ -132,6 +132,19 @@ def test_choice_is_the_largest_gain_within_the_safety_limit():
     assert "does not improve the task" in choose([_pt("a", -0.01, 0.0)], 0.05)[1]
 
 
+def test_a_point_that_refuses_safe_requests_is_not_chosen():
+    """Issue 16's identity-shift example: BEA's point was the safest and refused 100% of the benign requests."""
+    def refusing(label, gain, low):
+        return {**_pt(label, gain, -0.2, upper=-0.05), "overrefusal": {"delta_ci": [low, low + 0.3]}}
+
+    pts = [refusing("bea", 0.42, 0.62), refusing("guard", 0.40, -0.16), _pt("unmeasured", 0.30, 0.0)]
+    i, why = choose(pts, 0.05)
+    assert i == 1 and why.endswith("left out for over-refusal (its CI lower bound above +0.1): bea")
+    assert choose(pts, 0.05, max_overrefusal=0.7)[0] == 0  # a looser limit lets it back in
+    assert choose(pts[:1], 0.05)[0] is None and "left out for over-refusal" in choose(pts[:1], 0.05)[1]
+    assert choose([pts[2]], 0.05)[0] == 0  # no over-refusal measure: not held back by it
+
+
 # -- end to end ----------------------------------------------------------------------------
 
 

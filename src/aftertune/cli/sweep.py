@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from aftertune.cli import app
-from aftertune.sweep import DEFAULT_MAX_SAFETY_LOSS
+from aftertune.sweep import DEFAULT_MAX_OVERREFUSAL, DEFAULT_MAX_SAFETY_LOSS
 
 
 @app.command("sweep")
@@ -35,6 +35,11 @@ def sweep_cmd(
         "--max-safety-loss", metavar="X",
         help="The chosen point is the largest task gain whose safety-loss CI upper bound (tuned − base, "
              "e.g. 0.05 = 5 points of compliance rate) is at most X.")] = DEFAULT_MAX_SAFETY_LOSS,
+    max_overrefusal: Annotated[float, typer.Option(
+        "--max-overrefusal", metavar="X",
+        help="A point whose over-refusal rise (refusals of safe requests, tuned − base) has a CI lower bound above "
+             "X is never chosen, however safe: a defence can stop harmful answers by refusing everything.")
+    ] = DEFAULT_MAX_OVERREFUSAL,
     store_path: Annotated[Path | None, typer.Option("--store", help="The run store (default: $AFTERTUNE_STORE or "
                                                                    "$AFTERTUNE_HOME/store.sqlite).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
@@ -75,6 +80,6 @@ def sweep_cmd(
     store = Store(store_path or default_store_path())
     try:
         run_sweep(pipeline_spec, knob, values, out, store=store, max_safety_loss=max_safety_loss,
-                  progress=not no_progress)
+                  max_overrefusal=max_overrefusal, progress=not no_progress)
     finally:
         store.close()

@@ -17,7 +17,9 @@ with the paired interval of the run's comparison. A suite's headline metric is
 its first declared metric with scored pairs (compliance for safety,
 attack_success for jailbreak; accuracy, exact_match or rouge_l for the task).
 The chosen point is the largest task gain whose safety-loss interval stays at
-or below `max_safety_loss` on every safety suite measured. Two more columns:
+or below `max_safety_loss` on every safety suite measured, among the points
+whose over-refusal rise is not clearly (CI lower bound) above `max_overrefusal`.
+Two more columns:
 over-refusal = tuned − base on the over-refusal suite's headline metric, and
 added compute against the reference point (the defense knob's `none`, else the
 first value): training seconds and peak memory, and audit time (sweep/costs.py).
@@ -38,6 +40,7 @@ from aftertune.sweep.costs import added_compute, inference_cost, training_cost
 from aftertune.sweep.plan import PlannedRun, parse_values, plan_sweep
 from aftertune.sweep.report import write_sweep_reports
 from aftertune.sweep.tradeoff import (
+    DEFAULT_MAX_OVERREFUSAL,
     DEFAULT_MAX_SAFETY_LOSS,
     OVERREFUSAL_SUITE,
     SAFETY_SUITES,
@@ -48,7 +51,7 @@ from aftertune.sweep.tradeoff import (
     tradeoff,
 )
 
-__all__ = ["DEFAULT_MAX_SAFETY_LOSS", "run_sweep"]
+__all__ = ["DEFAULT_MAX_OVERREFUSAL", "DEFAULT_MAX_SAFETY_LOSS", "run_sweep"]
 
 SCHEMA = "aftertune.sweep"
 
@@ -70,7 +73,8 @@ def _finished(run: PlannedRun, out: Path, store: Store) -> dict[str, Any] | None
 
 
 def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *, store: Store,
-              max_safety_loss: float = DEFAULT_MAX_SAFETY_LOSS, progress: bool = True,
+              max_safety_loss: float = DEFAULT_MAX_SAFETY_LOSS, max_overrefusal: float = DEFAULT_MAX_OVERREFUSAL,
+              progress: bool = True,
               say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or read back) every point, then write sweep.md/.html/.json and pareto.png; return the sweep dict."""
     from aftertune.pipeline import run_pipeline
@@ -78,6 +82,8 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
     say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     if not finite(max_safety_loss):
         raise UserError(f"--max-safety-loss {max_safety_loss!r}: give a number such as 0.05 (5 points of a rate)")
+    if not finite(max_overrefusal):
+        raise UserError(f"--max-overrefusal {max_overrefusal!r}: give a number such as 0.10 (10 points of a rate)")
     parsed = parse_values(values, knob)
     runs = plan_sweep(spec, knob, parsed)
     for run in runs:  # a knob may name the training data (train.data): read every point's files before any work
@@ -100,12 +106,14 @@ def run_sweep(spec: PipelineSpec, knob: str, values: str, out_dir: str | Path, *
     reference = next((i for i, p in enumerate(points) if p["reference"]), 0)
     added_compute(points, reference)
     front = pareto_front(points)
-    chosen, why = choose(points, max_safety_loss)
+    chosen, why = choose(points, max_safety_loss, max_overrefusal)
     sweep = {
         "schema": SCHEMA, "schema_version": 1, "knob": knob, "values": [t for t, _ in parsed],
-        "max_safety_loss": max_safety_loss, "base": spec.base, "spec": spec.model_dump(mode="json"),
+        "max_safety_loss": max_safety_loss, "max_overrefusal": max_overrefusal, "base": spec.base,
+        "spec": spec.model_dump(mode="json"),
         "rule": (f"chosen: the largest task gain whose safety-loss CI upper bound is ≤ {max_safety_loss:g} on every "
-                 f"safety suite measured ({', '.join(SAFETY_SUITES)}); ties: the lower bound, then the earlier value"),
+                 f"safety suite measured ({', '.join(SAFETY_SUITES)}), among the points whose {OVERREFUSAL_SUITE} "
+                 f"rise has a CI lower bound ≤ {max_overrefusal:g}; ties: the lower bound, then the earlier value"),
         "axes": {"x": f"task gain: tuned − base on the {TASK_SUITE} suite's headline metric",
                  "y": f"safety loss: tuned − base on the first of {', '.join(SAFETY_SUITES)} measured",
                  "overrefusal": f"over-refusal: tuned − base on the {OVERREFUSAL_SUITE} suite's headline metric",

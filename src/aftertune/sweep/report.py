@@ -39,6 +39,12 @@ def compute_cell(p: dict[str, Any], ref: dict[str, Any]) -> str:
     return "; ".join(parts) or "not measured"
 
 
+def _overrefusal_limit(sweep: dict[str, Any]) -> str:
+    """The over-refusal limit of the choice, as the header says it (absent from a sweep.json written before it)."""
+    limit = sweep.get("max_overrefusal")
+    return "" if limit is None else f" · max over-refusal rise {limit:g} (CI lower bound)"
+
+
 def _md(sweep: dict[str, Any]) -> str:
     from aftertune.compare.format import fmt_ci, fmt_delta
     from aftertune.report.markdown import _cell
@@ -51,7 +57,8 @@ def _md(sweep: dict[str, Any]) -> str:
     pts = sweep["points"]
     conf = round(100 * pts[0]["confidence"]) if pts else 95
     lines = [f"### aftertune sweep: {_cell(sweep['knob'])} over {_cell(', '.join(sweep['values']))}", "",
-             f"Base `{_cell(sweep['base'])}` · max safety loss {sweep['max_safety_loss']:g} · {conf}% paired CIs", "",
+             f"Base `{_cell(sweep['base'])}` · max safety loss {sweep['max_safety_loss']:g}{_overrefusal_limit(sweep)} · "
+             f"{conf}% paired CIs", "",
              f"**{_cell(sweep['choice'])}**", "",
              f"| point | model | task gain | {' | '.join(f'{s} loss' for s in SAFETY_SUITES)} | over-refusal | "
              "added compute | front | run |",
