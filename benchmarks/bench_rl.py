@@ -234,7 +234,7 @@ def render(r: dict[str, Any]) -> str:
         START,
         "## Online RL (`aftertune tune --objective grpo`) vs TRL `GRPOTrainer` defaults",
         "",
-        f"Measured {r['date']} with `nice -n 19 benchmarks/bench_rl.py` on {r['machine']} ({cpu['model']}, "
+        f"Measured {r['date']} with `benchmarks/bench_rl.py` on {r['machine']} ({cpu['model']}, "
         f"{bf16} avx512_bf16), {r['threads']} threads, Python {r['python']}, torch {r['torch']}, TRL "
         f"{trl.__version__}; a machine shared with other jobs (load average at each start below). Model: "
         f"SmolLM2-135M-Instruct (packaged). Prompts: the `support` training set's user turns. Batch: {BATCH} "
@@ -278,7 +278,7 @@ def render_reward_model(rm: dict[str, Any]) -> str:
         RM_START,
         "## Reward-model accuracy (`aftertune tune --objective reward`) on `dpo-safety` pairs",
         "",
-        f"Measured {rm['date']} with `nice -n 19 benchmarks/bench_rl.py --part reward-model` on {rm['machine']} "
+        f"Measured {rm['date']} with `benchmarks/bench_rl.py` on {rm['machine']} "
         f"({cpu['model']}, {'with' if cpu['avx512_bf16'] else 'without'} avx512_bf16), {rm['threads']} threads, "
         f"torch {rm['torch']}. `aftertune tune --objective reward --data dpo-safety --limit {rm['limit']}` from "
         f"SmolLM2-135M-Instruct (packaged), LoRA, lr "
