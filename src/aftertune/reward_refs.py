@@ -18,13 +18,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aftertune.errors import UserError
 
 if TYPE_CHECKING:
     from aftertune.recipes.config import TuneConfig
-    from aftertune.spec import PipelineSpec
+
+
+class RunSpec(Protocol):
+    """What this module reads of a `spec.PipelineSpec` (which imports this module: no import back)."""
+
+    base: str
+    train: dict[str, Any]
+    stages: list[dict[str, Any]]
+    reward_models: dict[str, dict[str, Any]]
+    audit: Any
+    checkpoints: Any
+
+    def model_copy(self, *, update: dict[str, Any]) -> Any: ...
+
+
+S = TypeVar("S", bound=RunSpec)
 
 NAME = re.compile(r"[A-Za-z][\w-]{0,63}")
 _REWARD = re.compile(r"(-?)@([A-Za-z][\w-]*)")  # a stage's whole `reward`
@@ -37,7 +52,7 @@ def is_reference(reward: str | None) -> bool:
     return bool(reward and _REWARD.fullmatch(reward))
 
 
-def references(spec: PipelineSpec) -> Iterator[tuple[str, str]]:
+def references(spec: RunSpec) -> Iterator[tuple[str, str]]:
     """(where, NAME) of every `@NAME` the spec uses."""
     for i, stage in enumerate(spec.stages or [spec.train]):
         m = _REWARD.fullmatch(str(stage.get("reward") or ""))
@@ -52,7 +67,7 @@ def references(spec: PipelineSpec) -> Iterator[tuple[str, str]]:
             yield f"audit.judges.{role}", judge[1:]
 
 
-def check(spec: PipelineSpec) -> None:
+def check(spec: RunSpec) -> None:
     """Plain names, every reference defined, every reward model a reward tune (ValueError: the spec's own)."""
     for name, cfg in spec.reward_models.items():
         if not NAME.fullmatch(name):
@@ -69,7 +84,7 @@ def check(spec: PipelineSpec) -> None:
             raise ValueError(f"{where}: @{name} names no reward model of the spec; defined: {known}")
 
 
-def configs(spec: PipelineSpec, out: Path) -> dict[str, TuneConfig]:
+def configs(spec: RunSpec, out: Path) -> dict[str, TuneConfig]:
     """NAME → its validated TuneConfig, trained into `out/reward/NAME` (fp32 by default, like the main tune)."""
     from aftertune.recipes import parse_config
 
@@ -78,7 +93,7 @@ def configs(spec: PipelineSpec, out: Path) -> dict[str, TuneConfig]:
             for name, cfg in spec.reward_models.items()}
 
 
-def resolve(spec: PipelineSpec, folders: Mapping[str, str]) -> PipelineSpec:
+def resolve(spec: S, folders: Mapping[str, str]) -> S:
     """The spec with every `@NAME` replaced by its trained folder (a judge role by `reward-model:FOLDER`)."""
     for name, folder in folders.items():
         if re.search(r"[:,]", folder):
@@ -103,7 +118,7 @@ def resolve(spec: PipelineSpec, folders: Mapping[str, str]) -> PipelineSpec:
                                    "audit": audit, "checkpoints": ck})
 
 
-def train(spec: PipelineSpec, out: Path, *, store: Any, progress: bool,
+def train(spec: RunSpec, out: Path, *, store: Any, progress: bool,
           on_trained: Callable[[str, dict[str, Any]], None]) -> dict[str, str]:
     """Train (or, when already done, reuse) each reward model; NAME → its folder. `on_trained(name, metrics)`
     gets each one's tune.json metrics (held-out pairwise accuracy). The store caches dpo-safety's generated
