@@ -1,7 +1,8 @@
 """The hf engine against plain `model.generate` and lm-evaluation-harness on this CPU, one row per CPU kind (issue 18).
 
 Same model (SmolLM2-135M-Instruct), prompts, items and batch size, one process,
-each dtype with the engine's defaults (batch invariance on):
+each dtype with the engine's defaults (batch invariance on in float32, off in
+bf16, where it does not hold):
 
 - greedy generation, chat prompts x `--max-new-tokens`: the engine, plain
   `model.generate` (request order, left padding, its own SDPA attention; a
@@ -157,7 +158,8 @@ def markdown(new_rows: list[str], old: str) -> str:
         kept = [ln for ln in body.splitlines() if ln.startswith("| 20")]
     lines = [START, "## The engine vs plain `model.generate` and lm-eval, per CPU kind (`benchmarks/bench_cpu_engine.py`)",
              "", "SmolLM2-135M-Instruct, same prompts, items and batch in one process, the engine with its defaults "
-             "(batch invariance on); arms in alternating chunks on a shared machine, so read the ratios "
+             "(batch invariance on in float32; in bf16 on in the rows of 2026-12-06 11:18, off from 23:00 on, "
+             "since it does not hold there); arms in alternating chunks on a shared machine, so read the ratios "
              "(aftertune's rate over the other's; above 1 is faster). `native bf16`: the CPU has `avx512_bf16` or AMX.",
              "", HEADER, "|---|---|---|---|---|---|--:|--:|--:|--:|--:|---|", *kept, *new_rows, END]
     return "\n".join(lines) + "\n"

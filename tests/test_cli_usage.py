@@ -43,3 +43,22 @@ def test_help_says_remote_code_is_refused_and_how_to_opt_in(tmp_path, command):
     res = _aftertune([*command, "--help"], tmp_path)
     text = " ".join(res.stdout.split())
     assert res.returncode == 0 and "trust_remote_code" in text and "AFTERTUNE_TRUST_REMOTE_CODE=1" in text
+
+
+def test_torchao_import_noise_is_dropped_and_its_other_warnings_kept(caplog):
+    """Every command imported torchao, which logged one warning per CUDA-only extension a CPU cannot load."""
+    import logging
+
+    from aftertune.quiet import quiet_import_noise
+
+    quiet_import_noise()
+    quiet_import_noise()  # idempotent: one filter per logger
+    ao = logging.getLogger("torchao")
+    with caplog.at_level(logging.WARNING):
+        ao.warning("Failed to load /venv/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no CUDA")
+        logging.getLogger("torch.utils._pytree").warning(
+            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile")
+        ao.warning("int4 weight-only quantization needs group sizes dividing in_features")
+    assert [r.getMessage() for r in caplog.records] == [
+        "int4 weight-only quantization needs group sizes dividing in_features"]
+    assert sum(type(f).__name__ == "_ImportNoise" for f in ao.filters) == 1

@@ -18,6 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from aftertune.errors import UserError
+from aftertune.quiet import quiet_import_noise
 
 app = typer.Typer(
     name="aftertune",
@@ -51,6 +52,7 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     # Nothing leaves the machine unless a command needs it: no usage pings from huggingface_hub (read at import).
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    quiet_import_noise()
     for mod in COMMAND_MODULES:
         importlib.import_module(f"aftertune.cli.{mod}")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -29,13 +29,15 @@ Behaviour worth knowing:
   text is returned as `prompt_text`; it is tokenized without adding special
   tokens (the template writes them). Raw `prompt` requests are tokenized as they
   are, with the tokenizer's own special tokens (as lm-evaluation-harness does).
-- **Batch invariance** (CPU, on by default; `batch_invariant=False` turns it
-  off): attention runs row by row and small matrix products are padded
+- **Batch invariance** (CPU in float32, on by default; `batch_invariant=False`
+  turns it off): attention runs row by row and small matrix products are padded
   (`invariant`), so a request's text and log-likelihood do not depend on the
   other requests of its batch or on what ran before it; the version says
   `attn/rowwise`. Not on CUDA. In float32, texts and log-likelihoods are bitwise
-  the same in any batch (measured in benchmarks/RESULTS.md, `bench_invariance`);
-  bf16 is not invariant.
+  the same in any batch (measured in benchmarks/RESULTS.md, `bench_invariance`).
+  bf16 is not invariant even so (oneDNN's bf16 kernels), so in bf16 it is off
+  unless asked for (`batch_invariant=True`): there it cost 3x in scoring and
+  1.3x in generation and bought nothing.
 - **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
   continuous batching (see `batching.decode`): left padding, longest prompts
   first, a finished row's slot is refilled at once; on CUDA, transformers'
@@ -96,6 +98,7 @@ from aftertune.engines.cpu_linear import cpu_has_native_bf16, cpu_kind, pack_lin
 from aftertune.engines.hf_generate import generate_batches
 from aftertune.engines.invariant import pad_linear_rows, use_rowwise_attention
 from aftertune.errors import UserError
+from aftertune.quiet import quiet_import_noise
 from aftertune.sources.base import ModelRef
 from aftertune.sources.fingerprints import quant_card, quantizer_version
 
@@ -224,27 +227,19 @@ def quiet_loading() -> Iterator[None]:
     """No "Loading weights" bar per model load: an audit loads many models and shows its own progress.
 
     Also silences exactly one FutureWarning: peft (0.21) reads `model.is_gradient_checkpointing`, which
-    transformers 5.25 deprecated, on every adapter wrap; nothing the user can act on. And the warnings of
-    torchao's import, which transformers imports with its models: one per CUDA-only library a CPU machine
-    cannot load, and torch's one per enum torchao registers."""
-    import logging
-
+    transformers 5.25 deprecated, on every adapter wrap; nothing the user can act on. And the noise of
+    torchao's import, which transformers imports with its models (`quiet.quiet_import_noise`)."""
     from transformers.utils import logging as hf_logging
 
+    quiet_import_noise()
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
         if was_on:
             hf_logging.enable_progress_bar()
 
@@ -332,9 +327,11 @@ class HFEngine(Engine):
             self._version += ";decode/hf-generate" + ("-static" if self.static_cache else "")
 
     def _make_batch_invariant(self, wanted: bool | None) -> bool:
-        """Row-wise attention and padded small products (`invariant`); by default on CPU, where it is checked
-        to hold. Returns whether the engine is batch-invariant; the version names what changed the arithmetic."""
-        if wanted is False or (wanted is None and self.device.type != "cpu"):
+        """Row-wise attention and padded small products (`invariant`); by default on CPU in float32, where it
+        is checked to hold. Not by default in bf16: it does not hold there (oneDNN's bf16 kernels; 16 of 256
+        log-likelihoods and 12 of 32 texts differed alone vs in one call, bench_invariance) and cost 3x in
+        scoring. Returns whether the engine is batch-invariant; the version names what changed the arithmetic."""
+        if wanted is False or (wanted is None and (self.device.type != "cpu" or self.dtype != torch.float32)):
             return False
         if self.device.type != "cpu":
             raise UserError("batch-invariant decoding is implemented on CPU only (on CUDA it is off)")
