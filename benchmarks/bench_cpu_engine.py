@@ -41,8 +41,16 @@ from bench_invariance import cpu_flags  # noqa: E402
 
 START = "<!-- bench_cpu_engine:start -->"
 END = "<!-- bench_cpu_engine:end -->"
-HEADER = ("| date (UTC) | CPU flags | native bf16 | load | dtype | task | aftertune | model.generate | lm-eval | "
+HEADER = ("| date (UTC) | CPU flags | native bf16 | load | dtype | engine | task | aftertune | model.generate | lm-eval | "
           "vs generate | vs lm-eval | agreement |")
+
+
+def engine_flags(version: str) -> str:
+    """What the engine chose for this CPU and dtype: its version after the window length (row-wise attention,
+    padded products, decoding loop, bf16 kernel), or the plain continuous loop when it names nothing."""
+    parts = version.split(";")
+    tail = [x for x in parts[next((i + 1 for i, x in enumerate(parts) if x.startswith("max_length/")), len(parts)):]]
+    return " ".join(tail) or "continuous loop, not batch-invariant"
 
 
 def _alternating(arms: dict[str, Any], parts: list[Any], loads: list[float]) -> tuple[dict[str, float], dict[str, list]]:
@@ -146,7 +154,7 @@ def table_row(r: dict[str, Any]) -> str:
         return "" if x is None else f"**{x:.2f}x**"
 
     return (f"| {r['date']} | {r['flags']} | {'yes' if r['native_bf16'] else 'no'} | {r['load']} | {r['dtype']} | "
-            f"{r['task']} | {cell(r['ours'])} | {cell(r['generate'])} | {cell(r['lm_eval'])} | "
+            f"{engine_flags(r['version'])} | {r['task']} | {cell(r['ours'])} | {cell(r['generate'])} | {cell(r['lm_eval'])} | "
             f"{ratio(r['vs_generate'])} | {ratio(r['vs_lm_eval'])} | {r['agreement']} |")
 
 
@@ -158,10 +166,11 @@ def markdown(new_rows: list[str], old: str) -> str:
         kept = [ln for ln in body.splitlines() if ln.startswith("| 20")]
     lines = [START, "## The engine vs plain `model.generate` and lm-eval, per CPU kind (`benchmarks/bench_cpu_engine.py`)",
              "", "SmolLM2-135M-Instruct, same prompts, items and batch in one process, the engine with its defaults "
-             "(batch invariance on in float32; in bf16 on in the rows of 2026-12-06 11:18, off from 23:00 on, "
-             "since it does not hold there); arms in alternating chunks on a shared machine, so read the ratios "
+             "(the `engine` column: what its version says it chose: `attn/rowwise` and `matmul/min-rows-N` are batch "
+             "invariance, `decode/hf-generate` transformers' own loop, `linear/bf16-grad-kernel` the faster oneDNN "
+             "bf16 kernel); arms in alternating chunks on a shared machine, so read the ratios "
              "(aftertune's rate over the other's; above 1 is faster). `native bf16`: the CPU has `avx512_bf16` or AMX.",
-             "", HEADER, "|---|---|---|---|---|---|--:|--:|--:|--:|--:|---|", *kept, *new_rows, END]
+             "", HEADER, "|---|---|---|---|---|---|---|--:|--:|--:|--:|--:|---|", *kept, *new_rows, END]
     return "\n".join(lines) + "\n"
 
 

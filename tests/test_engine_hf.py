@@ -198,11 +198,18 @@ def test_generate_path_equals_continuous_batching(chaotic_dir):
     assert len(calls) == len(reqs) and want[-1].finish_reason == "stop"
 
 
-def test_decode_path_is_chosen_by_device():
+def test_decode_path_is_chosen_by_device(monkeypatch):
+    from aftertune.engines import hf
     from aftertune.engines.hf import choose_decode_path
 
-    assert choose_decode_path("auto", torch.device("cpu")) == "continuous"
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert choose_decode_path("auto", cpu) == "continuous"
     assert choose_decode_path("auto", torch.device("cuda")) == "generate"
+    # bf16: plain generate where the CPU computes bf16 natively (measured faster there), else the continuous loop
+    for native, want in ((True, "generate"), (False, "continuous")):
+        monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda native=native: native)
+        assert choose_decode_path("auto", cpu, bf16) == want
+        assert choose_decode_path("auto", cpu, torch.float32) == "continuous"
     with pytest.raises(UserError, match="decode path"):
         choose_decode_path("fast", torch.device("cpu"))
 
@@ -223,6 +230,20 @@ def test_batch_invariance_is_the_cpu_default_in_float32_only(chaotic_dir):
     f32, bf16 = _engine(chaotic_dir), _engine(chaotic_dir, dtype="bfloat16")
     assert f32.batch_invariant and "attn/rowwise" in f32.version
     assert not bf16.batch_invariant and "rowwise" not in bf16.version
+
+
+def test_no_rowwise_attention_where_products_cannot_be_made_invariant(chaotic_dir, monkeypatch):
+    """Where no row count gives invariant products (MKL at 2 threads on an Intel Xeon), the engine is not
+    batch-invariant and keeps the model's own attention: the version names neither, and answers are as without."""
+    from aftertune.engines import hf
+
+    monkeypatch.setattr(hf, "pad_linear_rows", lambda model: None)
+    eng = _engine(chaotic_dir)
+    assert not eng.batch_invariant and "rowwise" not in eng.version and "min-rows" not in eng.version
+    assert eng.model.config._attn_implementation != "aftertune_rowwise"
+    plain = _engine(chaotic_dir, batch_invariant=False)
+    reqs = [_chat(q, n=6) for q in PROMPTS[:3]]
+    assert [r.text for r in eng.generate(reqs)] == [r.text for r in plain.generate(reqs)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -557,9 +578,18 @@ def test_no_nans_with_heavy_padding(chaotic):
 # --------------------------------------------------------------------------- adapters
 
 
-def test_adapter_changes_outputs_and_disabling_gives_the_base_bitwise(chaotic_dir, lora_dir):
-    base = _engine(chaotic_dir, batch_size=3)
-    tuned = HFEngine.from_ref(resolve_model(str(lora_dir)), dtype="float32", batch_size=3)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adapter_changes_outputs_and_disabling_gives_the_base_bitwise(chaotic_dir, lora_dir, dtype):
+    """bf16 too: on a native-bf16 CPU both engines keep their weights' requires_grad (a faster oneDNN kernel),
+    so the base model alone and under the PEFT wrapper still multiply alike."""
+    base = _engine(chaotic_dir, batch_size=3, dtype=dtype)
+    tuned = HFEngine.from_ref(resolve_model(str(lora_dir)), dtype=dtype, batch_size=3)
+    from aftertune.engines.cpu_linear import cpu_has_native_bf16
+
+    grad_kernel = dtype == "bfloat16" and cpu_has_native_bf16()
+    for eng in (base, tuned):
+        assert ("bf16-grad-kernel" in eng.version) == grad_kernel
+        assert all(p.requires_grad == grad_kernel for p in eng.model.parameters())
     assert tuned.is_adapter and tuned.describe()["adapter_active"]
     gen = [_chat(q, n=8) for q in PROMPTS[:4]]
     b_gen, b_ll = base.generate(gen), base.loglikelihood(LL_REQUESTS)

@@ -57,18 +57,18 @@ def _ram_bytes() -> int | None:
         return None
 
 
+def _cpu_supports(probe: str) -> bool:
+    """torch's own CPU feature probe `torch.cpu.<probe>()`; False where this build lacks it."""
+    fn = getattr(getattr(torch, "cpu", None), probe, None)
+    try:
+        return bool(fn()) if fn is not None else False
+    except Exception:  # pragma: no cover - probe broken on this build
+        return False
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None:
-            try:
-                if fn():
-                    return True
-            except Exception:  # pragma: no cover - probe missing on this build
-                continue
-    return False
+    return _cpu_supports("_is_avx512_bf16_supported") or _cpu_supports("_is_amx_tile_supported")
 
 
 def cpu_kind() -> str:

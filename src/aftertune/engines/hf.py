@@ -40,8 +40,9 @@ Behaviour worth knowing:
   1.3x in generation and bought nothing.
 - **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
   continuous batching (see `batching.decode`): left padding, longest prompts
-  first, a finished row's slot is refilled at once; on CUDA, transformers'
-  `generate` with its static KV cache (`hf_generate`). Results come back in
+  first, a finished row's slot is refilled at once; on CUDA, and for bf16 on a
+  CPU that computes it natively, transformers' `generate` (on CUDA with its
+  static KV cache; `hf_generate`), which measured faster there. Results come back in
   request order. Generation stops per
   sequence at an EOS id (tokenizer and generation_config, e.g. `<|im_end|>`) or a
   stop string (the text is cut before it): finish_reason "stop"; or at
@@ -141,15 +142,19 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float32 or float16") from None
 
 
-def choose_decode_path(path: str, device: torch.device) -> str:
+def choose_decode_path(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """Greedy batches: "continuous" (`batching.decode`) or "generate" (`hf_generate`); "auto" by device.
 
-    CPU: continuous batching, faster than transformers' loop there (benchmarks/RESULTS.md); CUDA: transformers'
-    own `generate` with its static cache (the custom loop ran at 0.62-0.97x plain `generate` on an H200,
-    the static cache at 6-7.6x; bench_gpu).
+    Measured, per kind (benchmarks/RESULTS.md): on CUDA transformers' own `generate` with its static cache
+    (the custom loop ran at 0.62-0.97x plain `generate` on an H200, the static cache at 6-7.6x; bench_gpu).
+    On a CPU, continuous batching, but for bf16 where the CPU computes it natively: there plain `generate`
+    ran 1.25x the continuous loop on an AMD EPYC (bench_invariance) and on an Intel Xeon with AMX
+    (bench_cpu_engine, 192.6 against 154.8 tokens/s).
     """
     if path == "auto":
-        return "generate" if device.type == "cuda" else "continuous"
+        if device.type == "cuda" or (dtype == torch.bfloat16 and cpu_has_native_bf16()):
+            return "generate"
+        return "continuous"
     if path not in ("continuous", "generate"):
         raise UserError(f"unknown decode path {path!r}; use auto, continuous or generate")
     return path
@@ -261,7 +266,8 @@ def _frozen(model: Any) -> Any:
 
     Besides saving memory this keeps outputs identical between a plain model and the same
     weights under a PEFT wrapper (which freezes them): torch picks a different CPU matmul
-    kernel for a weight that requires grad, and the two round differently in the last bits.
+    kernel for a weight that requires grad, and the two round differently in the last bits. (On a
+    native-bf16 CPU the engine turns requires_grad back on for every model: see `HFEngine.__init__`.)
     """
     model.requires_grad_(False)
     return model.eval()
@@ -316,8 +322,16 @@ class HFEngine(Engine):
         self.quantization = quant_card(model_ref.path)
         if self.quantization is not None:  # the installed quantizer runs the kernels (the card says who wrote it)
             self._version += f";quant/{self.quantization['quantizer']}-{quantizer_version(self.quantization['quantizer'])}"
+        # torch runs a CPU bf16 Linear through another oneDNN kernel when its weight requires grad: generation
+        # was 1.3-1.45x faster so on an Intel Xeon with AMX (SmolLM2, batch 16, plain `generate` both ways). Every
+        # call here runs under inference_mode, so nothing is recorded. All models of this kind take it, so a plain
+        # model and the same weights under a PEFT wrapper still agree bit for bit; its bits are not the frozen
+        # kernel's, hence the version.
+        if device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16() and self.quantization is None:
+            model.requires_grad_(True)
+            self._version += ";linear/bf16-grad-kernel"
         self.batch_invariant = self._make_batch_invariant(batch_invariant)
-        self.decode_path = choose_decode_path(decode_path, device)
+        self.decode_path = choose_decode_path(decode_path, device, dtype)
         # transformers' static KV cache lets it compile the decoding step: 6-7.6x plain generate on an H200
         # (benchmarks/RESULTS.md, bench_gpu); on CPU the continuous path is the fast one
         if static_cache is None:
@@ -335,13 +349,15 @@ class HFEngine(Engine):
             return False
         if self.device.type != "cpu":
             raise UserError("batch-invariant decoding is implemented on CPU only (on CUDA it is off)")
-        if not use_rowwise_attention(self.model):
-            return False
-        self._version += ";attn/rowwise"
+        # products first: where no row count gives invariant rows (an Intel Xeon's MKL at 2 threads, measured),
+        # row-wise attention would cost ~15% of generation and buy nothing, so the model keeps its own attention
         rows = pad_linear_rows(self.model)
         if rows is None:
             return False
-        self._version += f";matmul/min-rows-{rows}"
+        if not use_rowwise_attention(self.model):
+            self._version += f";matmul/min-rows-{rows}"
+            return False
+        self._version += f";attn/rowwise;matmul/min-rows-{rows}"
         return True
 
     # -- construction ------------------------------------------------------------
