@@ -4,12 +4,12 @@
 # dependencies (its own pydantic, fastapi, numpy, ...) never move the main pins.
 #
 #   bash .ci/llama_server.sh install   # build it (first time: compiles llama.cpp, ~8-15 min on 2 cores;
-#                                      # later: pip's wheel cache makes it ~1 min; already there: ~1 s)
+#                                      # already there: ~1 s)
 #   bash .ci/llama_server.sh python    # print the interpreter path (valid before the install finishes)
 #   bash .ci/llama_server.sh wait [S]  # wait up to S seconds (default 1800) for a running install
 #   bash .ci/llama_server.sh check     # exit 0 if the server can be imported
 #
-# Where: $AFTERTUNE_LLAMA_SERVER_VENV, default ~/.cache/aftertune/llama-server-<version>
+# Where: $AFTERTUNE_LLAMA_SERVER_VENV, default ~/.cache/aftertune/llama-server-<version>-<build>
 # (outside the checkout, so CI's fresh clones reuse it). The install builds into
 # <venv>.partial and renames it into place, so the venv is complete or absent;
 # <venv>.log holds pip's output and <venv>.failed appears if the install failed.
@@ -17,7 +17,12 @@
 set -euo pipefail
 
 VERSION=0.3.36
-VENV=${AFTERTUNE_LLAMA_SERVER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/aftertune/llama-server-$VERSION}
+# llama.cpp is built for AVX2 (GGML_NATIVE off), not -march=native: on an Intel Xeon with AMX the native build
+# compiles ggml's AMX kernels, and a virtual machine that does not grant the process AMX tile state kills the
+# server with SIGILL on its first completion (measured 2026-12-07). AVX2 runs on every x86-64 CPU CI draws.
+BUILD=avx2
+CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+VENV=${AFTERTUNE_LLAMA_SERVER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/aftertune/llama-server-$VERSION-$BUILD}
 PY=${PYTHON:-python3}
 
 check() {
@@ -41,7 +46,8 @@ install() {
   if ! {
       "$PY" -m venv "$VENV.partial" &&
       "$VENV.partial/bin/python" -m pip install -q --upgrade pip &&
-      "$VENV.partial/bin/python" -m pip install "llama-cpp-python[server]==$VERSION"
+      CMAKE_ARGS="$CMAKE_FLAGS" "$VENV.partial/bin/python" -m pip install --no-cache-dir \
+        "llama-cpp-python[server]==$VERSION"
     } >"$VENV.log" 2>&1; then
     tail -n 30 "$VENV.log" >"$VENV.failed"
     rm -rf "$VENV.partial"

@@ -704,7 +704,7 @@ def test_engine_version_names_bf16_packing(chaotic_dir, monkeypatch):
     eng = _engine(chaotic_dir, dtype="bfloat16")
     assert "bfloat16" in eng.packed_linears and ";linear/bf16-packed-fp32" in eng.version
     monkeypatch.setattr(cpu_linear, "_bf16_is_emulated", lambda: False)
-    assert "linear/" not in _engine(chaotic_dir, dtype="bfloat16").version
+    assert "bf16-packed" not in _engine(chaotic_dir, dtype="bfloat16").version
 
 
 def test_packing_steps_aside_when_it_would_not_be_exact(chaotic_dir, monkeypatch):

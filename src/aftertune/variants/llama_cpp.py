@@ -45,7 +45,7 @@ INSTALL_HINT = (f"install llama-cpp-python[server]=={LLAMA_CPP_PYTHON} (pip inst
 def default_server_venv() -> Path:
     """Where `.ci/llama_server.sh install` builds the server's venv (outside any checkout)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "aftertune" / f"llama-server-{LLAMA_CPP_PYTHON}"
+    return cache / "aftertune" / f"llama-server-{LLAMA_CPP_PYTHON}-avx2"  # the script's build (see its header)
 
 
 def find_server_python() -> str | None:
