@@ -49,8 +49,8 @@ def engine_flags(version: str) -> str:
     """What the engine chose for this CPU and dtype: its version after the window length (row-wise attention,
     padded products, decoding loop, bf16 kernel), or the plain continuous loop when it names nothing."""
     parts = version.split(";")
-    tail = [x for x in parts[next((i + 1 for i, x in enumerate(parts) if x.startswith("max_length/")), len(parts)):]]
-    return " ".join(tail) or "continuous loop, not batch-invariant"
+    start = next((i + 1 for i, x in enumerate(parts) if x.startswith("max_length/")), len(parts))
+    return " ".join(parts[start:]) or "continuous loop, not batch-invariant"
 
 
 def _alternating(arms: dict[str, Any], parts: list[Any], loads: list[float]) -> tuple[dict[str, float], dict[str, list]]:

@@ -333,7 +333,7 @@ class HFEngine(Engine):
         self.batch_invariant = self._make_batch_invariant(batch_invariant)
         self.decode_path = choose_decode_path(decode_path, device, dtype)
         # transformers' static KV cache lets it compile the decoding step: 6-7.6x plain generate on an H200
-        # (benchmarks/RESULTS.md, bench_gpu); on CPU the continuous path is the fast one
+        # (benchmarks/RESULTS.md, bench_gpu); on CPU, where nothing compiles it, the dynamic cache
         if static_cache is None:
             static_cache = device.type == "cuda"
         self.static_cache = static_cache and self.decode_path == "generate"
