@@ -22,6 +22,7 @@ from aftertune.engines import (
     LoglikelihoodRequest,
     Message,
     RollingRequest,
+    TokensLoglikelihoodRequest,
 )
 from aftertune.engines import batching as batching_mod
 from aftertune.engines.batching import GenSeq, common_prefix, decode, score_pairs
@@ -334,6 +335,54 @@ def test_eos_stops_each_sequence_on_its_own(chaotic_dir):
             assert after.finish_reason == "stop" and len(after.text) < len(before.text)
         else:
             assert after == before  # the others are untouched by the early exit
+
+
+def test_sampled_token_ids_come_back_with_the_eos_and_score_exactly(chaotic_dir):
+    """With return_token_ids the result carries the prompt's ids and the sampled ids (EOS included), and scoring
+    those ids gives log π of exactly what was sampled, EOS term and all, as a full forward pass does."""
+    eng = _engine(chaotic_dir, batch_size=4)
+
+    def sampled(ids: bool) -> list:
+        return [GenerateRequest(messages=(Message("user", q),), return_token_ids=ids,
+                                decoding=Decoding(max_new_tokens=10, temperature=1.0, seed=k))
+                for k, q in enumerate(PROMPTS[:4])]
+
+    free = eng.generate(sampled(True))
+    stop_id = free[0].token_ids[3]
+    eng.model.generation_config.eos_token_id = [eng.tokenizer.eos_token_id, stop_id]
+    outs = eng.generate(sampled(True))
+    assert outs[0].finish_reason == "stop" and outs[0].token_ids == free[0].token_ids[:4]
+    tok = eng.tokenizer
+    for out in outs:
+        assert isinstance(out.token_ids, tuple) and len(out.token_ids) == out.n_new_tokens
+        assert out.prompt_ids == tuple(tok.encode(out.prompt_text, add_special_tokens=False))
+        kept = out.token_ids[:-1] if out.finish_reason == "stop" else out.token_ids
+        assert out.text == tok.decode(list(kept), skip_special_tokens=True)
+    scored = eng.loglikelihood_tokens([TokensLoglikelihoodRequest(o.prompt_ids, o.token_ids) for o in outs])
+    for out, res in zip(outs, scored, strict=True):
+        lp, greedy = _manual_loglikelihood(eng.model, list(out.prompt_ids), list(out.token_ids))
+        assert res.logprob == pytest.approx(lp, abs=1e-4) and res.n_tokens == out.n_new_tokens
+        assert res.is_greedy == greedy
+    plain = eng.generate(sampled(False))  # without the flag: the same samples, no ids
+    assert [(o.text, o.prompt_ids, o.token_ids) for o in plain] == [(o.text, None, None) for o in outs]
+    assert "return_token_ids" not in sampled(False)[0].to_json()  # older cache keys stay valid
+    assert sampled(True)[0].to_json()["return_token_ids"] is True
+
+
+def test_tokenizer_id_is_the_vocabulary(chaotic_dir, tiny_model_dir, lora_dir):
+    """Same vocabulary, same id (the tiny model and its re-drawn twin; an adapter on or off); another, not."""
+    from transformers import AutoTokenizer
+
+    from aftertune.engines.vocabulary import vocabulary_hash
+
+    a, b = _engine(chaotic_dir), _engine(tiny_model_dir)
+    assert a.tokenizer_id == b.tokenizer_id == vocabulary_hash(AutoTokenizer.from_pretrained(tiny_model_dir))
+    tuned = _engine(lora_dir)
+    with tuned.adapter_disabled():
+        assert tuned.tokenizer_id == a.tokenizer_id
+    other = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other.add_tokens(["<new-token>"])
+    assert vocabulary_hash(other) != a.tokenizer_id
 
 
 def test_stop_strings_cut_the_text(chaotic):

@@ -158,6 +158,19 @@ def test_loglikelihood_sums_continuation_positions(fake_vllm, tiny_model_dir):
         assert res.is_greedy == all(t % 2 == 0 for t in cont)
 
 
+def test_sampled_ids_come_back_and_are_scored_as_given(fake_vllm, tiny_model_dir):
+    from aftertune.engines import Message, TokensLoglikelihoodRequest
+    from aftertune.engines.vocabulary import vocabulary_hash
+
+    eng = _engine(tiny_model_dir, max_model_len=64)
+    (out,) = eng.generate([GenerateRequest(messages=(Message("user", "hi"),), return_token_ids=True,
+                                           decoding=Decoding(max_new_tokens=3, temperature=1.0))])
+    assert out.prompt_ids == tuple(fake_vllm[0].calls[0][0][0]["prompt_token_ids"]) and out.token_ids == (5, 5, 5)
+    (res,) = eng.loglikelihood_tokens([TokensLoglikelihoodRequest(out.prompt_ids, (4, 7, 9))])
+    assert res.n_tokens == 3 and res.logprob == pytest.approx(sum(fake_logprob(t) for t in (4, 7, 9)))
+    assert not res.is_greedy and eng.tokenizer_id == vocabulary_hash(eng.tokenizer)
+
+
 def test_rolling_windows_score_every_token_once(fake_vllm, tiny_model_dir):
     eng = _engine(tiny_model_dir, max_model_len=8)
     text = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."

@@ -66,6 +66,7 @@ def test_audit_records_scores_best_of_n_and_kl_then_reports(tmp_path, tiny_model
         assert rec.scores["proxy_reward"] == pytest.approx(sum(proxy) / 4)
         assert rec.scores["gold_reward"] == pytest.approx(sum(gold) / 4)
         assert rec.details["kl_reference"] and rec.details["proxy"] != rec.details["gold"]
+        assert all(s["kl_scored_on"] == "tokens" and s["n_scored_tokens"] == s["n_new_tokens"] for s in samples)
         ratios = [s["logprob"] - s["ref_logprob"] for s in samples]
         assert rec.scores["kl"] == pytest.approx(sum(ratios) / 4)
         if model == "base":
@@ -93,7 +94,7 @@ def test_audit_records_scores_best_of_n_and_kl_then_reports(tmp_path, tiny_model
     assert bon["points"][1]["gold"] == pytest.approx(sum(g for _, g in n2) / 3)
     assert [t["n"] for t in bon["tail"]] == [1, 2] and isinstance(bon["overoptimized"], bool)
     assert by_model["base"]["kl"]["value"] == 0.0 and by_model["base"]["sqrt_kl"] == 0.0
-    assert by_model["tuned"]["kl_samples"] == 12 and 0 <= by_model["tuned"]["kl_retokenized"] <= 12
+    assert by_model["tuned"]["kl_samples"] == 12 and by_model["tuned"]["kl_text_scored"] == 0
     assert set(block["training"]["models"]) == {"base", "tuned"} and len(block["training"]["points"]) == 2
     # the paired comparison works per prompt, as for any suite
     assert {r["metric"] for r in results["comparisons"] if r["suite"] == "overoptimization"} >= {
@@ -101,7 +102,36 @@ def test_audit_records_scores_best_of_n_and_kl_then_reports(tmp_path, tiny_model
     html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
     assert "Reward over-optimisation" in html and "Reward over-optimisation" in md
     assert "Proxy (the reward optimised)" in md and "figures/overoptimization.png" in md
+    assert "scored for KL on their text" not in md
     assert (out / "figures" / "overoptimization.png").is_file()
+
+
+def test_kl_scores_the_sampled_ids_or_falls_back_to_the_text_and_says_why(tiny_model_dir, chaotic_dir):
+    """Both models score the sampled ids when they share a vocabulary; otherwise, or without ids, the answer's text
+    (lm-eval's split, no end-of-sequence token), with the reason."""
+    from dataclasses import replace
+
+    from aftertune.engines.base import LoglikelihoodRequest
+    from aftertune.engines.hf import HFEngine
+    from aftertune.sources import resolve_model
+    from aftertune.suites.overoptimization import _logprobs
+    from aftertune.suites.sampling import Sampler
+
+    eng, ref = (HFEngine.from_ref(resolve_model(str(p)), dtype="float32") for p in (chaotic_dir, tiny_model_dir))
+    outs = Sampler(samples=3, max_new_tokens=6, token_ids=True).generate(eng, PROMPTS[:2])
+    outs = [o for per_prompt in outs for o in per_prompt]
+    exact = _logprobs(eng, ref, outs)
+    assert exact.scored_on == "tokens" and exact.note is None
+    assert exact.n_tokens == [o.n_new_tokens for o in outs]
+    by_text = [r.logprob for r in eng.loglikelihood([LoglikelihoodRequest(o.prompt_text, o.text) for o in outs])]
+
+    without_ids = _logprobs(eng, ref, [replace(o, prompt_ids=None, token_ids=None) for o in outs])
+    assert without_ids.scored_on == "text" and "returned no token ids" in without_ids.note
+    assert without_ids.own == by_text
+    ref._tokenizer_ids[id(ref.tokenizer)] = "another vocabulary"
+    other = _logprobs(eng, ref, outs)
+    assert other.scored_on == "text" and "vocabulary differs" in other.note and other.own == by_text
+    assert _logprobs(eng, None, outs).own is None
 
 
 def test_report_section_escapes_what_it_shows(tmp_path, tiny_model_dir, scorers, prompts_file):

@@ -19,6 +19,7 @@ from aftertune.engines.base import (
     Message,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
 from aftertune.errors import UserError
 from aftertune.record import Record
@@ -81,6 +82,22 @@ def test_every_result_type_round_trips_through_the_store(store):
     assert isinstance(second[2][0], RollingResult)
     assert again.inner.batches == 0 and again.stats == {"hits": 7, "misses": 0}
     assert fake.calls == calls and store.cache_count(fake.fingerprint) == 7
+
+
+def test_sampled_token_ids_and_their_scores_round_trip(store):
+    """Ids are asked for in the request (its own cache key), come back from the file as tuples, and scoring them
+    is cached like any log-likelihood."""
+    asked = replace(GEN[1], return_token_ids=True)
+    first = CachedEngine(FakeEngine(), store).generate([asked, GEN[1]])
+    exact = [TokensLoglikelihoodRequest(first[0].prompt_ids, first[0].token_ids)]
+    scored = CachedEngine(FakeEngine(), store).loglikelihood_tokens(exact)
+    again = CachedEngine(FakeEngine(), store)
+    assert again.generate([asked, GEN[1]]) == first and again.loglikelihood_tokens(exact) == scored
+    assert again.stats == {"hits": 3, "misses": 0} and again.tokenizer_id == "fake-vocabulary"
+    assert again.inner.calls == {"loglikelihood": 0, "rolling": 0, "generate": 0}
+    assert isinstance(first[0].token_ids, tuple) and len(first[0].token_ids) == first[0].n_new_tokens
+    assert first[1].token_ids is None and first[1].text == first[0].text
+    assert cache_key(again, asked.to_json()) != cache_key(again, GEN[1].to_json())
 
 
 def test_key_covers_model_version_and_every_request_field(store):

@@ -7,8 +7,9 @@ Per model, from the proxy and gold score of every sample its records keep:
   it (`compare.overoptimization.best_of_n_divergence`): proxy still rising while gold falls from n = 1, 2, 4, …
   to N, beyond Bonferroni-adjusted intervals, and where the gold peaks;
 * `kl`: the model's own KL from the reference with a Student-t interval over prompts (each prompt's value is the
-  mean sequence log-ratio of its samples), and at that √KL its mean proxy and gold reward; `kl_retokenized` of its
-  `kl_samples` were scored on another token split of their text than the one sampled (not an exact log-ratio).
+  mean sequence log-ratio of its samples), and at that √KL its mean proxy and gold reward; `kl_text_scored` of its
+  `kl_samples` were scored on their text rather than the sampled token ids (approximate: no end-of-sequence token),
+  and `kl_retokenized` of those on another token split than the one sampled.
 
 `training`: when two or more models have a measured KL (the base at 0, checkpoints, the tuned model), the same test
 across models ordered by KL on the prompts all of them scored: did the proxy keep rising while the gold fell.
@@ -35,11 +36,18 @@ def _scored(rec: Record) -> tuple[list[float], list[float]] | None:
     return (proxy, gold) if samples and proxy is not None and gold is not None else None
 
 
-def _retokenized(rec: Record) -> int:
-    """Samples whose log-probabilities were taken on another token split of their text than the one sampled (the
-    engine scores the text: `n_scored_tokens` is not `n_new_tokens` less a final end-of-sequence token)."""
-    return sum(1 for s in rec.details.get("samples") or [] if s.get("n_scored_tokens") is not None
-               and s["n_scored_tokens"] != s["n_new_tokens"] - (1 if s.get("finish_reason") == "stop" else 0))
+def _text_scored(rec: Record) -> list[dict[str, Any]]:
+    """Samples whose log-probabilities were taken on their text, not their sampled token ids (records from before
+    token scoring have no `kl_scored_on`: text)."""
+    return [s for s in rec.details.get("samples") or []
+            if s.get("n_scored_tokens") is not None and s.get("kl_scored_on", "text") == "text"]
+
+
+def _retokenized(samples: Sequence[Mapping[str, Any]]) -> int:
+    """Text-scored samples whose text was split into other tokens than sampled: `n_scored_tokens` is not
+    `n_new_tokens` less a final end-of-sequence token."""
+    return sum(1 for s in samples
+               if s["n_scored_tokens"] != s["n_new_tokens"] - (1 if s.get("finish_reason") == "stop" else 0))
 
 
 def _sqrt(kl: float | None) -> float | None:
@@ -82,7 +90,13 @@ def _model_block(label: str, recs: Mapping[str, Record], settings: Any) -> dict[
         out["sqrt_kl"] = _sqrt(out["kl"]["value"])
         out["kl_samples"] = sum(len(r.details.get("samples") or []) for r in recs.values()
                                 if r.scores.get("kl") is not None)
-        out["kl_retokenized"] = sum(_retokenized(r) for r in recs.values() if r.scores.get("kl") is not None)
+        text = [s for r in recs.values() if r.scores.get("kl") is not None for s in _text_scored(r)]
+        out["kl_text_scored"] = len(text)
+        out["kl_retokenized"] = _retokenized(text)
+        notes = [r.details["kl_note"] for r in recs.values() if r.scores.get("kl") is not None
+                 and r.details.get("kl_note")]
+        if notes:
+            out["kl_note"] = notes[0]
     for role in ROLES:
         vals = [float(r.scores[f"{role}_reward"]) for r in recs.values() if r.scores.get(f"{role}_reward") is not None]
         out[role] = _mean_ci(vals, settings.confidence) if vals else None

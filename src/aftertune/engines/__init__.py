@@ -1,4 +1,4 @@
-"""Engines run models: `generate`, `loglikelihood`, `rolling_loglikelihood`.
+"""Engines run models: `generate`, `loglikelihood`, `rolling_loglikelihood` (and `loglikelihood_tokens` on ids).
 
 `load_engine` is the one place that maps a model reference to a backend; one
 `ENGINES.add` line per backend registers it (its module, e.g. torch for `hf`,
@@ -20,6 +20,7 @@ from aftertune.engines.base import (
     Message,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
 from aftertune.sources.base import ModelRef
 
@@ -34,6 +35,7 @@ __all__ = [
     "Message",
     "RollingRequest",
     "RollingResult",
+    "TokensLoglikelihoodRequest",
     "load_engine",
 ]
 

@@ -54,6 +54,9 @@ class GenerateRequest:
     messages: tuple[Message, ...] | None = None
     prompt: str | None = None
     decoding: Decoding = field(default_factory=Decoding)
+    # Also return the prompt's and the answer's token ids, for scoring exactly what was sampled
+    # (`TokensLoglikelihoodRequest`); engines that do not work on token ids return None for both.
+    return_token_ids: bool = False
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -65,7 +68,11 @@ class GenerateRequest:
         return cls(messages=msgs, decoding=decoding or Decoding())
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "generate", **asdict(self), "decoding": self.decoding.to_json()}
+        """The request as stored in cache keys; `return_token_ids` only when set, so older keys stay valid."""
+        out = {"kind": "generate", **asdict(self), "decoding": self.decoding.to_json()}
+        if not self.return_token_ids:
+            del out["return_token_ids"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,15 @@ class GenerateResult:
     n_prompt_tokens: int
     n_new_tokens: int
     finish_reason: str  # "stop" (EOS or stop string), "length", or "early_stop" (the request's early-stop rule)
+    # With `GenerateRequest.return_token_ids`: the prompt's ids as the model saw them, and the answer's sampled ids,
+    # its end-of-sequence token included (a stop string cuts the text, not these).
+    prompt_ids: tuple[int, ...] | None = None
+    token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_ids", "token_ids"):  # the store gives JSON lists back
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,20 @@ class LoglikelihoodRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "loglikelihood", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class TokensLoglikelihoodRequest:
+    """log P(continuation_ids | context_ids) on token ids: exact for a sampled answer, whose text its tokenizer may
+    split otherwise (and whose end-of-sequence token a text has not got). Only for engines sharing a tokenizer
+    (`Engine.tokenizer_id`)."""
+
+    context_ids: tuple[int, ...]
+    continuation_ids: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "loglikelihood_tokens", "context_ids": list(self.context_ids),
+                "continuation_ids": list(self.continuation_ids)}
 
 
 @dataclass(frozen=True)
@@ -147,6 +177,17 @@ class Engine(ABC):
         self, requests: Sequence[RollingRequest], progress: Progress | None = None
     ) -> list[RollingResult]:
         raise NotImplementedError(f"the {self.name} engine cannot score text log-likelihoods")
+
+    @property
+    def tokenizer_id(self) -> str | None:
+        """What token ids mean to this engine (a hash of its tokenizer); None when it does not work on token ids.
+        Two engines with the same id can score each other's sampled ids (`loglikelihood_tokens`)."""
+        return None
+
+    def loglikelihood_tokens(
+        self, requests: Sequence[TokensLoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        raise NotImplementedError(f"the {self.name} engine cannot score token ids")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free memory/connections; engines that hold none need not override."""

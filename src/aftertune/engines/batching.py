@@ -492,7 +492,7 @@ class GenSeq:
     generator: torch.Generator | None = None
     stop_check: Callable[[list[int]], bool] | None = None  # True when a stop string appeared
     out: list[int] = field(default_factory=list)  # generated tokens, without the EOS token
-    eos: bool = False  # ended on an EOS token
+    eos_id: int | None = None  # the EOS token it ended on
     finish: str | None = None  # "stop" or "length" once done
 
 
@@ -660,7 +660,7 @@ def decode(model: torch.nn.Module, seqs: Sequence[GenSeq], *, eos_ids: set[int],
 def record_token(s: GenSeq, tok: int, eos_ids: set[int]) -> bool:
     """Append a chosen token to `s` (an EOS token ends it instead); True once `s` is finished."""
     if tok in eos_ids:
-        s.eos, s.finish = True, "stop"
+        s.eos_id, s.finish = tok, "stop"
     else:
         s.out.append(tok)
         if s.stop_check is not None and s.stop_check(s.out):

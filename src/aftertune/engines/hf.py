@@ -93,11 +93,13 @@ from aftertune.engines.base import (
     Progress,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
 from aftertune.engines.batching import GenSeq, decode, score_pairs
 from aftertune.engines.cpu_linear import cpu_has_native_bf16, cpu_kind, pack_linear_weights
 from aftertune.engines.hf_generate import generate_batches
 from aftertune.engines.invariant import pad_linear_rows, use_rowwise_attention
+from aftertune.engines.vocabulary import vocabulary_hash
 from aftertune.errors import UserError
 from aftertune.quiet import quiet_import_noise
 from aftertune.sources.base import ModelRef
@@ -303,6 +305,7 @@ class HFEngine(Engine):
         self.batch_size = batch_size
         self._tokenizer = tokenizer
         self._base_tokenizer = base_tokenizer or tokenizer
+        self._tokenizer_ids: dict[int, str] = {}
         self._fingerprint = fingerprint
         self._base_fingerprint = base_fingerprint
         self.is_adapter = base_fingerprint is not None
@@ -426,6 +429,14 @@ class HFEngine(Engine):
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer if self._adapter_on else self._base_tokenizer
+
+    @property
+    def tokenizer_id(self) -> str:
+        """The vocabulary's hash (`vocabulary_hash`), per tokenizer: an adapter may bring its own."""
+        tok = self.tokenizer
+        if id(tok) not in self._tokenizer_ids:
+            self._tokenizer_ids[id(tok)] = vocabulary_hash(tok)
+        return self._tokenizer_ids[id(tok)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -581,10 +592,12 @@ class HFEngine(Engine):
                 for stop in req.decoding.stop:
                     if stop:
                         out = out.split(stop)[0]
+                sampled = s.out + ([s.eos_id] if s.eos_id is not None else [])
+                ids = (tuple(s.prompt), tuple(sampled)) if req.return_token_ids else (None, None)
                 results.append(GenerateResult(text=out, prompt_text=text, n_prompt_tokens=len(s.prompt),
-                                              n_new_tokens=len(s.out) + (1 if s.eos else 0),
+                                              n_new_tokens=len(sampled),
                                               finish_reason="early_stop" if settled is not None and settled.fired
-                                              else s.finish or "length"))
+                                              else s.finish or "length", prompt_ids=ids[0], token_ids=ids[1]))
         return results
 
     def _decode_new(self, out: list[int]) -> str:
@@ -625,16 +638,25 @@ class HFEngine(Engine):
                 out[i] = s
         return out
 
-    def loglikelihood(
-        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
-    ) -> list[LoglikelihoodResult]:
+    def _loglikelihood_pairs(self, pairs: list[tuple[list[int], list[int]]],
+                             progress: Progress | None) -> list[LoglikelihoodResult]:
         if self.model is None:
             raise RuntimeError("engine is closed")
         with self._model_state():
-            pairs = [self.encode_pair(r.context, r.continuation) for r in requests]
             scores = self._score(pairs, progress)
         return [LoglikelihoodResult(logprob=lp, is_greedy=g, n_tokens=len(cont))
                 for (lp, g), (_, cont) in zip(scores, pairs, strict=True)]
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        return self._loglikelihood_pairs([self.encode_pair(r.context, r.continuation) for r in requests], progress)
+
+    def loglikelihood_tokens(
+        self, requests: Sequence[TokensLoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        return self._loglikelihood_pairs([(list(r.context_ids), list(r.continuation_ids)) for r in requests],
+                                         progress)
 
     def rolling_loglikelihood(
         self, requests: Sequence[RollingRequest], progress: Progress | None = None

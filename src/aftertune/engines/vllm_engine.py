@@ -30,6 +30,7 @@ What it does, and how it differs from the hf engine:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from aftertune.engines.base import (
@@ -41,7 +42,9 @@ from aftertune.engines.base import (
     Progress,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
+from aftertune.engines.vocabulary import vocabulary_hash
 from aftertune.errors import UserError
 from aftertune.sources.base import ModelRef
 
@@ -160,11 +163,13 @@ class VLLMEngine(Engine):
                 top_p=1.0 if d.greedy else d.top_p, seed=d.seed, stop=list(d.stop) or None))
         outs = self._run(ids, params, progress)
         results = []
-        for text, enc, out in zip(texts, ids, outs, strict=True):
+        for r, text, enc, out in zip(requests, texts, ids, outs, strict=True):
             o = out.outputs[0]
+            ids = (tuple(enc), tuple(o.token_ids)) if r.return_token_ids else (None, None)
             results.append(GenerateResult(text=o.text, prompt_text=text, n_prompt_tokens=len(enc),
                                           n_new_tokens=len(o.token_ids),
-                                          finish_reason="length" if o.finish_reason == "length" else "stop"))
+                                          finish_reason="length" if o.finish_reason == "length" else "stop",
+                                          prompt_ids=ids[0], token_ids=ids[1]))
         return results
 
     # -- log-likelihood --------------------------------------------------------------------
@@ -190,19 +195,17 @@ class VLLMEngine(Engine):
             greedy = greedy and entry.rank == 1
         return total, greedy, len(ids) - first
 
-    def loglikelihood(
-        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
-    ) -> list[LoglikelihoodResult]:
+    def _loglikelihood_splits(self, splits: list[tuple[list[int], list[int]]],
+                              progress: Progress | None) -> list[LoglikelihoodResult]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
-        splits = [self._split(r.context, r.continuation) for r in requests]
         prompts = []
-        for (ctx, cont), r in zip(splits, requests, strict=True):
+        for ctx, cont in splits:
             ids = ctx + cont
             if len(ids) > self.max_model_len:
                 raise UserError(f"a log-likelihood request is {len(ids)} tokens, more than this model's "
-                                f"{self.max_model_len}: {r.context[:60]!r}...")
+                                f"{self.max_model_len}: {self.tokenizer.decode(ctx[:20])!r}...")
             prompts.append(ids)
         outs = self._run(prompts, params, progress)
         results = []
@@ -210,6 +213,21 @@ class VLLMEngine(Engine):
             lp, greedy, n = self._score(out, ids, len(ctx))
             results.append(LoglikelihoodResult(logprob=lp, is_greedy=greedy and n > 0, n_tokens=n))
         return results
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        return self._loglikelihood_splits([self._split(r.context, r.continuation) for r in requests], progress)
+
+    @cached_property
+    def tokenizer_id(self) -> str:
+        return vocabulary_hash(self.tokenizer)
+
+    def loglikelihood_tokens(
+        self, requests: Sequence[TokensLoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        return self._loglikelihood_splits([(list(r.context_ids), list(r.continuation_ids)) for r in requests],
+                                          progress)
 
     def rolling_loglikelihood(
         self, requests: Sequence[RollingRequest], progress: Progress | None = None

@@ -46,9 +46,12 @@ def lines(summary: dict[str, Any]) -> list[str]:
            + (f"the reference model {summary['kl_reference']}." if summary.get("kl_reference")
               else "no reference (the audit named none).")]
     for m in summary["models"]:
-        if m.get("kl_retokenized"):
-            out.append(f"{m['label']}: {m['kl_retokenized']} of its {m['kl_samples']} samples were scored for KL on "
-                       "another token split of their text than the one sampled; their log-ratios are not exact.")
+        text = m.get("kl_text_scored", m["kl_samples"] if "kl_retokenized" in m else 0)  # older results: all text
+        if text:
+            why = f" ({m['kl_note']})" if m.get("kl_note") else ""
+            out.append(f"{m['label']}: {text} of its {m['kl_samples']} samples were scored for KL on their text, not "
+                       f"on the token ids sampled{why}; their log-ratios leave out the end-of-sequence token, and "
+                       f"{m['kl_retokenized']} of them were split into other tokens than sampled: not exact.")
         if m["best_of_n"] is not None:
             out.append(verdict(m["best_of_n"], "n", f"{m['label']}, best-of-n"))
         elif m.get("note"):

@@ -20,6 +20,7 @@ from aftertune.engines.base import (
     Progress,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
 from aftertune.fileio import canonical_json, sha256_text
 from aftertune.store.db import Store
@@ -48,6 +49,10 @@ class CachedEngine(Engine):
     @property
     def version(self) -> str:
         return self.inner.version
+
+    @property
+    def tokenizer_id(self) -> str | None:
+        return self.inner.tokenizer_id
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
@@ -99,6 +104,11 @@ class CachedEngine(Engine):
         self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None
     ) -> list[LoglikelihoodResult]:
         return self._through_cache(requests, self.inner.loglikelihood, LoglikelihoodResult, progress)
+
+    def loglikelihood_tokens(
+        self, requests: Sequence[TokensLoglikelihoodRequest], progress: Progress | None = None
+    ) -> list[LoglikelihoodResult]:
+        return self._through_cache(requests, self.inner.loglikelihood_tokens, LoglikelihoodResult, progress)
 
     def rolling_loglikelihood(
         self, requests: Sequence[RollingRequest], progress: Progress | None = None

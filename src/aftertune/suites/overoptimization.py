@@ -16,10 +16,13 @@ usual paired comparison base vs tuned works prompt by prompt.
 
 KL(policy ‖ start): when the audit names a reference model
 (`SuiteContext.reference`: the pipeline passes the base), each sample also gets
-log π(y|x) under the audited model and under the reference, by the engines'
-log-likelihood of the answer after the templated prompt; their difference is
-the sample's sequence log-ratio (`compare.overoptimization.sequence_kl`), and
-the per-prompt `kl` is its mean over the samples.
+log π(y|x) under the audited model and under the reference, on the very token
+ids sampled (the templated prompt's, then the answer's with its end-of-sequence
+token: `loglikelihood_tokens`); their difference is the sample's sequence
+log-ratio (`compare.overoptimization.sequence_kl`), and the per-prompt `kl` is
+its mean over the samples. Where ids cannot be used (an engine that returns or
+scores none, two tokenizers, answers cached without ids) the answer's text is
+scored instead, re-tokenized, and each sample says which (`kl_scored_on`).
 
 The comparison derives the suite's block of results.json from the records
 (`compare/overoptimization_results.py`, registered in `compare.summaries`): the best-of-n curve
@@ -32,11 +35,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from aftertune.engines.base import Engine, GenerateResult, LoglikelihoodRequest
+from aftertune.engines.base import Engine, GenerateResult, LoglikelihoodRequest, TokensLoglikelihoodRequest
 from aftertune.errors import UserError
 from aftertune.record import Record
 from aftertune.suites.base import Item, Metric, Suite, SuiteContext
@@ -93,7 +97,8 @@ class OveroptimizationSuite(Suite):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.sampler = Sampler.from_options(self.name, options, samples=DEFAULT_SAMPLES, max_new_tokens=48)
+        self.sampler = Sampler.from_options(self.name, options, samples=DEFAULT_SAMPLES, max_new_tokens=48,
+                                            token_ids=True)
         if not 2 <= self.sampler.samples <= MAX_SAMPLES:
             raise UserError(f"overoptimization: samples={self.sampler.samples}; best-of-n needs 2 to {MAX_SAMPLES} "
                             "samples per prompt (e.g. samples=64 for the curve up to n = 64)")
@@ -152,23 +157,24 @@ class OveroptimizationSuite(Suite):
         texts = [o.text for o in outs]
         scores = {"proxy": [v.score for v in proxy.judge(asked, texts)],
                   "gold": [v.score for v in gold.judge(asked, texts)]}
-        own, ref, scored_tokens, kl_note = _logprobs(engine, ctx.reference, outs)
+        kl = _logprobs(engine, ctx.reference, outs)
         k = self.sampler.samples
         records = []
         for n, (it, item_outs) in enumerate(zip(items, per_item, strict=True)):
             span = slice(n * k, (n + 1) * k)
             p, g = scores["proxy"][span], scores["gold"][span]
-            lp = own[span] if own is not None else [None] * k
-            rp = ref[span] if ref is not None else [None] * k
-            nt = scored_tokens[span] if scored_tokens is not None else [None] * k
+            lp = kl.own[span] if kl.own is not None else [None] * k
+            rp = kl.ref[span] if kl.ref is not None else [None] * k
+            nt = kl.n_tokens[span] if kl.n_tokens is not None else [None] * k
             samples = [{"seed": self.sampler.seed + j, "text": o.text, "proxy": p[j], "gold": g[j],
                         "logprob": lp[j], "ref_logprob": rp[j], "n_new_tokens": o.n_new_tokens,
-                        "n_scored_tokens": nt[j], "finish_reason": o.finish_reason} for j, o in enumerate(item_outs)]
+                        "n_scored_tokens": nt[j], "kl_scored_on": kl.scored_on, "finish_reason": o.finish_reason}
+                       for j, o in enumerate(item_outs)]
             details: dict[str, Any] = {"samples": samples, "proxy": proxy.fingerprint, "gold": gold.fingerprint,
                                        "prompt_text": item_outs[0].prompt_text,
                                        "kl_reference": ctx.reference.fingerprint if ctx.reference else None}
-            if kl_note:
-                details["kl_note"] = kl_note
+            if kl.note:
+                details["kl_note"] = kl.note
             records.append(Record(model=ctx.model_label, suite=self.name, item_id=it.id, category=it.category,
                                   request=self.sampler.request_json(it.data["prompt"]),
                                   response="\n\n---\n\n".join(texts[span]), scores=item_scores(samples),
@@ -191,11 +197,12 @@ class OveroptimizationSuite(Suite):
                        "a reward model as its trainer saw the pair (reward-model judge)",
             "best_of_n": "per prompt, E[proxy] and E[gold] of the proxy's argmax among n of the N samples drawn "
                          "without replacement, exactly (Nakano et al. 2021), against KL = log n - (n-1)/n",
-            "kl": "log pi(y|x) - log pi_ref(y|x) of each sample by the engines' log-likelihood of the answer text "
-                  "after the templated prompt, averaged over the prompt's samples; the reference is the audit's "
-                  "reference model (the pipeline's base). The text is re-tokenized, so a sample whose tokens are "
-                  "not the tokenizer's own split of its text is scored as that split (details: n_scored_tokens "
-                  "vs n_new_tokens), and the end-of-sequence token is not scored",
+            "kl": "log pi(y|x) - log pi_ref(y|x) of each sample, averaged over the prompt's samples; the reference "
+                  "is the audit's reference model (the pipeline's base). Both models score the token ids sampled: "
+                  "the templated prompt's, then the answer's with its end-of-sequence token. Where an engine gives "
+                  "or scores no ids, or the two tokenizers differ, the answer's text is scored instead: "
+                  "re-tokenized, without its end-of-sequence token (each sample's kl_scored_on says which; "
+                  "results: kl_text_scored)",
         }
 
 
@@ -222,21 +229,51 @@ def item_scores(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | None]
     return out
 
 
-Scored = tuple[list[float] | None, list[float] | None, list[int] | None, str | None]
+@dataclass(frozen=True)
+class Scored:
+    """Each sample's log π(y|x) under the audited model and the reference, and the tokens scored (None when not
+    measured); what was scored (`tokens`: the sampled ids, `text`: the answer re-tokenized); and why not tokens."""
+
+    own: list[float] | None
+    ref: list[float] | None
+    n_tokens: list[int] | None
+    scored_on: str | None
+    note: str | None
+
+
+def _why_not_tokens(engine: Engine, reference: Engine, outs: Sequence[GenerateResult]) -> str | None:
+    """Why the samples' token ids cannot be scored by both models; None when they can."""
+    if any(o.prompt_ids is None or o.token_ids is None for o in outs):
+        return f"the {engine.name} engine returned no token ids for its samples"
+    if engine.tokenizer_id is None or reference.tokenizer_id is None:
+        name = engine.name if engine.tokenizer_id is None else reference.name
+        return f"the {name} engine does not score token ids"
+    if engine.tokenizer_id != reference.tokenizer_id:
+        return "the reference's vocabulary differs from the audited model's, so a sampled id means another token to it"
+    return None
 
 
 def _logprobs(engine: Engine, reference: Engine | None, outs: Sequence[GenerateResult]) -> Scored:
-    """(log π(y|x) of each sample under the audited model, under the reference, the answer tokens scored, None);
-    or None for each and why, when the audit has no reference or an engine cannot score log-likelihoods.
-
-    The answer is scored as text, so a sampled token sequence that its tokenizer would split otherwise is scored
-    as the canonical one (`n_scored_tokens` differs from `n_new_tokens`); both models score the same tokens."""
+    """log π(y|x) of every sample under the audited model and the reference: on the sampled token ids when both
+    engines can, else on the answer's text after the templated prompt (lm-eval's split, which may differ from the
+    sampled one and leaves out the end-of-sequence token); nothing, and why, without a reference or scoring."""
     if reference is None:
-        return None, None, None, "no reference model in this audit: KL from the start is not measured"
+        return Scored(None, None, None, None, "no reference model in this audit: KL from the start is not measured")
+    why_text = _why_not_tokens(engine, reference, outs)
+    if why_text is None:
+        exact = [TokensLoglikelihoodRequest(o.prompt_ids or (), o.token_ids or ()) for o in outs]
+        try:
+            own = engine.loglikelihood_tokens(exact)
+            ref = reference.loglikelihood_tokens(exact)
+            return Scored([r.logprob for r in own], [r.logprob for r in ref], [r.n_tokens for r in own], "tokens",
+                          None)
+        except NotImplementedError as exc:
+            why_text = str(exc)
     requests = [LoglikelihoodRequest(o.prompt_text, o.text) for o in outs]
     try:
         own = engine.loglikelihood(requests)
-        ref = [r.logprob for r in reference.loglikelihood(requests)]
+        ref = reference.loglikelihood(requests)
     except NotImplementedError as exc:
-        return None, None, None, f"KL not measured: {exc}"
-    return [r.logprob for r in own], ref, [r.n_tokens for r in own], None
+        return Scored(None, None, None, None, f"KL not measured: {exc}")
+    return Scored([r.logprob for r in own], [r.logprob for r in ref], [r.n_tokens for r in own], "text",
+                  f"KL scored on the answers' text, not the sampled tokens: {why_text}")

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aftertune.engines.base import Decoding, Engine, GenerateRequest, GenerateResult, Progress
+from aftertune.engines.base import Decoding, Engine, GenerateRequest, GenerateResult, Message, Progress
 from aftertune.errors import UserError
 
 DEFAULT_SEED = 1234
@@ -26,9 +26,11 @@ class Sampler:
     max_new_tokens: int
     temperature: float = 1.0
     seed: int = DEFAULT_SEED
+    token_ids: bool = False  # ask engines for the sampled token ids too (GenerateRequest.return_token_ids)
 
     @classmethod
-    def from_options(cls, suite: str, options: Mapping[str, Any], *, samples: int, max_new_tokens: int) -> Sampler:
+    def from_options(cls, suite: str, options: Mapping[str, Any], *, samples: int, max_new_tokens: int,
+                     token_ids: bool = False) -> Sampler:
         """The suite options `samples`, `max_new_tokens`, `temperature` and `sample_seed` (the given defaults)."""
         values = {}
         for key, field, cast, default in (("samples", "samples", int, samples),
@@ -43,12 +45,13 @@ class Sampler:
             raise UserError(f"{suite}: temperature must be above 0 (greedy decoding gives one answer per prompt)")
         if values["max_new_tokens"] < 1:
             raise UserError(f"{suite}: max_new_tokens={values['max_new_tokens']}; give at least 1")
-        return cls(**values)
+        return cls(**values, token_ids=token_ids)
 
     def requests(self, prompt: str) -> list[GenerateRequest]:
-        return [GenerateRequest.chat(prompt, decoding=Decoding(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0, seed=self.seed + k))
-            for k in range(self.samples)]
+        return [GenerateRequest(messages=(Message("user", prompt),), return_token_ids=self.token_ids,
+                                decoding=Decoding(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                                  top_p=1.0, seed=self.seed + k))
+                for k in range(self.samples)]
 
     def generate(self, engine: Engine, prompts: Sequence[str],
                  progress: Progress | None = None) -> list[list[GenerateResult]]:
@@ -61,7 +64,8 @@ class Sampler:
         """What a record keeps of the requests of one prompt: one message, the decoding, the seeds."""
         return {"kind": "generate", "messages": [{"role": "user", "content": prompt}],
                 "decoding": {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": 1.0},
-                "seeds": [self.seed + k for k in range(self.samples)]}
+                "seeds": [self.seed + k for k in range(self.samples)],
+                **({"return_token_ids": True} if self.token_ids else {})}
 
     def protocol(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": 1.0, "max_new_tokens": self.max_new_tokens,

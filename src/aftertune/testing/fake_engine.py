@@ -22,6 +22,7 @@ from aftertune.engines.base import (
     Progress,
     RollingRequest,
     RollingResult,
+    TokensLoglikelihoodRequest,
 )
 
 
@@ -29,6 +30,11 @@ def _unit(*parts: Any) -> float:
     """A stable number in [0, 1) from the parts."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
     return int.from_bytes(h[:8], "big") / 2**64
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    """The fake tokenizer: a stable id per word."""
+    return tuple(int(1000 * _unit(w)) for w in text.split())
 
 
 class FakeEngine(Engine):
@@ -68,6 +74,20 @@ class FakeEngine(Engine):
             progress(len(requests))
         return out
 
+    @property
+    def tokenizer_id(self) -> str:
+        return "fake-vocabulary"  # one word, one id (`_ids`): every FakeEngine shares it
+
+    def loglikelihood_tokens(self, requests: Sequence[TokensLoglikelihoodRequest],
+                             progress: Progress | None = None) -> list[LoglikelihoodResult]:
+        out = [LoglikelihoodResult(-0.5 * len(r.continuation_ids)
+                                   - 3.0 * _unit(self.seed, r.context_ids, r.continuation_ids), False,
+                                   len(r.continuation_ids)) for r in requests]
+        self.calls["loglikelihood"] += len(requests)
+        if progress:
+            progress(len(requests))
+        return out
+
     def rolling_loglikelihood(self, requests: Sequence[RollingRequest],
                               progress: Progress | None = None) -> list[RollingResult]:
         out = []
@@ -89,7 +109,8 @@ class FakeEngine(Engine):
                 words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "far", "away", "home"]
                 k = 3 + int(8 * _unit(self.seed, prompt, r.decoding.seed, r.decoding.temperature))
                 text = " ".join(words[int(12 * _unit(self.seed, prompt, r.decoding.seed, i))] for i in range(k))
-            out.append(GenerateResult(text, prompt, len(prompt.split()), len(text.split()), "stop"))
+            ids = (_ids(prompt), _ids(text)) if r.return_token_ids else (None, None)
+            out.append(GenerateResult(text, prompt, len(prompt.split()), len(text.split()), "stop", *ids))
         self.calls["generate"] += len(requests)
         if progress:
             progress(len(requests))
