@@ -62,3 +62,22 @@ def test_torchao_import_noise_is_dropped_and_its_other_warnings_kept(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "int4 weight-only quantization needs group sizes dividing in_features"]
     assert sum(type(f).__name__ == "_ImportNoise" for f in ao.filters) == 1
+
+
+def test_no_progress_silences_the_libraries_bars_too(tmp_path):
+    """`--no-progress` reached aftertune's bars only; transformers still drew its GGUF conversion bar (tqdm, which
+    reads its switch when first imported: the CLI sets it before, as this fresh interpreter does)."""
+    code = ("import io, os, sys\n"
+            "from aftertune.quiet import library_progress_bars\n"
+            "with library_progress_bars(sys.argv[1] == 'on'):\n"
+            "    from tqdm.auto import tqdm\n"
+            "    buf = io.StringIO()\n"
+            "    for _ in tqdm(range(3), file=buf, desc='Converting and de-quantizing GGUF tensors'):\n"
+            "        pass\n"
+            "print(len(buf.getvalue()), os.environ.get('TQDM_DISABLE'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    drawn = {}
+    for mode in ("on", "off"):
+        res = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True)
+        drawn[mode] = res.stdout.split()
+    assert drawn["off"] == ["0", "None"] and int(drawn["on"][0]) > 0  # restored after the block

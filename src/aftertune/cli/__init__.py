@@ -18,7 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from aftertune.errors import UserError
-from aftertune.quiet import quiet_import_noise
+from aftertune.quiet import library_progress_bars, quiet_import_noise
 
 app = typer.Typer(
     name="aftertune",
@@ -53,13 +53,19 @@ def main(argv: list[str] | None = None) -> None:
     # Nothing leaves the machine unless a command needs it: no usage pings from huggingface_hub (read at import).
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     quiet_import_noise()
+    args = argv if argv is not None else sys.argv[1:]
+    with library_progress_bars("--no-progress" not in args):  # before anything imports tqdm: it reads them then
+        _main(args)
+
+
+def _main(args: list[str]) -> None:
     for mod in COMMAND_MODULES:
         importlib.import_module(f"aftertune.cli.{mod}")
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # a killed run is marked "interrupted", like Ctrl-C
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except UserError as exc:
