@@ -47,15 +47,19 @@ _OPTION = re.compile(r"=@([A-Za-z][\w-]*)(?=[:,]|$)")  # a suite option's whole 
 FOLDER = "reward"  # reward/NAME/ under the run folder
 
 
+def _reference(reward: Any) -> re.Match[str] | None:
+    """A stage's `reward` as (sign, NAME) when it names one of the spec's reward models (`@NAME`, `-@NAME`)."""
+    return _REWARD.fullmatch(str(reward or ""))
+
+
 def is_reference(reward: str | None) -> bool:
-    """Whether a stage's `reward` names one of the spec's reward models (`@NAME`, `-@NAME`)."""
-    return bool(reward and _REWARD.fullmatch(reward))
+    return _reference(reward) is not None
 
 
 def references(spec: RunSpec) -> Iterator[tuple[str, str]]:
     """(where, NAME) of every `@NAME` the spec uses."""
     for i, stage in enumerate(spec.stages or [spec.train]):
-        m = _REWARD.fullmatch(str(stage.get("reward") or ""))
+        m = _reference(stage.get("reward"))
         if m:
             yield (f"stages[{i}].reward" if spec.stages else "train.reward"), m.group(2)
     for where, suites in (("audit.suites", spec.audit.suites),
@@ -107,7 +111,7 @@ def resolve(spec: S, folders: Mapping[str, str]) -> S:
         return [_OPTION.sub(option, s) for s in items]
 
     def stage(cfg: dict[str, Any]) -> dict[str, Any]:
-        m = _REWARD.fullmatch(str(cfg.get("reward") or ""))
+        m = _reference(cfg.get("reward"))
         return {**cfg, "reward": m.group(1) + folders[m.group(2)]} if m else cfg
 
     judges = {role: f"reward-model:{folders[j[1:]]}" if j.startswith("@") else j
