@@ -308,13 +308,45 @@ def test_small_products_are_padded_to_the_probed_row_count():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 64))
     want = model(torch.randn(200, 64))
-    rows = pad_linear_rows(model)
-    assert rows is not None and rows >= 1
+    plan = pad_linear_rows(model)
+    assert plan is not None and plan.startswith("min-rows-")
     x = torch.randn(40, 64)
     full = model(x)
     for n in (1, 2, 3, 5, 7, 11):
         assert torch.equal(model(x[:n]), full[:n])
     assert want.shape == (200, 64)
+
+
+@pytest.mark.parametrize("one_thread_helps", [True, False])
+def test_a_band_of_row_counts_whose_threads_split_the_sum_runs_on_one_thread(one_thread_helps):
+    """MKL at 2 threads on an Intel Xeon rounds products of 57 to 192 rows of a 1536-wide weight otherwise (it
+    splits the inner sum between threads); one thread gives the rows of every other count. Stand-in: a product
+    that is off by a little in that band unless run on one thread (or always, when one thread does not help)."""
+    from aftertune.engines import invariant
+
+    w = torch.randn(24, 48, generator=torch.Generator().manual_seed(0))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        n = x.numel() // x.shape[-1]
+        off = 57 <= n <= 192 and (torch.get_num_threads() > 1 or not one_thread_helps)
+        return torch.nn.functional.linear(x, w) + (1e-3 if off else 0.0)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan = invariant._row_plan(forward, 48, torch.float32)
+        if not one_thread_helps:
+            assert plan is None
+            return
+        assert plan is not None and plan.one_thread == ((57, 192),)
+        planned = invariant._planned(forward, plan)
+        x = torch.randn(300, 48)
+        full = planned(x)
+        for n in (1, 56, 57, 100, 192, 193, 250):
+            assert torch.equal(planned(x[:n]), full[:n])
+        assert torch.get_num_threads() == 2  # restored after each one-thread product
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_eos_stops_each_sequence_on_its_own(chaotic_dir):

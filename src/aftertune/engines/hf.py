@@ -352,15 +352,15 @@ class HFEngine(Engine):
             return False
         if self.device.type != "cpu":
             raise UserError("batch-invariant decoding is implemented on CPU only (on CUDA it is off)")
-        # products first: where no row count gives invariant rows (an Intel Xeon's MKL at 2 threads, measured),
-        # row-wise attention would cost ~15% of generation and buy nothing, so the model keeps its own attention
-        rows = pad_linear_rows(self.model)
-        if rows is None:
+        # products first: where they cannot be made invariant, row-wise attention would cost ~15% of generation and
+        # buy nothing, so the model keeps its own attention
+        products = pad_linear_rows(self.model)
+        if products is None:
             return False
         if not use_rowwise_attention(self.model):
-            self._version += f";matmul/min-rows-{rows}"
+            self._version += f";matmul/{products}"
             return False
-        self._version += f";attn/rowwise;matmul/min-rows-{rows}"
+        self._version += f";attn/rowwise;matmul/{products}"
         return True
 
     # -- construction ------------------------------------------------------------

@@ -9,9 +9,12 @@ row's arithmetic depend on its neighbours here, measured on this project's CPUs:
   product has few rows (on an AVX-512 CPU: 1, 2, 3, 5, 6, 7, 9, 10 or 11 rows,
   against 4, 8 and 12 or more), and decoding multiplies as many rows as there
   are running sequences. `pad_linear_rows` probes the smallest row count from
-  which every larger one gives bitwise the same rows, on this machine and build,
+  which larger ones give bitwise the same rows, on this machine and build,
   and pads smaller products up to it with zero rows (oneDNN's native bf16 GEMM
-  needed no padding: every row count agreed).
+  needed no padding: every row count agreed). On an Intel Xeon at 2 threads
+  MKL also splits the inner sum between the threads for some middle row counts
+  (57 to 192 rows of a 1536-wide product): there the probe finds that one
+  thread gives the rows of every other count, and those products run on one.
 - **Attention.** With padding, a row's keys sit at batch-dependent columns, and
   the attention kernel's blocks and vector lanes then sum them in another order.
   `rowwise_attention` (registered with transformers as `aftertune_rowwise`)
@@ -34,17 +37,23 @@ chooses kernels by shape, and a per-row loop would throw the GPU's batching away
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 ATTENTION = "aftertune_rowwise"
-# row counts probed: every count from 1 to PROBE_MAX, and a few larger ones
+# row counts probed: every count from 1 to PROBE_MAX, every PROBE_STEP-th up to PROBE_BANDS_MAX (each edge of a
+# failing band then count by count), and a few larger ones, against a REFERENCE_ROWS-row product
 PROBE_MAX = 32
-PROBE_LARGE = (48, 64, 100)
-REFERENCE_ROWS = 160
+PROBE_STEP = 16
+PROBE_BANDS_MAX = 512
+PROBE_LARGE = (640, 1000)
+REFERENCE_ROWS = 1024
 PROBE_MAX_WEIGHTS = 16 << 20  # weights of the largest matrix probed
 
 
@@ -185,27 +194,75 @@ def use_rowwise_attention(model: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == ATTENTION
 
 
-def _min_rows(forward: Callable[[torch.Tensor], torch.Tensor], in_features: int, dtype: torch.dtype) -> int | None:
-    """The smallest row count from which `forward` gives every row bitwise as in a large product (None: none)."""
+@dataclass(frozen=True)
+class RowPlan:
+    """How one weight's products stay invariant: fewer rows than `pad_to` are padded up to it, and a product
+    whose row count falls in one of `one_thread`'s ranges (inclusive) runs on one thread."""
+
+    pad_to: int
+    one_thread: tuple[tuple[int, int], ...] = ()
+
+    def single(self, rows: int) -> bool:
+        return any(lo <= rows <= hi for lo, hi in self.one_thread)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _row_plan(forward: Callable[[torch.Tensor], torch.Tensor], in_features: int,
+              dtype: torch.dtype) -> RowPlan | None:
+    """The plan under which `forward` gives every row bitwise as in a large product (None: none found)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(REFERENCE_ROWS, in_features, generator=gen).to(dtype)
+    x = torch.randn(REFERENCE_ROWS + 5, in_features, generator=gen).to(dtype)
     with torch.inference_mode():
-        ref = forward(x)
-        ok = [torch.equal(forward(x[5:5 + m]), ref[5:5 + m]) for m in range(1, PROBE_MAX + 1)]
-        if not all(torch.equal(forward(x[:m]), ref[:m]) for m in PROBE_LARGE):
+        ref = forward(x[5:])
+
+        def same(m: int, one: bool = False) -> bool:
+            with _one_thread() if one else contextlib.nullcontext():
+                return torch.equal(forward(x[5:5 + m]), ref[:m])
+
+        if not all(same(m) for m in PROBE_LARGE):
             return None
-    if not ok[-1]:
-        return None
-    first_bad_from_top = next((i for i in range(PROBE_MAX - 1, -1, -1) if not ok[i]), None)
-    return 1 if first_bad_from_top is None else first_bad_from_top + 2
+        sampled = [*range(1, PROBE_MAX + 1), *range(PROBE_MAX + PROBE_STEP, PROBE_BANDS_MAX + 1, PROBE_STEP)]
+        ok = {m: same(m) for m in sampled}
+        for a, b in itertools.pairwise(sampled):  # a band's edges, count by count
+            if ok[a] != ok[b]:
+                ok.update({m: same(m) for m in range(a + 1, b)})
+        if not ok[PROBE_MAX]:
+            return None
+        pad_to = next(m for m in range(PROBE_MAX, 0, -1) if m == 1 or not ok[m - 1])
+        # failing counts above PROBE_MAX as ranges; counts between two failing probes are taken to fail too
+        bands: list[tuple[int, int]] = []
+        prev = 0
+        for m in sorted(ok):
+            if m > PROBE_MAX and not ok[m]:
+                if bands and bands[-1][1] == prev:
+                    bands[-1] = (bands[-1][0], m)
+                else:
+                    bands.append((m, m))
+            prev = m
+        if not all(same(m, one=True) for lo, hi in bands for m in {lo, hi, *range(lo, hi + 1, PROBE_STEP)}):
+            return None
+    return RowPlan(pad_to, tuple(bands))
 
 
-def pad_linear_rows(model: nn.Module) -> int | None:
-    """Make every `nn.Linear` of `model` batch-invariant by padding small products; returns the row count
-    products are padded to (1: none needed), or None when no row count gave invariant rows (model unchanged)."""
+def pad_linear_rows(model: nn.Module) -> str | None:
+    """Make every `nn.Linear` of `model` batch-invariant (`RowPlan`s, one per weight shape, probed once per process);
+    returns what it did for the engine's version (`min-rows-16`, `+1thread-57-192`), or None when no plan gave
+    invariant rows (model unchanged)."""
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if not linears:
-        return 1
+        return "min-rows-1"
     shapes: dict[tuple[int, int], nn.Linear] = {}
     for m in linears:
         shapes.setdefault(tuple(m.weight.shape), m)  # type: ignore[arg-type]
@@ -213,25 +270,34 @@ def pad_linear_rows(model: nn.Module) -> int | None:
     # largest ones (an output layer over a big vocabulary), whose products the others' thresholds cover
     probes = [kv for kv in shapes.items() if kv[0][0] * kv[0][1] <= PROBE_MAX_WEIGHTS] or [min(
         shapes.items(), key=lambda kv: kv[0][0] * kv[0][1])]
-    need = 1
-    for (_, in_f), lin in probes:
-        m0 = _min_rows(lin, in_f, lin.weight.dtype)
-        if m0 is None:
+    plans: dict[tuple[int, int], RowPlan] = {}
+    for shape, lin in probes:
+        key = ("rows", shape, lin.weight.dtype, torch.get_num_threads())
+        if key not in _memo:
+            _memo[key] = _row_plan(lin, shape[1], lin.weight.dtype)
+        if _memo[key] is None:
             return None
-        need = max(need, m0)
-    if need > 1:
-        for m in linears:
-            m.forward = _padded(m.forward, need)  # type: ignore[method-assign]
-    return need
+        plans[shape] = _memo[key]
+    need = max(p.pad_to for p in plans.values())
+    for m in linears:
+        plan = RowPlan(need, plans[tuple(m.weight.shape)].one_thread if tuple(m.weight.shape) in plans else ())
+        if plan.pad_to > 1 or plan.one_thread:
+            m.forward = _planned(m.forward, plan)  # type: ignore[method-assign]
+    bands = sorted({band for p in plans.values() for band in p.one_thread})
+    return f"min-rows-{need}" + "".join(f"+1thread-{lo}-{hi}" for lo, hi in bands)
 
 
-def _padded(forward: Callable[[torch.Tensor], torch.Tensor], rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _planned(forward: Callable[[torch.Tensor], torch.Tensor], plan: RowPlan) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         n = x.numel() // x.shape[-1]
-        if n >= rows:
+        rows = max(n, plan.pad_to)
+        if rows == n and not plan.single(n):
             return forward(x)
         flat = x.reshape(n, x.shape[-1])
-        out = forward(torch.cat([flat, flat.new_zeros(rows - n, flat.shape[1])]))[:n]
+        if rows > n:
+            flat = torch.cat([flat, flat.new_zeros(rows - n, flat.shape[1])])
+        with _one_thread() if plan.single(rows) else contextlib.nullcontext():
+            out = forward(flat)[:n]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return run
