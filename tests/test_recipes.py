@@ -260,6 +260,16 @@ def test_metrics_and_checkpoints_go_to_the_store(tmp_path, tiny_model_dir, chat_
     assert len(train) >= 4 and all("loss" in e["payload"] for e in train if "loss" in e["payload"])
     assert next(e["payload"]["step"] for e in evals) == 0  # eval loss before training, then per checkpoint
     assert (tmp_path / "o" / "metrics.jsonl").is_file() and (tmp_path / "o" / "data.json").is_file()
+    # another run reusing the finished folder gets the same loss curve (its report draws it); a resumed one
+    # does not get it twice
+    def curves(run: str) -> list:
+        return [(e["step"], e["kind"], e["payload"]) for e in store.events(run) if e["kind"] in ("tune_train",
+                                                                                                  "tune_eval")]
+
+    again = store.create_run("pipeline", "t2", {})
+    for _ in range(2):
+        tune(small(tiny_model_dir, chat_file, tmp_path / "o"), store=store, run_id=again, progress=False)
+        assert curves(again) == curves(run_id)
 
 
 def test_adapter_off_equals_base_and_merge_equals_adapter(tmp_path, tiny_model_dir, chat_file):

@@ -181,6 +181,7 @@ def tune(config: TuneConfig, *, store: Any = None, run_id: str | None = None, pr
         result = TuneResult.from_json(finished)
         if is_main and store is not None and run_id is not None:
             _register_all(store, run_id, result)
+            _replay_logs(out / "metrics.jsonl", store, run_id, f"tune:{label}")
         return result
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +362,17 @@ def _register(store: Any, run_id: str, label: str, path: Path, info: dict[str, A
     except (UserError, ValueError, OSError):
         fp = ""
     store.add_model(run_id, label, str(path), fp, info)
+
+
+def _replay_logs(path: Path, store: Any, run_id: str, step_label: str) -> None:
+    """A finished tune reused by another run (a new run folder's spec, the same tune folder): its logs
+    (`MetricsRecorder`'s metrics.jsonl) become this run's events too, so its report keeps the loss curve; a
+    resumed run that has them already gets nothing twice."""
+    if not path.is_file() or any(e["step"] == step_label for e in store.events(run_id, "tune_train")):
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        store.add_event(run_id, step_label, f"tune_{row.pop('kind', 'train')}", row)
 
 
 def _register_all(store: Any, run_id: str, result: TuneResult) -> None:
