@@ -42,11 +42,14 @@ with its batch size).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from aftertune.engines.invariant import one_thread
 
 Tokens = Sequence[int]
 
@@ -236,6 +239,12 @@ PACK_MAX_LEN = 1024
 
 # invariant mode: continuation tokens per forward pass, the same for every call
 INVARIANT_CHUNK = 8
+
+
+def _vocab_sums(invariant: bool) -> contextlib.AbstractContextManager[None]:
+    """Where a log-softmax sums over the vocabulary: torch splits that sum between threads when the call has few
+    rows, so in invariant mode it runs on one thread (cheap next to the model's forward)."""
+    return one_thread() if invariant else contextlib.nullcontext()
 
 
 def _fits_one_pass(lengths: Sequence[int]) -> bool:
@@ -429,7 +438,8 @@ def _score_cached(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]]
     chunk = max(1, PREFILL_POSITIONS // len(groups))
     ctx_mask, first_logits = _extend(model, cache, None, ctx_ids, ctx_mask, chunk=chunk, keep_last=True)
     assert first_logits is not None
-    first_lp = torch.log_softmax(first_logits.float(), dim=-1)  # groups x vocab
+    with _vocab_sums(invariant):
+        first_lp = torch.log_softmax(first_logits.float(), dim=-1)  # groups x vocab
 
     rows = [m for g in groups for m in g.members]
     row_group = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.members], device=device)
@@ -464,7 +474,9 @@ def _score_cached(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]]
             valid = new_mask[:, start:start + span].bool()
             tgt = targets[:, start:start + span]
             lf = logits.float()
-            tok_lp = lf.gather(2, tgt[:, :, None])[:, :, 0] - torch.logsumexp(lf, dim=-1)
+            with _vocab_sums(invariant):
+                lse = torch.logsumexp(lf, dim=-1)
+            tok_lp = lf.gather(2, tgt[:, :, None])[:, :, 0] - lse
             lp_sum = lp_sum + torch.where(valid, tok_lp, torch.zeros_like(tok_lp)).double().sum(-1)
             all_greedy = all_greedy & ((lf.argmax(-1) == tgt) | ~valid).all(-1)
 

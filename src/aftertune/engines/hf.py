@@ -360,7 +360,7 @@ class HFEngine(Engine):
         if not use_rowwise_attention(self.model):
             self._version += f";matmul/{products}"
             return False
-        self._version += f";attn/rowwise;matmul/{products}"
+        self._version += f";attn/rowwise;matmul/{products};softmax/1thread"
         return True
 
     # -- construction ------------------------------------------------------------

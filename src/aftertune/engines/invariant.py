@@ -20,6 +20,11 @@ row's arithmetic depend on its neighbours here, measured on this project's CPUs:
   `rowwise_attention` (registered with transformers as `aftertune_rowwise`)
   runs SDPA once per row on exactly that row's own queries and keys, so a row
   computes the same thing alone or in any batch.
+- **Sums over the vocabulary.** torch splits a log-softmax's sum between its
+  threads when a call has few rows (49,152 logits of one scored position), so a
+  row's log-probability depended on how many rows shared the call (1 of 256
+  ARC-Easy log-likelihoods scored alone, at 2 threads); `one_thread` runs those
+  sums on one thread in invariant mode (`batching`).
 - **Strided inputs.** MKL's packed GEMM (`cpu_linear`) rounds the rows of a
   non-contiguous input as it rounds one-row products. The output layer of a
   scoring call reads each row's last positions, a strided view, so log-likelihoods
@@ -207,7 +212,7 @@ class RowPlan:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     n = torch.get_num_threads()
     if n == 1:
         yield
@@ -228,7 +233,7 @@ def _row_plan(forward: Callable[[torch.Tensor], torch.Tensor], in_features: int,
         ref = forward(x[5:])
 
         def same(m: int, one: bool = False) -> bool:
-            with _one_thread() if one else contextlib.nullcontext():
+            with one_thread() if one else contextlib.nullcontext():
                 return torch.equal(forward(x[5:5 + m]), ref[:m])
 
         if not all(same(m) for m in PROBE_LARGE):
@@ -296,7 +301,7 @@ def _planned(forward: Callable[[torch.Tensor], torch.Tensor], plan: RowPlan) -> 
         flat = x.reshape(n, x.shape[-1])
         if rows > n:
             flat = torch.cat([flat, flat.new_zeros(rows - n, flat.shape[1])])
-        with _one_thread() if plan.single(rows) else contextlib.nullcontext():
+        with one_thread() if plan.single(rows) else contextlib.nullcontext():
             out = forward(flat)[:n]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
