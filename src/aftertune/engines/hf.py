@@ -35,9 +35,10 @@ Behaviour worth knowing:
   other requests of its batch or on what ran before it; the version says
   `attn/rowwise`. Not on CUDA. In float32, texts and log-likelihoods are bitwise
   the same in any batch (measured in benchmarks/RESULTS.md, `bench_invariance`).
-  bf16 is not invariant even so (oneDNN's bf16 kernels), so in bf16 it is off
-  unless asked for (`batch_invariant=True`): there it cost 3x in scoring and
-  1.3x in generation and bought nothing.
+  bf16 is not invariant even so (oneDNN's bf16 kernels), so in bf16 it is off,
+  and asking for it (`batch_invariant=True`) is refused on CPUs that compute bf16
+  natively; where bf16 is emulated (MKL's float32 GEMM on bf16 values) it can be
+  asked for.
 - **Generation.** Greedy requests, by device (`choose_decode_path`): on CPU,
   continuous batching (see `batching.decode`): left padding, longest prompts
   first, a finished row's slot is refilled at once; on CUDA, and for bf16 on a
@@ -160,6 +161,12 @@ def choose_decode_path(path: str, device: torch.device, dtype: torch.dtype = tor
     if path not in ("continuous", "generate"):
         raise UserError(f"unknown decode path {path!r}; use auto, continuous or generate")
     return path
+
+
+def bf16_invariance_holds() -> bool:
+    """Whether bf16 can be made batch-invariant here: not with a CPU's native bf16 kernels (oneDNN), measured by
+    benchmarks/bench_invariance.py (which overrides this to measure it)."""
+    return not cpu_has_native_bf16()
 
 
 def cpu_threads() -> int:
@@ -352,6 +359,10 @@ class HFEngine(Engine):
             return False
         if self.device.type != "cpu":
             raise UserError("batch-invariant decoding is implemented on CPU only (on CUDA it is off)")
+        if self.dtype == torch.bfloat16 and not bf16_invariance_holds():
+            raise UserError("batch invariance does not hold in bf16 on a CPU that computes bf16 natively (its oneDNN "
+                            "kernels: bench_invariance found 16 to 256 of 256 log-likelihoods differing between one "
+                            "call and one request per call); audit in float32 (dtype: float32), where it holds")
         # products first: where they cannot be made invariant, row-wise attention would cost ~15% of generation and
         # buy nothing, so the model keeps its own attention
         products = pad_linear_rows(self.model)
