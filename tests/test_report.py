@@ -272,3 +272,19 @@ def test_older_results_are_read_in_the_current_layout(report):
     v1["protocol"]["timings"] = vol["timings"]
     up = upgrade(v1)
     assert up["volatile"]["status"] == "done" and up["run"] == now["run"] and up["comparisons"] == now["comparisons"]
+
+
+def test_a_resumed_runs_step_times_are_summed_per_step(report):
+    """A resumed run times each step again; the report shows one time per step, over all attempts."""
+    import copy
+
+    from aftertune.report.markdown import render_markdown
+
+    res = copy.deepcopy(report["results"])
+    res["volatile"]["timings"] = [{"step": "audit the base model", "seconds": 1344.4},
+                                  {"step": "compare and write the reports", "seconds": 11.0},
+                                  {"step": "audit the base model", "seconds": 0.8},
+                                  {"step": "audit 'base' / safety", "seconds": None}]
+    md = render_markdown(res)
+    assert "audit the base model 1345 s; compare and write the reports 11 s" in md
+    assert md.count("audit the base model") == 1

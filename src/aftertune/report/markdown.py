@@ -322,11 +322,13 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     out += ["", f"Statistics: confidence {st['confidence']}, alpha {st['alpha']} (Holm across metrics), "
             f"{st['bootstrap_resamples']} bootstrap resamples, {st['permutations']} permutations, seed {st['seed']}.",
             ""]
-    timings = results["volatile"].get("timings") or []
-    steps = [t for t in timings if str(t.get("step", "")).startswith(("scan", "audit", "fine-tune", "compare"))]
+    steps: dict[str, float] = {}  # a resumed run timed its steps again: each step's time over all attempts
+    for t in results["volatile"].get("timings") or []:
+        if str(t.get("step", "")).startswith(("scan", "audit", "fine-tune", "compare")) and t.get("seconds") is not None:
+            steps[str(t["step"])] = steps.get(str(t["step"]), 0.0) + float(t["seconds"])
     if steps:
-        out += ["Wall time per step: " + "; ".join(f"{_cell(t['step'])} {t['seconds']:.0f} s" for t in steps
-                                                     if t.get("seconds") is not None), ""]
+        out += ["Wall time per step (all attempts of a resumed run): "
+                + "; ".join(f"{_cell(step)} {secs:.0f} s" for step, secs in steps.items()), ""]
     shown = {m["label"] for m in results["models"] if m["role"] != "checkpoint"}
     out += ["Models: " + "; ".join(f"`{_code(m['label'])}` = `{_code(m['ref'])}`" for m in proto["models"]
                                     if m["label"] in shown), ""]
