@@ -213,6 +213,7 @@ class RowPlan:
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block (its thread count is process-wide: the engine calls from one thread)."""
     n = torch.get_num_threads()
     if n == 1:
         yield
