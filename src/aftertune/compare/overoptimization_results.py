@@ -84,17 +84,15 @@ def _model_block(label: str, recs: Mapping[str, Record], settings: Any) -> dict[
     out: dict[str, Any] = {"label": label, "prompts": len(scored), "unscored_prompts": len(recs) - len(scored),
                            "samples": min((len(p) for p, _ in scored), default=0), "kl": None, "sqrt_kl": None,
                            "best_of_n": None}
-    kls = [float(r.scores["kl"]) for r in recs.values() if r.scores.get("kl") is not None]
-    if kls:
-        out["kl"] = _mean_ci(kls, settings.confidence)
+    with_kl = [r for r in recs.values() if r.scores.get("kl") is not None]
+    if with_kl:
+        out["kl"] = _mean_ci([float(r.scores["kl"]) for r in with_kl], settings.confidence)
         out["sqrt_kl"] = _sqrt(out["kl"]["value"])
-        out["kl_samples"] = sum(len(r.details.get("samples") or []) for r in recs.values()
-                                if r.scores.get("kl") is not None)
-        text = [s for r in recs.values() if r.scores.get("kl") is not None for s in _text_scored(r)]
+        out["kl_samples"] = sum(len(r.details.get("samples") or []) for r in with_kl)
+        text = [s for r in with_kl for s in _text_scored(r)]
         out["kl_text_scored"] = len(text)
         out["kl_retokenized"] = _retokenized(text)
-        notes = [r.details["kl_note"] for r in recs.values() if r.scores.get("kl") is not None
-                 and r.details.get("kl_note")]
+        notes = [r.details["kl_note"] for r in with_kl if r.details.get("kl_note")]
         if notes:
             out["kl_note"] = notes[0]
     for role in ROLES:

@@ -297,12 +297,13 @@ def _planned(forward: Callable[[torch.Tensor], torch.Tensor], plan: RowPlan) -> 
     def run(x: torch.Tensor) -> torch.Tensor:
         n = x.numel() // x.shape[-1]
         rows = max(n, plan.pad_to)
-        if rows == n and not plan.single(n):
+        single = plan.single(rows)
+        if rows == n and not single:
             return forward(x)
         flat = x.reshape(n, x.shape[-1])
         if rows > n:
             flat = torch.cat([flat, flat.new_zeros(rows - n, flat.shape[1])])
-        with one_thread() if plan.single(rows) else contextlib.nullcontext():
+        with one_thread() if single else contextlib.nullcontext():
             out = forward(flat)[:n]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
